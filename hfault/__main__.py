@@ -1,0 +1,3 @@
+from hfault.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Run a user's training script unmodified, with hooks that observe its training."""

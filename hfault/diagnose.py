@@ -1,0 +1,100 @@
+"""The ``diagnose`` pipeline: capture -> components -> checks -> report (no presentation here)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hfault import __version__
+from hfault.capture.runner import RunOutcome, run_script
+from hfault.capture.schedule import Schedule
+from hfault.capture.session import CaptureSession, CaptureState
+from hfault.checks import CheckInput, run_checks
+from hfault.report.model import Report, RunInfo, Snapshot, rank
+
+
+@dataclass
+class DiagnoseOptions:
+    script: Path
+    argv: list[str] = field(default_factory=list)
+    schedule: Schedule = field(default_factory=Schedule)
+    max_steps: int | None = None
+    nan_watch: bool = True
+
+
+@dataclass
+class Diagnosis:
+    report: Report
+    outcome: RunOutcome
+    state: CaptureState
+
+    @property
+    def trained(self) -> bool:
+        """Whether there was anything to diagnose: an optimizer and a backward pass."""
+        return bool(self.state.optimizers) and self.state.backward_calls > 0
+
+
+def diagnose(options: DiagnoseOptions) -> Diagnosis:
+    session = CaptureSession(options.schedule, options.max_steps, nan_watch=options.nan_watch)
+    outcome = run_script(options.script, options.argv, session)
+    return Diagnosis(build_report(options, session, outcome), outcome, session.state)
+
+
+def _snapshots(state: CaptureState) -> list[Snapshot]:
+    records = dict(state.snapshots)
+    if state.last is not None and state.last.step not in records:
+        records[state.last.step] = state.last  # the last step seen, always reported
+    return [
+        Snapshot(step, state.losses.get(step), rec.metrics)
+        for step, rec in sorted(records.items())
+    ]
+
+
+def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: RunOutcome) -> Report:
+    state = session.state
+    snapshots = _snapshots(state)
+    losses = sorted(state.losses.items())
+    findings = run_checks(
+        CheckInput(state.components, snapshots, losses, state.events, state.optimizers)
+    )
+    if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
+        raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
+    notes = list(state.notes)
+    if outcome.interrupted:
+        notes.append("interrupted by Ctrl-C: the report covers the steps before it")
+    if not state.optimizers:
+        notes.append("the script created no torch.optim optimizer: nothing to diagnose")
+    elif state.backward_calls == 0:
+        notes.append("the script never called backward(): nothing to diagnose")
+    run = RunInfo(
+        script=str(options.script),
+        argv=list(options.argv),
+        status=outcome.status,
+        error=outcome.error,
+        steps=state.step,
+        seconds=session.elapsed(),
+        device=state.device or "cpu",
+        torch=torch.__version__,
+        python=platform.python_version(),
+        backward_calls=state.backward_calls,
+        optimizers=[
+            {"index": i, "class": type(o).__name__, "param_groups": len(o.param_groups)}
+            for i, o in enumerate(state.optimizers)
+        ],
+        max_steps=options.max_steps,
+        schedule=options.schedule.describe(),
+    )
+    return Report(
+        run=run,
+        components=[c.to_dict() for c in state.components],
+        snapshots=snapshots,
+        losses=losses,
+        findings=rank(findings),
+        numerics=[e.to_dict() for e in state.events],
+        notes=notes,
+        tool_version=__version__,
+    )

@@ -1,0 +1,69 @@
+"""First-order, per-component statistics: free to compute from ``.grad`` at ``optimizer.step()``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from hfault.components import Component
+
+
+def _sq_norm(tensors: Sequence[torch.Tensor]) -> float:
+    if not tensors:
+        return 0.0
+    total = torch.stack([t.detach().double().pow(2).sum() for t in tensors]).sum()
+    return float(total)
+
+
+def group_lr(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> float | None:
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            lr = group.get("lr")
+            return float(lr) if lr is not None else None
+    return None
+
+
+def gradient_stats(component: Component, optimizer: torch.optim.Optimizer) -> dict[str, object]:
+    """Gradient norm, weight norm, zero-gradient fraction and learning rate of one component.
+
+    A parameter whose ``.grad`` is None received no gradient (cut from the graph, e.g. by a stray
+    ``.detach()``): it counts as all-zero and sets ``grad_missing``.
+    """
+    grads, missing, zeros = [], 0, 0
+    for part in component.parts:
+        g = part.param.grad
+        if g is None:
+            missing += part.numel
+            continue
+        view = part.view(g)
+        grads.append(view)
+        zeros += int((view == 0).sum())
+    weights = [part.view(part.param) for part in component.parts]
+    grad_sq = _sq_norm(grads)
+    lrs = {group_lr(optimizer, part.param) for part in component.parts} - {None}
+    numel = component.numel
+    return {
+        "grad_norm": math.sqrt(grad_sq) if math.isfinite(grad_sq) else grad_sq,
+        "grad_rms": math.sqrt(grad_sq / numel) if math.isfinite(grad_sq) else grad_sq,
+        "weight_norm": math.sqrt(_sq_norm(weights)),
+        "zero_grad_fraction": (zeros + missing) / numel,
+        "grad_missing": missing == numel,
+        "lr": max(lrs) if lrs else None,
+    }
+
+
+def copy_weights(component: Component) -> list[torch.Tensor]:
+    """Weights before the step, to measure the update ratio after it."""
+    return [part.view(part.param).detach().clone() for part in component.parts]
+
+
+def update_ratio(component: Component, before: Sequence[torch.Tensor]) -> float | None:
+    """‖Δθ‖/‖θ‖ of one step: ~1e-3 is typical; ≳1e-1 means the step rewrote the weights."""
+    after = [part.view(part.param).detach() for part in component.parts]
+    delta = _sq_norm([a - b for a, b in zip(after, before, strict=True)])
+    base = _sq_norm(before)
+    if base == 0.0:
+        return None if delta == 0.0 else math.inf
+    return math.sqrt(delta / base)

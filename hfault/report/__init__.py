@@ -1,0 +1,1 @@
+"""The report: one data object (:class:`~hfault.report.model.Report`) rendered several ways."""

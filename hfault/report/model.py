@@ -1,0 +1,173 @@
+"""Typed report objects, shared by every renderer. They know nothing of rich or JSON files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+SEVERITIES = ("error", "warning", "info")
+SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass
+class Fix:
+    """A concrete remedy: a sentence, numbers a person can apply, and a ready code snippet."""
+
+    summary: str
+    values: dict[str, Any] = field(default_factory=dict)
+    snippet: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "values": self.values, "snippet": self.snippet}
+
+
+@dataclass
+class Finding:
+    """One diagnosed problem, ranked among the others."""
+
+    rule: str
+    name: str
+    severity: str
+    message: str
+    component: str | None = None
+    step: int | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: Fix | None = None
+    score: float = 0.0
+    rank: int = 0
+
+    def sort_key(self) -> tuple[int, float, str, str]:
+        return (SEVERITY_ORDER[self.severity], -self.score, self.component or "", self.rule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "name": self.name,
+            "severity": self.severity,
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "component": self.component,
+            "step": self.step,
+            "message": self.message,
+            "evidence": _clean(self.evidence),
+            "fix": self.fix.to_dict() if self.fix else None,
+        }
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    """Severity first, then how far past its threshold, then component name: deterministic."""
+    ordered = sorted(findings, key=Finding.sort_key)
+    for i, finding in enumerate(ordered, start=1):
+        finding.rank = i
+    return ordered
+
+
+@dataclass
+class Snapshot:
+    step: int
+    loss: float | None
+    metrics: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "loss": _num(self.loss), "metrics": _clean(self.metrics)}
+
+
+@dataclass
+class RunInfo:
+    script: str
+    argv: list[str]
+    status: str
+    error: dict[str, Any] | None
+    steps: int
+    seconds: float
+    device: str
+    torch: str
+    python: str
+    backward_calls: int = 0
+    optimizers: list[dict[str, Any]] = field(default_factory=list)
+    max_steps: int | None = None
+    schedule: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "script": self.script,
+            "argv": self.argv,
+            "status": self.status,
+            "error": self.error,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+            "torch": self.torch,
+            "python": self.python,
+            "backward_calls": self.backward_calls,
+            "optimizers": self.optimizers,
+            "max_steps": self.max_steps,
+            "schedule": self.schedule,
+        }
+
+
+@dataclass
+class Report:
+    run: RunInfo
+    components: list[dict[str, Any]]
+    snapshots: list[Snapshot]
+    losses: list[tuple[int, float]]
+    findings: list[Finding]
+    numerics: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tool_version: str = "0.1.0"
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
+
+    def verdict(self) -> str:
+        if self.run.status == "crashed":
+            head = "crashed"
+        elif not self.findings or all(f.severity == "info" for f in self.findings):
+            head = "healthy"
+        elif any(f.severity == "error" for f in self.findings):
+            head = "faulty"
+        else:
+            head = "suspicious"
+        return head
+
+    def summary(self) -> dict[str, Any]:
+        top = self.findings[0] if self.findings else None
+        return {
+            "verdict": self.verdict(),
+            "counts": self.counts(),
+            "top_finding": top.rule if top else None,
+            "top_component": top.component if top else None,
+            "headline": top.message if top else "no findings",
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "hfault", "version": self.tool_version},
+            "run": self.run.to_dict(),
+            "components": self.components,
+            "snapshots": [s.to_dict() for s in self.snapshots],
+            "timeline": {"loss": [{"step": s, "loss": _num(v)} for s, v in self.losses]},
+            "numerics": self.numerics,
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": self.notes,
+            "summary": self.summary(),
+        }
+
+
+def _num(x: Any) -> Any:
+    """JSON has no NaN/Inf: encode them as the strings "nan", "inf", "-inf"."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if x != x else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return _num(obj)
