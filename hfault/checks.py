@@ -23,7 +23,6 @@ from hfault.report.model import Finding, Fix, Snapshot
 UPDATE_RATIO_WARN = 0.1
 UPDATE_RATIO_ERROR = 1.0
 PEER_FACTOR = 10.0  # how many times the peers' median update ratio makes a component stand out
-GRAD_RMS_PEER_FACTOR = 100.0  # RMS gradient this many times the peers' median: exploding
 VANISH_FACTOR = 1e-4  # RMS gradient below this share of the peers' median at every snapshot
 GROWTH_WARN = 1e3  # RMS gradient growth first -> last snapshot
 WEIGHT_GROWTH_WARN = 10.0  # weight norm growth first -> last snapshot (error at 10x this)
@@ -272,8 +271,6 @@ def _check_exploding(data: CheckInput, comp: Component) -> list[Finding]:
             0.1,
         )
     if worst is None:
-        worst = _grad_outlier(data, comp)
-    if worst is None:
         return []
     severity, score, step, evidence, factor = worst
     lr = _series(data, comp.name, "lr")
@@ -320,7 +317,7 @@ def _explode_message(comp: Component, ev: dict[str, object]) -> str:
         )
     if metric == "grad_rms_growth":
         return f"{comp.name}'s gradient grew {value:.3g}× over the run"
-    return f"{comp.name}'s RMS gradient is {value:.3g}× its peers' median"
+    raise ValueError(metric)
 
 
 def _weight_growth(data: CheckInput, comp: Component):  # type: ignore[no-untyped-def]
@@ -362,25 +359,6 @@ def _growth(data: CheckInput, comp: Component) -> tuple[float, int] | None:
     if len(rms) < 3 or rms[0][1] <= 0:
         return None
     return rms[-1][1] / rms[0][1], rms[-1][0]
-
-
-def _grad_outlier(data: CheckInput, comp: Component):  # type: ignore[no-untyped-def]
-    best = None
-    for snap in data.snapshots:
-        value = snap.metrics.get(comp.name, {}).get("grad_rms")
-        peer = _peer_median(snap, "grad_rms", comp.name)
-        if not isinstance(value, float) or not math.isfinite(value) or not peer:
-            continue
-        ratio = value / peer
-        if ratio >= GRAD_RMS_PEER_FACTOR and (best is None or ratio > best[3]["value"]):
-            best = (
-                "warning",
-                math.log10(ratio / GRAD_RMS_PEER_FACTOR) + 1.0,
-                snap.step,
-                {"metric": "grad_rms_vs_peers", "value": ratio, "threshold": GRAD_RMS_PEER_FACTOR},
-                0.1,
-            )
-    return best
 
 
 def _check_vanishing(data: CheckInput, comp: Component) -> list[Finding]:

@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -144,18 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Non-standalone click returns the code of a typer.Exit instead of raising it.
         code = app(args=args, prog_name="hfault", standalone_mode=False)
-    except click.exceptions.NoSuchOption as exc:
-        _err(f"{exc.format_message()} (script arguments go after --: "
-             "hfault diagnose train.py -- --epochs 3)")
+    except UsageFailure as exc:
+        _err(str(exc))
         sys.exit(ExitCode.USAGE)
-    except (click.exceptions.UsageError, UsageFailure) as exc:
-        message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(ExitCode.INTERRUPTED)
+    except typer.TyperException as exc:  # typer's (vendored click) usage errors
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoSuchOption":
+            message += " (script arguments go after --: hfault diagnose train.py -- --epochs 3)"
         _err(message)
         sys.exit(ExitCode.USAGE)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
         sys.exit(ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug in hfault: one line, the traceback on request

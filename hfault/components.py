@@ -153,8 +153,11 @@ class _Owner:
     ancestors: list[tuple[str, nn.Module]]  # (path, module), outermost first, module excluded
 
 
-def find_roots(modules: Sequence[nn.Module]) -> list[nn.Module]:
-    """Roots = seen modules that are no other seen module's descendant.
+def find_roots(
+    modules: Sequence[nn.Module], params: Sequence[nn.Parameter] | None = None
+) -> list[nn.Module]:
+    """Roots = seen modules that are no other seen module's descendant (and, given ``params``,
+    that hold at least one of them: a loss module built inside ``forward`` is not a model).
 
     ``ModuleList``/``ModuleDict`` never run forward, so descendants must come from ``.modules()``,
     not from the modules seen running.
@@ -164,10 +167,13 @@ def find_roots(modules: Sequence[nn.Module]) -> list[nn.Module]:
         for sub in m.modules():
             if sub is not m:
                 descendants.add(id(sub))
+    wanted = None if params is None else {id(p) for p in params}
     roots, seen = [], set()
     for m in modules:
-        if id(m) not in descendants and id(m) not in seen:
-            seen.add(id(m))
+        if id(m) in descendants or id(m) in seen:
+            continue
+        seen.add(id(m))
+        if wanted is None or any(id(p) in wanted for p in m.parameters()):
             roots.append(m)
     return roots
 
@@ -249,7 +255,7 @@ def build_components(
                 if p.requires_grad and id(p) not in opt_of:
                     opt_of[id(p)] = oi
                     params.append(p)
-    roots = find_roots(seen_modules)
+    roots = find_roots(seen_modules, params)
     owners = _owners(params, roots)
     cross_ids = {id(m) for m in cross_modules}
 
@@ -296,6 +302,16 @@ def _attention_context(
     return None, None
 
 
+def _defining_class(owner: _Owner) -> type:
+    """The class to point a person at: the module's own class, unless it is a torch.nn building
+    block (Linear, MultiheadAttention), then the nearest enclosing class that holds it."""
+    chain = [*owner.ancestors, (owner.path, owner.module)]
+    for _, module in reversed(chain):
+        if not type(module).__module__.startswith("torch.nn."):
+            return type(module)
+    return type(owner.module)
+
+
 def _is_cross(path: str, module: nn.Module, cross_ids: set[int]) -> bool:
     if id(module) in cross_ids or getattr(module, "is_cross_attention", False):
         return True
@@ -311,7 +327,7 @@ def _components_of_module(
 ) -> list[Component]:
     owner = items[0][0]
     module = owner.module
-    source = class_source(type(module))
+    source = class_source(_defining_class(owner))
     attention, kind = _attention_context(owner, cross_ids)
     layer = _layer_index(path)
     mtype = type(module).__name__

@@ -295,11 +295,17 @@ class CaptureSession:
 
     def module_names(self) -> dict[int, str]:
         """id(module) -> name relative to its root, for every module seen running."""
-        roots = find_roots(list(self.state.modules.values()))
+        seen = list(self.state.modules.values())
+        params = [p for c in self.state.components for p in (part.param for part in c.parts)]
+        roots = find_roots(seen, params)
         names: dict[int, str] = {}
         for root, prefix in zip(roots, root_prefixes(roots), strict=True):
             for path, module in root.named_modules():
                 full = prefix + path if path else (prefix.rstrip(".") or type(root).__name__)
+                names.setdefault(id(module), full)
+        for other in find_roots(seen):  # modules outside the trained models (a loss module)
+            for path, module in other.named_modules():
+                full = f"{type(other).__name__}.{path}" if path else type(other).__name__
                 names.setdefault(id(module), full)
         return names
 

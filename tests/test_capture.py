@@ -1,0 +1,139 @@
+"""The script runs unchanged under hfault: same trajectory, argv, cwd; steps, losses, components."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SCRIPTS, assert_same_training, run_plain
+
+
+@pytest.mark.parametrize(
+    ("script", "extra"),
+    [("basic_train.py", []), ("accum_train.py", []), ("frozen_train.py", []),
+     ("distilbert_train.py", [])],
+)
+def test_training_is_bit_identical_with_and_without_hfault(cli, tmp_path: Path, script, extra):
+    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
+    run_plain(SCRIPTS / script, ["--out", str(plain), *extra])
+    result = cli("diagnose", str(SCRIPTS / script), "--", "--out", str(watched), *extra)
+    assert result.returncode == 0, result.stderr
+    saved = assert_same_training(plain, watched)
+    report = result.report
+    assert report["run"]["status"] == "completed"
+    assert report["run"]["steps"] == len(saved["losses"]) == 12
+    recorded = [row["loss"] for row in report["timeline"]["loss"]]
+    assert recorded == pytest.approx(saved["losses"], rel=1e-6, abs=1e-9)
+
+
+def test_gradient_accumulation_counts_steps_not_micro_batches(cli, tmp_path: Path):
+    result = cli("diagnose", str(SCRIPTS / "accum_train.py"), "--", "--steps", "7")
+    run = result.report["run"]
+    assert (run["steps"], run["backward_calls"]) == (7, 28)
+    assert [s["step"] for s in result.report["timeline"]["loss"]] == list(range(1, 8))
+
+
+def test_max_steps_stops_the_loop_cleanly(cli):
+    result = cli("diagnose", str(SCRIPTS / "basic_train.py"), "--max-steps", "5", "--", "--steps",
+                 "50")
+    assert result.returncode == 0, result.stderr
+    run = result.report["run"]
+    assert run["status"] == "stopped" and run["steps"] == 5 and run["max_steps"] == 5
+    steps = [s["step"] for s in result.report["snapshots"]]
+    assert steps[0] == 1 and steps[-1] == 5
+    assert len(result.report["timeline"]["loss"]) == 5
+
+
+def test_script_sees_its_own_argv_name_path_and_cwd(cli, tmp_path: Path):
+    out = tmp_path / "seen.txt"
+    script = tmp_path / "sub" / "introspect.py"
+    script.parent.mkdir()
+    script.write_text(
+        "import os, sys\n"
+        "open(sys.argv[-1], 'w').write(repr((__name__, sys.argv, sys.path[0], os.getcwd())))\n"
+    )
+    result = cli("diagnose", str(script), "--", "--flag", "x", str(out), cwd=tmp_path)
+    assert result.returncode == 2  # no optimizer: nothing to diagnose, but it ran
+    name, argv, path0, cwd = eval(out.read_text())
+    assert name == "__main__"
+    assert argv == [str(script), "--flag", "x", str(out)]
+    assert Path(path0) == script.parent.resolve()
+    assert Path(cwd) == tmp_path
+
+
+def test_frozen_and_unoptimized_parameters_are_not_components(cli):
+    result = cli("diagnose", str(SCRIPTS / "frozen_train.py"))
+    assert result.names() == ["body", "head"]
+    last = result.report["snapshots"][-1]["metrics"]
+    assert last["body"]["lr"] == pytest.approx(1e-3)
+    assert last["head"]["lr"] == pytest.approx(1e-2)
+    assert result.component("body")["numel"] == 8 * 8 + 8
+
+
+def test_two_optimizers_on_one_model_share_the_step_count(cli):
+    result = cli("diagnose", str(SCRIPTS / "two_opt_train.py"), "--", "--steps", "6")
+    assert result.names() == ["0.fc", "1.fc"]
+    assert [c["optimizer"] for c in result.report["components"]] == [0, 1]
+    assert result.report["run"]["steps"] == 6
+    assert [o["class"] for o in result.report["run"]["optimizers"]] == ["Adam", "SGD"]
+    assert set(result.report["snapshots"][-1]["metrics"]) == {"0.fc", "1.fc"}
+
+
+def test_several_roots_get_a_root_prefix(cli):
+    result = cli("diagnose", str(SCRIPTS / "two_opt_train.py"), "--", "--steps", "4",
+                 "--two-models")
+    assert result.names() == ["Generator.fc", "Critic.fc"]
+
+
+def test_multihead_attention_in_proj_is_split_into_query_key_value(cli, tmp_path: Path):
+    out = tmp_path / "mha.pt"
+    result = cli("diagnose", str(SCRIPTS / "mha_train.py"), "--", "--out", str(out))
+    roles = {c["name"]: c["role"] for c in result.report["components"]}
+    assert roles == {
+        "embed": "other",
+        "attn.in_proj.query": "query",
+        "attn.in_proj.key": "key",
+        "attn.in_proj.value": "value",
+        "attn.out_proj": "output",
+        "head": "other",
+    }
+    for name in ("attn.in_proj.query", "attn.in_proj.key", "attn.in_proj.value"):
+        assert result.component(name)["numel"] == 8 * 8 + 8
+        assert result.component(name)["attention"] == "attn"
+    weight_grad, bias_grad = torch.load(out)["first_grad"]
+    step1 = result.report["snapshots"][0]
+    assert step1["step"] == 1
+    for i, role in enumerate(("query", "key", "value")):
+        expected = math.sqrt(
+            weight_grad[8 * i : 8 * (i + 1)].double().pow(2).sum()
+            + bias_grad[8 * i : 8 * (i + 1)].double().pow(2).sum()
+        )
+        assert step1["metrics"][f"attn.in_proj.{role}"]["grad_norm"] == pytest.approx(
+            expected, rel=1e-6
+        )
+
+
+def test_distilbert_attention_projections_are_recognised(cli):
+    result = cli("diagnose", str(SCRIPTS / "distilbert_train.py"), "--", "--steps", "3")
+    assert result.returncode == 0, result.stderr
+    for layer in (0, 1):
+        base = f"distilbert.transformer.layer.{layer}.attention"
+        for proj, role in (("q_lin", "query"), ("k_lin", "key"), ("v_lin", "value"),
+                           ("out_lin", "output")):
+            comp = result.component(f"{base}.{proj}")
+            assert comp["role"] == role
+            assert comp["layer"] == layer
+            assert comp["attention"] == base
+            assert comp["source"]["file"].endswith("modeling_distilbert.py")
+    # every trainable parameter is in exactly one component
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=16, num_labels=2)
+    model = DistilBertForSequenceClassification(config)
+    assert sum(c["numel"] for c in result.report["components"]) == sum(
+        p.numel() for p in model.parameters()
+    )

@@ -1,0 +1,154 @@
+"""Every exit code of ``hfault diagnose``, one-line errors, numerical-fault localization."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hfault import ExitCode
+from tests.conftest import ROOT, SAMPLES, SCRIPTS, validate
+
+
+def assert_one_line_error(stderr: str, contains: str) -> None:
+    errors = [line for line in stderr.splitlines() if line.startswith("hfault: error:")]
+    assert len(errors) == 1 and contains in errors[0], stderr
+    assert "Traceback" not in stderr
+
+
+def test_healthy_run_exits_0(cli):
+    result = cli("diagnose", str(SCRIPTS / "basic_train.py"))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert result.report["summary"]["verdict"] == "healthy"
+    assert not result.findings()
+    assert "hfault report" in result.stdout
+
+
+def test_nan_activation_is_localized_to_the_module_and_step(cli):
+    result = cli("diagnose", str(SCRIPTS / "nan_train.py"), "--", "--steps", "8",
+                 "--bad-step", "5")
+    assert result.returncode == ExitCode.FINDINGS
+    top = result.findings()[0]
+    assert (top["rule"], top["rank"], top["severity"]) == ("HF001", 1, "error")
+    assert top["step"] == 5
+    assert top["evidence"]["kind"] == "activation"
+    assert top["evidence"]["where"] == "temp"
+    assert result.report["numerics"][0]["where"] == "temp"
+    assert "detect_anomaly" in top["fix"]["snippet"]
+    assert result.report["summary"]["verdict"] == "faulty"
+
+
+def test_nan_gradient_with_finite_forward_names_the_parameter(cli):
+    result = cli("diagnose", str(SCRIPTS / "nan_train.py"), "--", "--steps", "4",
+                 "--mode", "grad")
+    assert result.returncode == ExitCode.FINDINGS
+    top = result.findings()[0]
+    assert top["rule"] == "HF001" and top["step"] == 1
+    assert top["evidence"]["kind"] == "gradient"
+    assert top["component"] == "gate"
+
+
+def test_fail_on_chooses_the_threshold(cli):
+    script = str(SCRIPTS / "nan_train.py")
+    assert cli("diagnose", script, "--fail-on", "never").returncode == ExitCode.OK
+    assert cli("diagnose", script, "--fail-on", "warning").returncode == ExitCode.FINDINGS
+
+
+def test_warning_fails_only_with_fail_on_warning(cli):
+    sample = str(SAMPLES / "transformer_lr_fault.py")
+    strict = cli("diagnose", sample, "--max-steps", "40", "--fail-on", "warning")
+    assert strict.findings()[0]["severity"] == "warning", strict.stdout
+    assert strict.returncode == ExitCode.FINDINGS
+    assert cli("diagnose", sample, "--max-steps", "40").returncode == ExitCode.OK
+
+
+@pytest.mark.parametrize(
+    ("args", "contains"),
+    [
+        (["diagnose", "no/such/train.py"], "no such script"),
+        (["diagnose", "SCRIPT", "--bogus"], "No such option"),
+        (["diagnose", "SCRIPT", "--at", "x"], "--at"),
+        (["diagnose", "SCRIPT", "--at", "0"], "numbered from 1"),
+        (["diagnose", "SCRIPT", "--max-steps", "0"], "--max-steps"),
+        (["diagnose", "SCRIPT", "--fail-on", "sometimes"], "--fail-on"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(cli, args, contains):
+    args = [str(SCRIPTS / "basic_train.py") if a == "SCRIPT" else a for a in args]
+    result = cli(*args, json_report=False)
+    assert result.returncode == ExitCode.USAGE
+    assert_one_line_error(result.stderr, contains)
+
+
+@pytest.mark.parametrize(
+    ("script", "what"),
+    [("no_optimizer.py", "created no torch.optim optimizer"),
+     ("no_backward.py", "never called backward()")],
+)
+def test_nothing_to_diagnose_is_a_clear_usage_error(cli, script, what):
+    result = cli("diagnose", str(SCRIPTS / script), "--quiet")
+    assert result.returncode == ExitCode.USAGE
+    assert_one_line_error(result.stderr, what)
+    assert result.report["run"]["status"] == "completed"
+    assert any("nothing to diagnose" in note for note in result.report["notes"])
+
+
+def test_script_crash_exits_3_with_partial_report(cli):
+    result = cli("diagnose", str(SCRIPTS / "crash_train.py"))
+    assert result.returncode == ExitCode.SCRIPT_CRASHED
+    assert_one_line_error(result.stderr, "ValueError: corrupt shard 7")
+    run = result.report["run"]
+    assert run["status"] == "crashed" and run["steps"] == 2
+    error = run["error"]
+    assert error["type"] == "ValueError" and error["function"] == "load_batch"
+    assert Path(error["file"]).name == "crash_train.py"
+    source = (SCRIPTS / "crash_train.py").read_text().splitlines()
+    assert "raise ValueError" in source[error["line"] - 1]
+    assert [s["step"] for s in result.report["snapshots"]] == [1, 2]
+    assert result.report["summary"]["verdict"] == "crashed"
+
+
+def test_traceback_flag_prints_the_users_traceback(cli):
+    result = cli("diagnose", str(SCRIPTS / "crash_train.py"), "--traceback", json_report=False)
+    assert result.returncode == ExitCode.SCRIPT_CRASHED
+    assert "load_batch" in result.stderr and "hfault/capture" not in result.stderr
+
+
+def test_internal_error_exits_4_with_one_line(cli):
+    result = cli("diagnose", str(SCRIPTS / "accum_train.py"),
+                 env={"HFAULT_DEBUG_RAISE": "report"}, json_report=False)
+    assert result.returncode == ExitCode.INTERNAL
+    assert_one_line_error(result.stderr, "internal error")
+
+
+def test_ctrl_c_writes_the_partial_report(tmp_path: Path):
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hfault", "diagnose", str(SCRIPTS / "forever_train.py"),
+         "--json", str(report), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("step 5"):
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED
+    data = json.loads(report.read_text())
+    validate(data)
+    assert data["run"]["status"] == "stopped"
+    assert data["run"]["steps"] >= 5
+    assert any("Ctrl-C" in note for note in data["notes"])
+
+
+def test_version(cli):
+    result = cli("--version", json_report=False)
+    assert result.returncode == 0 and result.stdout.startswith("hfault ")
