@@ -420,10 +420,12 @@ def _is_pooling(path: str, attention: str | None, module: nn.Module, owner: _Own
     leaf = _leaf(path)
     if leaf in _CONTEXT or "context" in leaf:
         return True
+    weight = getattr(module, "weight", None)
+    is_projection = isinstance(weight, torch.Tensor) and weight.dim() == 2
+    if not (is_projection and any(h in leaf for h in _ATTN_HINTS)):
+        return False  # e.g. the GRU encoder that HAN keeps inside its WordAttention module
     if attention is None:
-        weight = getattr(module, "weight", None)
-        is_projection = isinstance(weight, torch.Tensor) and weight.dim() == 2
-        return is_projection and any(h in leaf for h in _ATTN_HINTS)
+        return True
     chain = [*owner.ancestors, (owner.path, module)]
     attn_module = next(m for p, m in chain if p == attention)
     return not _has_projections(attn_module)

@@ -152,3 +152,13 @@ def test_ctrl_c_writes_the_partial_report(tmp_path: Path):
 def test_version(cli):
     result = cli("--version", json_report=False)
     assert result.returncode == 0 and result.stdout.startswith("hfault ")
+
+
+def test_detached_component_is_reported_dead_with_its_location(cli):
+    result = cli("diagnose", str(SCRIPTS / "detach_train.py"))
+    assert result.returncode == ExitCode.FINDINGS
+    top = result.findings()[0]
+    assert (top["rule"], top["component"]) == ("HF003", "gate_proj")
+    assert top["evidence"]["grad_missing"] is True
+    assert "detach_train.py" in top["fix"]["summary"]
+    assert [f["component"] for f in result.findings("HF003")] == ["gate_proj"]
