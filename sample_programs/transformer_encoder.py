@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--checkpoint", default=None, help="save losses and weights here")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -85,6 +86,7 @@ def main() -> None:
     model = Encoder(vocab, dim=32, heads=4, layers=2, classes=2)
     optimizer = build_optimizer(model, args.lr)
 
+    losses = []
     for step in range(1, args.steps + 1):
         tokens, labels = make_batch(gen, 64, seq, vocab)
         logits = model(tokens)
@@ -92,9 +94,12 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        losses.append(loss.item())
         if step % 25 == 0 or step == 1:
             acc = (logits.argmax(-1) == labels).float().mean().item()
             print(f"step {step:4d}  loss {loss.item():.4f}  acc {acc:.2f}")
+    if args.checkpoint:
+        torch.save({"losses": losses, "states": [model.state_dict()]}, args.checkpoint)
 
 
 if __name__ == "__main__":

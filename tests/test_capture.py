@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SCRIPTS, assert_same_training, run_plain
+from tests.conftest import SAMPLES, SCRIPTS, assert_same_training, run_plain
 
 
 @pytest.mark.parametrize(
     ("script", "extra"),
     [("basic_train.py", []), ("accum_train.py", []), ("frozen_train.py", []),
-     ("distilbert_train.py", [])],
+     ("distilbert_train.py", []), ("amp_train.py", [])],
 )
 def test_training_is_bit_identical_with_and_without_hfault(cli, tmp_path: Path, script, extra):
     plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
@@ -27,6 +27,17 @@ def test_training_is_bit_identical_with_and_without_hfault(cli, tmp_path: Path, 
     assert report["run"]["steps"] == len(saved["losses"]) == 12
     recorded = [row["loss"] for row in report["timeline"]["loss"]]
     assert recorded == pytest.approx(saved["losses"], rel=1e-6, abs=1e-9)
+
+
+def test_sample_program_trains_identically_under_hfault(cli, tmp_path: Path):
+    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
+    sample = SAMPLES / "transformer_encoder.py"
+    run_plain(sample, ["--steps", "30", "--checkpoint", str(plain)])
+    result = cli("diagnose", str(sample), "--", "--steps", "30", "--checkpoint", str(watched))
+    assert result.returncode == 0, result.stderr
+    saved = assert_same_training(plain, watched)
+    recorded = [row["loss"] for row in result.report["timeline"]["loss"]]
+    assert recorded == pytest.approx(saved["losses"], rel=1e-6)
 
 
 def test_gradient_accumulation_counts_steps_not_micro_batches(cli, tmp_path: Path):
