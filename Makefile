@@ -17,11 +17,11 @@ demo: $(STAMP)
 	$(BIN)/hfault diagnose sample_programs/transformer_lr_fault.py --max-steps 60 --json hfault-report.json --fail-on never
 
 test: $(STAMP)
-	$(BIN)/ruff check hfault tests sample_programs benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check hfault tests sample_programs benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) *.egg-info

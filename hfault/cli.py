@@ -32,6 +32,12 @@ class FailOn(str, Enum):
     never = "never"
 
 
+class Budget(str, Enum):
+    economy = "economy"
+    standard = "standard"
+    thorough = "thorough"
+
+
 class UsageFailure(Exception):
     """A usage problem found after option parsing (exit 2)."""
 
@@ -82,6 +88,30 @@ def diagnose(
             help="Check every module output for NaN/Inf (one reduction per output).",
         ),
     ] = True,
+    curvature: Annotated[
+        bool,
+        typer.Option(
+            "--curvature/--no-curvature",
+            help="Hessian metrics at snapshot steps (--no-curvature: first-order only).",
+        ),
+    ] = True,
+    budget: Annotated[
+        Budget, typer.Option("--budget", help="HVP budget preset: probes and Lanczos steps.")
+    ] = Budget.economy,
+    probes: Annotated[
+        int | None, typer.Option("--probes", min=1, help="Hutchinson probes per component.")
+    ] = None,
+    lanczos_steps: Annotated[
+        int | None, typer.Option("--lanczos-steps", min=2, help="Lanczos steps per component.")
+    ] = None,
+    components: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--components",
+            help="Glob of component names to add to the coupling set (attention components are "
+            "always in it); repeatable.",
+        ),
+    ] = None,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
@@ -96,7 +126,16 @@ def diagnose(
         schedule = parse_schedule(at, max_steps)
     except ScheduleError as exc:
         raise UsageFailure(str(exc)) from None
-    options = DiagnoseOptions(script, list(ctx.args), schedule, max_steps, nan_watch)
+    config = None
+    if curvature:
+        from hfault.curvature import CurvatureSettings
+        from hfault.probes.curvature_probe import CurvatureConfig
+
+        config = CurvatureConfig(
+            CurvatureSettings(budget=budget.value, probes=probes, lanczos_steps=lanczos_steps),
+            tuple(components or ()),
+        )
+    options = DiagnoseOptions(script, list(ctx.args), schedule, max_steps, nan_watch, config)
     result = diagnose(options)
     report = result.report
     if json_path is not None:

@@ -14,6 +14,7 @@ from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.checks import CheckInput, run_checks
+from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, graph_dict
 from hfault.report.model import Report, RunInfo, Snapshot, rank
 
 
@@ -24,6 +25,8 @@ class DiagnoseOptions:
     schedule: Schedule = field(default_factory=Schedule)
     max_steps: int | None = None
     nan_watch: bool = True
+    curvature: CurvatureConfig | None = field(default_factory=CurvatureConfig)
+    """None: first-order only (``--no-curvature``)."""
 
 
 @dataclass
@@ -39,7 +42,12 @@ class Diagnosis:
 
 
 def diagnose(options: DiagnoseOptions) -> Diagnosis:
-    session = CaptureSession(options.schedule, options.max_steps, nan_watch=options.nan_watch)
+    session = CaptureSession(
+        options.schedule,
+        options.max_steps,
+        nan_watch=options.nan_watch,
+        curvature=options.curvature,
+    )
     outcome = run_script(options.script, options.argv, session)
     return Diagnosis(build_report(options, session, outcome), outcome, session.state)
 
@@ -48,10 +56,26 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
     records = dict(state.snapshots)
     if state.last is not None and state.last.step not in records:
         records[state.last.step] = state.last  # the last step seen, always reported
-    return [
-        Snapshot(step, state.losses.get(step), rec.metrics)
-        for step, rec in sorted(records.items())
-    ]
+    snapshots = []
+    for step, rec in sorted(records.items()):
+        metrics = {name: dict(m) for name, m in rec.metrics.items()}
+        curvature = None
+        measured = state.curvature.get(step)
+        if measured is not None:
+            curvature = {"seconds": measured.seconds, "error": measured.error}
+            if measured.snapshot is not None:
+                for name, extra in block_metrics(measured.snapshot).items():
+                    metrics.setdefault(name, {}).update(extra)
+                curvature.update(
+                    hvps=measured.snapshot.hvp_count,
+                    probes=measured.snapshot.settings.k,
+                    lanczos_steps=measured.snapshot.settings.m,
+                    notes=list(measured.snapshot.notes),
+                    unused=list(measured.snapshot.unused_blocks),
+                    graph=graph_dict(measured.snapshot),
+                )
+        snapshots.append(Snapshot(step, state.losses.get(step), metrics, curvature))
+    return snapshots
 
 
 def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: RunOutcome) -> Report:
@@ -64,6 +88,9 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
     if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
         raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
     notes = list(state.notes)
+    for record in state.curvature.values():
+        if record.error:
+            notes.append(f"curvature at step {record.step} not measured: {record.error}")
     if outcome.interrupted:
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
     if not state.optimizers:
@@ -87,6 +114,8 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         ],
         max_steps=options.max_steps,
         schedule=options.schedule.describe(),
+        hvps=sum(r.snapshot.hvp_count for r in state.curvature.values() if r.snapshot),
+        curvature=options.curvature is not None,
     )
     return Report(
         run=run,

@@ -26,6 +26,12 @@ from torch.nn.modules import module as module_mod
 
 from hfault.capture.schedule import Schedule
 from hfault.components import Component, build_components, find_roots, root_prefixes
+from hfault.probes.curvature_probe import (
+    CurvatureConfig,
+    CurvatureRecord,
+    MathAttention,
+    measure_step,
+)
 from hfault.probes.gradients import copy_weights, gradient_stats, update_ratio
 from hfault.probes.numerics import ActivationWatch, NonFiniteEvent, describe_value
 
@@ -57,6 +63,7 @@ class CaptureState:
     snapshots: dict[int, StepRecord] = field(default_factory=dict)
     last: StepRecord | None = None
     events: list[NonFiniteEvent] = field(default_factory=list)
+    curvature: dict[int, CurvatureRecord] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     device: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -65,10 +72,19 @@ class CaptureState:
 class CaptureSession:
     """Install with ``with CaptureSession(schedule): run the script``; read ``.state`` after."""
 
-    def __init__(self, schedule: Schedule, max_steps: int | None = None, *, nan_watch: bool = True):
+    def __init__(
+        self,
+        schedule: Schedule,
+        max_steps: int | None = None,
+        *,
+        nan_watch: bool = True,
+        curvature: CurvatureConfig | None = None,
+    ):
         self.schedule = schedule
         self.max_steps = max_steps
         self.nan_watch = nan_watch
+        self.curvature = curvature
+        self._math = MathAttention()
         self.state = CaptureState()
         self._watch = ActivationWatch()
         self._handles: list[Any] = []
@@ -80,7 +96,6 @@ class CaptureSession:
         self._components_for: int = -1  # number of optimizers the components were built from
         self._pending_loss = 0.0
         self._pending_seen = False
-        self.on_backward: list[Callable[[CaptureSession, torch.Tensor, float], None]] = []
 
     # ----------------------------------------------------------------- install / uninstall
     def __enter__(self) -> CaptureSession:
@@ -123,6 +138,8 @@ class CaptureSession:
         self._handles.append(module_mod.register_module_forward_pre_hook(self._pre_forward))
         if self.nan_watch:
             self._handles.append(module_mod.register_module_forward_hook(self._post_forward))
+        if self.curvature is not None and self.schedule.wants(1):
+            self._math.enter()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -132,6 +149,7 @@ class CaptureSession:
             restore()
         self._handles.clear()
         self._restore.clear()
+        self._math.exit()
         self._watch.clear()
         self._before.clear()
 
@@ -177,8 +195,17 @@ class CaptureSession:
             self._locate_nonfinite_forward(upcoming, value)
         self._watch.clear()
         self._ensure_components()
-        for callback in self.on_backward:
-            callback(self, loss, scale)
+        if (
+            self.curvature is not None
+            and self.schedule.wants(upcoming)
+            and upcoming not in state.curvature
+            and loss.requires_grad
+            and state.components
+        ):
+            state.curvature[upcoming] = measure_step(
+                upcoming, loss, scale, state.components, state.optimizers, self.curvature
+            )
+            self._math.exit()
 
     def _locate_nonfinite_forward(self, step: int, value: float) -> None:
         if any(e.kind in ("activation", "loss") for e in self.state.events):
@@ -241,6 +268,8 @@ class CaptureSession:
                     record.metrics[comp.name]["update_ratio"] = update_ratio(comp, before)
             if self.schedule.wants(state.step):
                 state.snapshots[state.step] = record
+        if self.curvature is not None and self.schedule.wants(state.step + 1):
+            self._math.enter()  # before the next forward: the kernel is chosen there
         if self._pending_seen:
             # The loss of step s is the sum of the losses backpropagated since step s-1 (the
             # gradient it applies is theirs): micro-batch losses of an accumulated step add up.

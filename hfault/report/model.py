@@ -69,9 +69,14 @@ class Snapshot:
     step: int
     loss: float | None
     metrics: dict[str, dict[str, Any]]
+    curvature: dict[str, Any] | None = None
+    """Cost, errors and the coupling graph of this step's second-order measurement."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "loss": _num(self.loss), "metrics": _clean(self.metrics)}
+        out = {"step": self.step, "loss": _num(self.loss), "metrics": _clean(self.metrics)}
+        if self.curvature is not None:
+            out["curvature"] = _clean(self.curvature)
+        return out
 
 
 @dataclass
@@ -89,6 +94,8 @@ class RunInfo:
     optimizers: list[dict[str, Any]] = field(default_factory=list)
     max_steps: int | None = None
     schedule: str = "auto"
+    hvps: int = 0
+    curvature: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +112,8 @@ class RunInfo:
             "optimizers": self.optimizers,
             "max_steps": self.max_steps,
             "schedule": self.schedule,
+            "curvature": self.curvature,
+            "hvps": self.hvps,
         }
 
 

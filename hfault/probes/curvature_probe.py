@@ -1,0 +1,184 @@
+"""Second-order snapshot on the script's own graph, at the first ``backward`` of a scheduled step.
+
+The loss graph of that batch already exists when the script calls ``backward``: we build ``g``
+with ``create_graph=True`` on it, spend the HVP budget, release our references, and only then
+let the original backward run, so the script gets exactly its gradients. With gradient
+accumulation the first micro-batch of the step is measured.
+
+Fused attention kernels (flash, memory-efficient, cuDNN; the CPU flash kernel too) have no
+double backward, and the kernel is chosen at forward time: the session switches SDPA to the math
+backend from the ``optimizer.step()`` before a measured step until its measurement is done.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hfault.components import Component
+from hfault.curvature import (
+    Block,
+    BlockPart,
+    CurvatureSettings,
+    CurvatureSnapshot,
+    HessianOperator,
+    StabilitySetup,
+    block_stability_setup,
+    measure,
+)
+
+COUPLING_ROLES = ("query", "key", "value", "output", "attention-pooling", "cross-attention")
+
+
+@dataclass
+class CurvatureConfig:
+    """What to measure: the engine's settings plus which components get couplings."""
+
+    settings: CurvatureSettings = field(default_factory=CurvatureSettings)
+    coupling_globs: Sequence[str] = ()
+    """Extra components (fnmatch globs on names) joining the attention components' couplings."""
+
+
+@dataclass
+class CurvatureRecord:
+    step: int
+    snapshot: CurvatureSnapshot | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def to_blocks(components: Sequence[Component]) -> tuple[list[torch.Tensor], list[Block]]:
+    """Unique parameters (tied ones once) and one Block per component."""
+    params: list[torch.Tensor] = []
+    index: dict[int, int] = {}
+    blocks = []
+    for comp in components:
+        parts = []
+        for part in comp.parts:
+            if id(part.param) not in index:
+                index[id(part.param)] = len(params)
+                params.append(part.param)
+            parts.append(BlockPart(index[id(part.param)], part.dim, part.start, part.stop))
+        blocks.append(Block(comp.name, tuple(parts)))
+    return params, blocks
+
+
+def coupling_set(components: Sequence[Component], globs: Sequence[str]) -> list[str]:
+    """Attention components, plus those matching ``--components`` globs."""
+    return [
+        c.name
+        for c in components
+        if c.role in COUPLING_ROLES or any(fnmatch.fnmatchcase(c.name, g) for g in globs)
+    ]
+
+
+def measure_step(
+    step: int,
+    loss: torch.Tensor,
+    loss_scale: float,
+    components: Sequence[Component],
+    optimizers: Sequence[torch.optim.Optimizer],
+    config: CurvatureConfig,
+) -> CurvatureRecord:
+    """One snapshot; never raises for an unsupported op (the record carries the error)."""
+    start = time.perf_counter()
+    params, blocks = to_blocks(components)
+    settings = config.settings
+    settings = CurvatureSettings(
+        **{**settings.__dict__, "coupling_blocks": coupling_set(components, config.coupling_globs)}
+    )
+    setups: dict[str, StabilitySetup] = {}
+    for comp, block in zip(components, blocks, strict=True):
+        opt = optimizers[comp.optimizer] if comp.optimizer < len(optimizers) else None
+        setups[block.name] = block_stability_setup(opt, block, params)
+    op = None
+    try:
+        op = HessianOperator(loss, params, blocks, loss_scale=loss_scale)
+        snap = measure(op, settings, stability_setups=setups)
+        return CurvatureRecord(step, snap, None, time.perf_counter() - start)
+    except RuntimeError as exc:
+        return CurvatureRecord(step, None, _explain(exc), time.perf_counter() - start)
+    finally:
+        if op is not None:
+            op.close()
+
+
+def _explain(exc: RuntimeError) -> str:
+    text = str(exc).splitlines()[0]
+    if "derivative for" in text and "not implemented" in text:
+        return (
+            f"an op in the forward has no double backward ({text}); use "
+            "attn_implementation='eager', turn off torch.compile with aot_autograd, and use "
+            "checkpoint(use_reentrant=False)"
+        )
+    return text
+
+
+def block_metrics(snapshot: CurvatureSnapshot) -> dict[str, dict[str, Any]]:
+    """Per component: the curvature fields merged into the snapshot's metrics."""
+    out: dict[str, dict[str, Any]] = {}
+    for b in snapshot.blocks:
+        m: dict[str, Any] = {
+            "trace": b.trace,
+            "trace_se": b.trace_se,
+            "lambda_max": b.lambda_max,
+            "lambda_min": b.lambda_min,
+            "eig_residual": max(
+                (r for r in (b.eig_residual_max, b.eig_residual_min) if r is not None),
+                default=None,
+            ),
+            "lambda_precond": b.lambda_precond,
+            "hvps": b.hvps,
+        }
+        if b.stability is not None:
+            m.update(
+                stability_ratio=b.stability.ratio,
+                stability_tau=b.stability.tau,
+                lambda_tilde=b.stability.lambda_tilde,
+                suggested_lr=b.stability.suggested_lr,
+                preconditioned=b.stability.preconditioned,
+            )
+        out[b.name] = m
+    return out
+
+
+def graph_dict(snapshot: CurvatureSnapshot) -> dict[str, Any]:
+    return {
+        "nodes": [{"name": b.name, "trace": b.trace, "lambda_max": b.lambda_max,
+                   "lambda_min": b.lambda_min} for b in snapshot.blocks],
+        "edges": [
+            {"source": e.source, "target": e.target, "kappa": e.kappa, "kappa_se": e.kappa_se,
+             "hfro": e.hfro, "hfro_se": e.hfro_se, "rho": e.rho}
+            for e in snapshot.edges
+        ],
+    }
+
+
+class MathAttention:
+    """Force the math SDPA backend (the only one with double backward) between ``enter`` and
+    ``exit``; the flags are process-global, so the previous values are restored."""
+
+    _FLAGS = ("flash_sdp", "mem_efficient_sdp", "cudnn_sdp")
+
+    def __init__(self) -> None:
+        self._saved: dict[str, bool] | None = None
+
+    def enter(self) -> None:
+        if self._saved is not None:
+            return
+        cuda = torch.backends.cuda
+        self._saved = {f: getattr(cuda, f"{f}_enabled")() for f in self._FLAGS}
+        for f in self._FLAGS:
+            getattr(cuda, f"enable_{f}")(False)
+
+    def exit(self) -> None:
+        if self._saved is None:
+            return
+        for f, on in self._saved.items():
+            getattr(torch.backends.cuda, f"enable_{f}")(on)
+        self._saved = None
