@@ -127,6 +127,11 @@ def _projection_role(path: str) -> str | None:
     return None
 
 
+def is_attention_module(module: nn.Module, path: str = "") -> bool:
+    """Public form of the attention-module test (the path adds name hints when known)."""
+    return _is_attention_module(path, module)
+
+
 def _is_attention_module(path: str, module: nn.Module) -> bool:
     """MultiheadAttention, or a container named or typed as attention, or one holding q/k/v."""
     if isinstance(module, nn.MultiheadAttention):

@@ -74,7 +74,9 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
                     unused=list(measured.snapshot.unused_blocks),
                     graph=graph_dict(measured.snapshot),
                 )
-        snapshots.append(Snapshot(step, state.losses.get(step), metrics, curvature))
+        snapshots.append(
+            Snapshot(step, state.losses.get(step), metrics, curvature, state.attention.get(step))
+        )
     return snapshots
 
 

@@ -25,7 +25,14 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 
 from hfault.capture.schedule import Schedule
-from hfault.components import Component, build_components, find_roots, root_prefixes
+from hfault.components import (
+    Component,
+    build_components,
+    find_roots,
+    is_attention_module,
+    root_prefixes,
+)
+from hfault.probes.attention import AttentionProbe
 from hfault.probes.curvature_probe import (
     CurvatureConfig,
     CurvatureRecord,
@@ -64,6 +71,7 @@ class CaptureState:
     last: StepRecord | None = None
     events: list[NonFiniteEvent] = field(default_factory=list)
     curvature: dict[int, CurvatureRecord] = field(default_factory=dict)
+    attention: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     device: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -85,6 +93,8 @@ class CaptureSession:
         self.nan_watch = nan_watch
         self.curvature = curvature
         self._math = MathAttention()
+        self._attention = AttentionProbe(is_attention_module)
+        self._window_step: int | None = None
         self.state = CaptureState()
         self._watch = ActivationWatch()
         self._handles: list[Any] = []
@@ -138,8 +148,7 @@ class CaptureSession:
         self._handles.append(module_mod.register_module_forward_pre_hook(self._pre_forward))
         if self.nan_watch:
             self._handles.append(module_mod.register_module_forward_hook(self._post_forward))
-        if self.curvature is not None and self.schedule.wants(1):
-            self._math.enter()
+        self._open_window(1)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -149,7 +158,7 @@ class CaptureSession:
             restore()
         self._handles.clear()
         self._restore.clear()
-        self._math.exit()
+        self._close_window()
         self._watch.clear()
         self._before.clear()
 
@@ -195,17 +204,18 @@ class CaptureSession:
             self._locate_nonfinite_forward(upcoming, value)
         self._watch.clear()
         self._ensure_components()
-        if (
-            self.curvature is not None
-            and self.schedule.wants(upcoming)
-            and upcoming not in state.curvature
-            and loss.requires_grad
-            and state.components
-        ):
-            state.curvature[upcoming] = measure_step(
-                upcoming, loss, scale, state.components, state.optimizers, self.curvature
-            )
-            self._math.exit()
+        if self._window_step == upcoming:
+            self._attention.stop()
+            self._record_attention(upcoming)
+            if (
+                self.curvature is not None
+                and loss.requires_grad
+                and state.components
+            ):
+                state.curvature[upcoming] = measure_step(
+                    upcoming, loss, scale, state.components, state.optimizers, self.curvature
+                )
+            self._close_window()
 
     def _locate_nonfinite_forward(self, step: int, value: float) -> None:
         if any(e.kind in ("activation", "loss") for e in self.state.events):
@@ -268,13 +278,42 @@ class CaptureSession:
                     record.metrics[comp.name]["update_ratio"] = update_ratio(comp, before)
             if self.schedule.wants(state.step):
                 state.snapshots[state.step] = record
-        if self.curvature is not None and self.schedule.wants(state.step + 1):
-            self._math.enter()  # before the next forward: the kernel is chosen there
+        self._open_window(state.step + 1)
         if self._pending_seen:
             # The loss of step s is the sum of the losses backpropagated since step s-1 (the
             # gradient it applies is theirs): micro-batch losses of an accumulated step add up.
             state.losses[state.step] = state.losses.get(state.step, 0.0) + self._pending_loss
             self._pending_loss, self._pending_seen = 0.0, False
+
+    # ----------------------------------------------------------------- measured-step window
+    def _open_window(self, step: int) -> None:
+        """Before a scheduled step's forward: attention probes on, and (with curvature) the math
+        SDPA kernel, since the kernel is chosen at forward time."""
+        if self._window_step is not None or not self.schedule.wants(step):
+            return
+        self._window_step = step
+        self._attention.start()
+        if self.curvature is not None:
+            self._math.enter()
+
+    def _close_window(self) -> None:
+        self._attention.stop()
+        self._math.exit()
+        self._window_step = None
+
+    def _record_attention(self, step: int) -> None:
+        if not self._attention.stats:
+            return
+        names = self.module_names()
+        modules = self._attention.modules
+        out: dict[str, dict[str, Any]] = {}
+        for mid, stats in self._attention.stats.items():
+            name = names.get(mid, type(modules[mid]).__name__)
+            parent, _, leaf = name.rpartition(".")
+            if leaf == "self" and parent:
+                name = parent  # BERT/ViT: attention.self belongs to attention
+            out[name] = stats.to_dict()
+        self.state.attention[step] = out
 
     def _check_gradients(self, record: StepRecord, step: int) -> None:
         if not any(e.kind == "weight" for e in self.state.events):

@@ -71,11 +71,15 @@ class Snapshot:
     metrics: dict[str, dict[str, Any]]
     curvature: dict[str, Any] | None = None
     """Cost, errors and the coupling graph of this step's second-order measurement."""
+    attention: dict[str, dict[str, Any]] | None = None
+    """Per attention module: entropy of its weights and largest pre-softmax logit."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"step": self.step, "loss": _num(self.loss), "metrics": _clean(self.metrics)}
         if self.curvature is not None:
             out["curvature"] = _clean(self.curvature)
+        if self.attention is not None:
+            out["attention"] = _clean(self.attention)
         return out
 
 
