@@ -15,6 +15,7 @@ import torch
 
 from hfault.components import Component
 from hfault.fixes import ANOMALY_SNIPPET, CLIP_SNIPPET, lower_lr_fix
+from hfault.probes.curvature_probe import CurvatureRecord
 from hfault.probes.numerics import NonFiniteEvent
 from hfault.report.model import Finding, Fix, Snapshot
 
@@ -44,6 +45,7 @@ class CheckInput:
     losses: Sequence[tuple[int, float]]
     events: Sequence[NonFiniteEvent]
     optimizers: Sequence[torch.optim.Optimizer]
+    curvature: Sequence[CurvatureRecord] = ()
 
 
 def run_checks(data: CheckInput) -> list[Finding]:
@@ -51,6 +53,44 @@ def run_checks(data: CheckInput) -> list[Finding]:
     findings += check_nonfinite(data)
     findings += check_components(data)
     findings += check_loss(data)
+    findings += check_curvature_available(data)
+    return findings
+
+
+def check_curvature_available(data: CheckInput) -> list[Finding]:
+    """A warning per distinct reason a snapshot's curvature could not be (fully) measured."""
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    for record in data.curvature:
+        if not record.error or record.error in seen:
+            continue
+        seen.add(record.error)
+        blocked = list(record.blocked)
+        measured = [] if record.snapshot is None else [b.name for b in record.snapshot.blocks]
+        if blocked:
+            what = f"the curvature of {len(blocked)} component(s) ({', '.join(blocked[:4])}"
+            what += " ...)" if len(blocked) > 4 else ")"
+        else:
+            what = "the couplings between components"
+        findings.append(
+            Finding(
+                rule="HF020",
+                name="curvature-unavailable",
+                severity="warning",
+                component=blocked[0] if blocked else None,
+                step=record.step,
+                message=f"{what} could not be measured at step {record.step}: {record.error}",
+                evidence={"error": record.error, "blocked": blocked, "measured": measured,
+                          "step": record.step},
+                fix=Fix(
+                    "Make the forward twice differentiable on measured steps: eager attention, "
+                    "no aot_autograd torch.compile, non-reentrant checkpointing, custom "
+                    "autograd Functions without @once_differentiable.",
+                    {"blocked": blocked},
+                ),
+                score=float(len(blocked)),
+            )
+        )
     return findings
 
 

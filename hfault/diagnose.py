@@ -62,7 +62,11 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
         curvature = None
         measured = state.curvature.get(step)
         if measured is not None:
-            curvature = {"seconds": measured.seconds, "error": measured.error}
+            curvature = {
+                "seconds": measured.seconds,
+                "error": measured.error,
+                "blocked": list(measured.blocked),
+            }
             if measured.snapshot is not None:
                 for name, extra in block_metrics(measured.snapshot).items():
                     metrics.setdefault(name, {}).update(extra)
@@ -85,14 +89,18 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
     snapshots = _snapshots(state)
     losses = sorted(state.losses.items())
     findings = run_checks(
-        CheckInput(state.components, snapshots, losses, state.events, state.optimizers)
+        CheckInput(
+            state.components,
+            snapshots,
+            losses,
+            state.events,
+            state.optimizers,
+            [r for _, r in sorted(state.curvature.items())],
+        )
     )
     if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
         raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
     notes = list(state.notes)
-    for record in state.curvature.values():
-        if record.error:
-            notes.append(f"curvature at step {record.step} not measured: {record.error}")
     if outcome.interrupted:
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
     if not state.optimizers:

@@ -74,3 +74,35 @@ def test_no_curvature_spends_no_hvp(cli):
     result = cli("diagnose", str(SCRIPTS / "exact_train.py"), "--no-curvature")
     assert result.report["run"]["hvps"] == 0 and result.report["run"]["curvature"] is False
     assert all("curvature" not in s for s in result.report["snapshots"])
+
+
+def test_op_without_double_backward_is_named_and_the_rest_still_measured(cli):
+    result = cli("diagnose", str(SCRIPTS / "once_diff_train.py"), "--at", "1", "--",
+                 "--steps", "2")
+    assert result.returncode == 0, result.stderr  # a warning, not an error
+    snap = result.report["snapshots"][0]
+    assert snap["curvature"]["blocked"] == ["fc1"]
+    assert "once_differentiable" in snap["curvature"]["error"]
+    for name in ("fc2", "head"):
+        assert snap["metrics"][name]["lambda_max"] is not None
+    assert "trace" not in snap["metrics"]["fc1"]
+    warning = result.findings("HF020")[0]
+    assert warning["severity"] == "warning" and warning["evidence"]["blocked"] == ["fc1"]
+
+
+def test_parameter_gradient_hooks_are_reported(cli, tmp_path):
+    script = tmp_path / "hooked.py"
+    script.write_text(
+        "import torch\n"
+        "model = torch.nn.Linear(3, 1)\n"
+        "model.weight.register_hook(lambda g: g.clamp(-1, 1))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for _ in range(2):\n"
+        "    loss = model(torch.randn(4, 3)).pow(2).mean()\n"
+        "    opt.zero_grad()\n"
+        "    loss.backward()\n"
+        "    opt.step()\n"
+    )
+    result = cli("diagnose", str(script), "--at", "1")
+    assert any("gradient hooks on <root>" in n or "gradient hooks on weight" in n
+               for n in result.report["notes"]), result.report["notes"]

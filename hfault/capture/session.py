@@ -37,6 +37,7 @@ from hfault.probes.curvature_probe import (
     CurvatureConfig,
     CurvatureRecord,
     MathAttention,
+    gradient_hooks,
     measure_step,
 )
 from hfault.probes.gradients import copy_weights, gradient_stats, update_ratio
@@ -212,6 +213,14 @@ class CaptureSession:
                 and loss.requires_grad
                 and state.components
             ):
+                hooked = gradient_hooks(state.components)
+                if hooked and not any("gradient hooks" in n for n in state.notes):
+                    state.notes.append(
+                        "parameter gradient hooks on " + ", ".join(hooked[:5])
+                        + (" ..." if len(hooked) > 5 else "") + " fire inside hfault's gradient "
+                        "computation: the curvature measured is that of the hooked gradient, "
+                        "and the hooks run twice on measured steps"
+                    )
                 state.curvature[upcoming] = measure_step(
                     upcoming, loss, scale, state.components, state.optimizers, self.curvature
                 )

@@ -50,6 +50,8 @@ class CurvatureRecord:
     snapshot: CurvatureSnapshot | None
     error: str | None = None
     seconds: float = 0.0
+    blocked: tuple[str, ...] = ()
+    """Components whose curvature an op without double backward made unmeasurable."""
 
 
 def to_blocks(components: Sequence[Component]) -> tuple[list[torch.Tensor], list[Block]]:
@@ -96,27 +98,134 @@ def measure_step(
     for comp, block in zip(components, blocks, strict=True):
         opt = optimizers[comp.optimizer] if comp.optimizer < len(optimizers) else None
         setups[block.name] = block_stability_setup(opt, block, params)
-    op = None
     try:
-        op = HessianOperator(loss, params, blocks, loss_scale=loss_scale)
-        snap = measure(op, settings, stability_setups=setups)
+        snap = _measure(loss, params, blocks, loss_scale, settings, setups)
         return CurvatureRecord(step, snap, None, time.perf_counter() - start)
     except RuntimeError as exc:
-        return CurvatureRecord(step, None, _explain(exc), time.perf_counter() - start)
+        error = _explain(exc)
+    # Some op has no double backward. Measure each component alone: those whose second
+    # derivatives do not pass through that op's backward are still measured.
+    measured, blocked, hvps = [], [], 0
+    alone = CurvatureSettings(**{**settings.__dict__, "coupling_blocks": ()})
+    for block in blocks:
+        try:
+            part = _measure(loss, params, [block], loss_scale, alone, setups)
+        except RuntimeError:
+            blocked.append(block.name)
+            continue
+        measured.extend(part.blocks)
+        hvps += part.hvp_count
+    snap = None
+    if measured:
+        snap = CurvatureSnapshot(
+            blocks=tuple(measured),
+            edges=(),
+            hvp_count=hvps,
+            seconds=time.perf_counter() - start,
+            settings=settings,
+            notes=(f"couplings not measured: {error}",),
+        )
+    return CurvatureRecord(step, snap, error, time.perf_counter() - start, tuple(blocked))
+
+
+class NoDoubleBackward(RuntimeError):
+    """Some blocks' gradients pass through an op whose backward is not differentiable."""
+
+    def __init__(self, blocked: list[str]) -> None:
+        super().__init__(
+            "a custom autograd.Function marked @once_differentiable (its backward is not "
+            "differentiable) lies on the gradient path of " + ", ".join(blocked)
+        )
+        self.blocked = blocked
+
+
+def _measure(
+    loss: torch.Tensor,
+    params: list[torch.Tensor],
+    blocks: list[Block],
+    loss_scale: float,
+    settings: CurvatureSettings,
+    setups: dict[str, StabilitySetup],
+) -> CurvatureSnapshot:
+    op = HessianOperator(loss, params, blocks, loss_scale=loss_scale)
+    try:
+        blocked = _delayed_error_blocks(op)
+        if blocked:
+            raise NoDoubleBackward(blocked)
+        return measure(op, settings, stability_setups=setups)
     finally:
-        if op is not None:
-            op.close()
+        op.close()
+
+
+def _delayed_error_blocks(op: HessianOperator) -> list[str]:
+    """Blocks whose gradient graph holds PyTorch's delayed-error node (``@once_differentiable``).
+
+    Differentiating through that node does not always raise: autograd can skip it and return
+    zeros, which would be a silently wrong Hessian. So look for it before measuring (one walk
+    over the graph nodes, memoized).
+    """
+    grads = getattr(op, "_grads", None)
+    if grads is None:
+        return []
+    memo: dict[torch.autograd.graph.Node, bool] = {}
+
+    def has_error(root: torch.autograd.graph.Node | None) -> bool:
+        if root is None:
+            return False
+        # Iterative post-order (graphs can be deeper than the recursion limit). The graph is
+        # a DAG, so a node's children are final when its "done" entry is popped.
+        stack: list[tuple[torch.autograd.graph.Node, bool]] = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            children = [nxt for nxt, _ in node.next_functions if nxt is not None]
+            if done:
+                memo[node] = type(node).__name__ in ("Error", "DelayedError") or any(
+                    memo.get(c, False) for c in children
+                )
+            elif node not in memo:
+                memo[node] = False  # placeholder: being visited
+                stack.append((node, True))
+                stack.extend((c, False) for c in children if c not in memo)
+        return memo[root]
+
+    out = []
+    for block in op.blocks:
+        for part in block.parts:
+            g = grads[part.index]
+            if g is not None and has_error(g.grad_fn):
+                out.append(block.name)
+                break
+    return out
+
+
+_NO_DOUBLE_BACKWARD = (
+    "not implemented",
+    "once_differentiable",
+    "does not currently support double backward",
+    "not used in the graph",
+)
 
 
 def _explain(exc: RuntimeError) -> str:
     text = str(exc).splitlines()[0]
-    if "derivative for" in text and "not implemented" in text:
+    if any(marker in text for marker in _NO_DOUBLE_BACKWARD):
         return (
-            f"an op in the forward has no double backward ({text}); use "
-            "attn_implementation='eager', turn off torch.compile with aot_autograd, and use "
-            "checkpoint(use_reentrant=False)"
+            f"an op in the forward has no double backward ({text}). Fixes: "
+            "attn_implementation='eager' for transformers models, no aot_autograd "
+            "torch.compile on measured steps, checkpoint(use_reentrant=False), a custom "
+            "autograd.Function without @once_differentiable"
         )
     return text
+
+
+def gradient_hooks(components: Sequence[Component]) -> list[str]:
+    """Components with tensor hooks on their parameters: those hooks fire inside hfault's
+    ``autograd.grad`` too (so they shape what is measured, and run twice on measured steps)."""
+    return [
+        c.name
+        for c in components
+        if any(getattr(part.param, "_backward_hooks", None) for part in c.parts)
+    ]
 
 
 def block_metrics(snapshot: CurvatureSnapshot) -> dict[str, dict[str, Any]]:
