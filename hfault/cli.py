@@ -38,6 +38,11 @@ class Budget(str, Enum):
     thorough = "thorough"
 
 
+class TraceMethod(str, Enum):
+    block = "block"
+    shared = "shared"
+
+
 class UsageFailure(Exception):
     """A usage problem found after option parsing (exit 2)."""
 
@@ -104,6 +109,14 @@ def diagnose(
     lanczos_steps: Annotated[
         int | None, typer.Option("--lanczos-steps", min=2, help="Lanczos steps per component.")
     ] = None,
+    trace_method: Annotated[
+        TraceMethod,
+        typer.Option(
+            "--trace-method",
+            help="Traces of components outside the coupling set: 'block' (block-restricted "
+            "probes, accurate) or 'shared' (one probe for all, cheap whole-layer monitoring).",
+        ),
+    ] = TraceMethod.block,
     components: Annotated[
         list[str] | None,
         typer.Option(
@@ -132,7 +145,12 @@ def diagnose(
         from hfault.probes.curvature_probe import CurvatureConfig
 
         config = CurvatureConfig(
-            CurvatureSettings(budget=budget.value, probes=probes, lanczos_steps=lanczos_steps),
+            CurvatureSettings(
+                budget=budget.value,
+                probes=probes,
+                lanczos_steps=lanczos_steps,
+                trace_method=trace_method.value,
+            ),
             tuple(components or ()),
         )
     options = DiagnoseOptions(script, list(ctx.args), schedule, max_steps, nan_watch, config)

@@ -106,3 +106,14 @@ def test_parameter_gradient_hooks_are_reported(cli, tmp_path):
     result = cli("diagnose", str(script), "--at", "1")
     assert any("gradient hooks on <root>" in n or "gradient hooks on weight" in n
                for n in result.report["notes"]), result.report["notes"]
+
+
+def test_shared_probe_traces_are_unbiased_against_the_dense_hessian(cli, exact):
+    hess, blocks = exact
+    result = cli("diagnose", str(SCRIPTS / "exact_train.py"), "--at", "1", "--probes", "64",
+                 "--trace-method", "shared", "--", "--steps", "2")
+    snap = result.report["snapshots"][0]
+    assert any("shared probes" in note for note in snap["curvature"]["notes"])
+    head = snap["metrics"]["head"]  # outside the coupling set: from the shared probes
+    assert 0 < head["trace_se"]
+    assert abs(head["trace"] - hess.trace(blocks["head"])) <= 4 * head["trace_se"]
