@@ -25,6 +25,7 @@ _VERDICT_STYLE = {
 }
 MAX_COMPONENT_ROWS = 40
 MAX_SNIPPETS = 3
+MAX_EDGES = 8
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -106,44 +107,100 @@ def _components(report: Report, console: Console) -> None:
     if not report.components or not report.snapshots:
         return
     last = report.snapshots[-1]
-    table = Table(
-        title=f"Components at step {last.step} (loss {_fmt(last.loss, 4)})",
-        box=box.SIMPLE,
-        expand=True,
-    )
-    for col, just in (
+    curved = next((s for s in reversed(report.snapshots) if s.curvature), None)
+    title = f"Components at step {last.step} (loss {_fmt(last.loss, 4)})"
+    if curved is not None:
+        title += f"; curvature at step {curved.step}"
+    table = Table(title=title, box=box.SIMPLE)
+    columns = [
         ("component", "left"),
         ("role", "left"),
         ("params", "right"),
         ("‖g‖", "right"),
-        ("‖θ‖", "right"),
         ("‖Δθ‖/‖θ‖", "right"),
-        ("zero g", "right"),
         ("lr", "right"),
-    ):
-        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    ]
+    if curved is None:
+        columns.insert(5, ("zero g", "right"))
+    if curved is not None:
+        columns += [("tr H ± se", "right"), ("λmin", "right"), ("λmax", "right"), ("r", "right")]
+    for col, just in columns:
+        if col == "component":
+            longest = max(len(c["name"]) for c in report.components[:MAX_COMPONENT_ROWS])
+            table.add_column(col, min_width=min(longest, 36), overflow="fold")
+        else:
+            table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     flagged = {f.component for f in report.findings if f.component}
-    rows = report.components[:MAX_COMPONENT_ROWS]
-    for comp in rows:
+    for comp in report.components[:MAX_COMPONENT_ROWS]:
         m = last.metrics.get(comp["name"], {})
-        style = "bold" if comp["name"] in flagged else None
-        table.add_row(
+        row = [
             comp["name"],
             comp["role"],
             f"{comp['numel']:,}",
             _fmt(m.get("grad_norm")),
-            _fmt(m.get("weight_norm")),
             _fmt(m.get("update_ratio")),
-            f"{m['zero_grad_fraction']:.0%}" if "zero_grad_fraction" in m else "–",
             _fmt(m.get("lr")),
-            style=style,
-        )
+        ]
+        if curved is None:
+            row.insert(5, f"{m['zero_grad_fraction']:.0%}" if "zero_grad_fraction" in m else "–")
+        if curved is not None:
+            c = curved.metrics.get(comp["name"], {})
+            trace = (
+                f"{_fmt(c['trace'])} ± {_fmt(c.get('trace_se'), 2)}" if "trace" in c else "–"
+            )
+            row += [trace, _fmt(c.get("lambda_min")), _fmt(c.get("lambda_max")),
+                    _fmt(c.get("stability_ratio"), 2)]
+        table.add_row(*row, style="bold" if comp["name"] in flagged else None)
     console.print(table)
     if len(report.components) > MAX_COMPONENT_ROWS:
         console.print(
             Text(
                 f"... {len(report.components) - MAX_COMPONENT_ROWS} more components in the JSON "
                 "report (--json)",
+                style="dim",
+            )
+        )
+    if curved is not None:
+        _couplings(curved.curvature or {}, console)
+    if last.attention or (curved is not None and curved.attention):
+        _attention((curved if curved is not None and curved.attention else last), console)
+    _cost(report, console)
+
+
+def _couplings(curvature: dict[str, Any], console: Console) -> None:
+    edges = sorted(
+        (curvature.get("graph") or {}).get("edges", []),
+        key=lambda e: -(e["kappa"] if isinstance(e["kappa"], float) else 0.0),
+    )[:MAX_EDGES]
+    if not edges:
+        return
+    table = Table(title="Strongest couplings κ = ‖H_ab‖/√(‖H_a·‖‖H_b·‖)", box=box.SIMPLE)
+    for col in ("component a", "component b", "κ ± se", "ρ"):
+        table.add_column(col, justify="left" if "component" in col else "right")
+    for e in edges:
+        table.add_row(e["source"], e["target"], f"{_fmt(e['kappa'], 2)} ± {_fmt(e['kappa_se'], 1)}",
+                      _fmt(e.get("rho"), 2))
+    console.print(table)
+
+
+def _attention(snapshot: Any, console: Console) -> None:
+    table = Table(title=f"Attention at step {snapshot.step}", box=box.SIMPLE)
+    for col in ("attention module", "entropy / log keys", "lowest head", "max logit"):
+        table.add_column(col, justify="left" if col == "attention module" else "right")
+    for name, a in snapshot.attention.items():
+        table.add_row(name, _fmt(a.get("entropy_norm_mean"), 2),
+                      _fmt(a.get("entropy_norm_head_min"), 2), _fmt(a.get("max_logit"), 3))
+    console.print(table)
+
+
+def _cost(report: Report, console: Console) -> None:
+    if report.run.curvature:
+        measured = [s for s in report.snapshots if s.curvature]
+        seconds = sum(float(s.curvature["seconds"]) for s in measured if s.curvature)
+        console.print(
+            Text(
+                f"cost: {report.run.hvps} Hessian-vector products at {len(measured)} step(s), "
+                f"{seconds:.1f}s of {report.run.seconds:.1f}s",
                 style="dim",
             )
         )
