@@ -14,7 +14,8 @@ from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.checks import CheckInput, run_checks
-from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, graph_dict
+from hfault.graph import coupling_graph
+from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, edge_dicts
 from hfault.report.model import Report, RunInfo, Snapshot, rank
 
 
@@ -60,6 +61,7 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
     for step, rec in sorted(records.items()):
         metrics = {name: dict(m) for name, m in rec.metrics.items()}
         curvature = None
+        graph = None
         measured = state.curvature.get(step)
         if measured is not None:
             curvature = {
@@ -76,10 +78,21 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
                     lanczos_steps=measured.snapshot.settings.m,
                     notes=list(measured.snapshot.notes),
                     unused=list(measured.snapshot.unused_blocks),
-                    graph=graph_dict(measured.snapshot),
+                )
+                graph = coupling_graph(
+                    [c.to_dict() for c in state.components],
+                    metrics,
+                    edge_dicts(measured.snapshot),
                 )
         snapshots.append(
-            Snapshot(step, state.losses.get(step), metrics, curvature, state.attention.get(step))
+            Snapshot(
+                step,
+                state.losses.get(step),
+                metrics,
+                curvature,
+                state.attention.get(step),
+                graph,
+            )
         )
     return snapshots
 

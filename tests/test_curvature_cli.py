@@ -62,7 +62,7 @@ def test_cli_curvature_matches_the_dense_hessian(cli, exact):
     # SGD: tau = 2, r = lr * lambda_max / 2
     head = snap["metrics"]["head"]
     assert head["stability_ratio"] == pytest.approx(0.1 * head["lambda_max"] / 2, rel=1e-9)
-    edges = {(e["source"], e["target"]): e for e in snap["curvature"]["graph"]["edges"]}
+    edges = {(e["source"], e["target"]): e for e in snap["graph"]["edges"]}
     qk = edges.get(("attn.q_proj", "attn.k_proj")) or edges[("attn.k_proj", "attn.q_proj")]
     exact_kappa = hess.kappa(blocks["attn.q_proj"], blocks["attn.k_proj"])
     assert 0 <= qk["kappa"] <= 1
@@ -115,5 +115,29 @@ def test_shared_probe_traces_are_unbiased_against_the_dense_hessian(cli, exact):
     snap = result.report["snapshots"][0]
     assert any("shared probes" in note for note in snap["curvature"]["notes"])
     head = snap["metrics"]["head"]  # outside the coupling set: from the shared probes
-    assert 0 < head["trace_se"]
+    assert head["trace_se"] > 0
     assert abs(head["trace"] - hess.trace(blocks["head"])) <= 4 * head["trace_se"]
+
+
+def test_coupling_graph_is_a_networkx_graph_matching_the_json():
+    import networkx as nx
+
+    from hfault.capture.schedule import parse_schedule
+    from hfault.diagnose import DiagnoseOptions, diagnose
+
+    options = DiagnoseOptions(SCRIPTS / "exact_train.py", ["--steps", "2"],
+                              parse_schedule("1", None))
+    result = diagnose(options)
+    snap = result.report.snapshots[0]
+    graph = snap.graph
+    assert isinstance(graph, nx.Graph)
+    assert list(graph.nodes) == NAMES
+    assert graph.nodes["attn.q_proj"]["role"] == "query"
+    # couplings among the attention components only: 4 choose 2 edges
+    assert graph.number_of_edges() == 6 and not graph.has_edge("head", "attn.q_proj")
+    for _, _, attrs in graph.edges(data=True):
+        assert attrs["weight"] == attrs["kappa"] and 0 <= attrs["kappa"] <= 1
+    as_json = snap.to_dict()["graph"]
+    assert {(e["source"], e["target"]) for e in as_json["edges"]} == set(graph.edges)
+    hub = max(graph.nodes, key=lambda n: graph.degree(n, weight="weight"))
+    assert graph.nodes[hub]["role"] in ("query", "key", "value", "output")

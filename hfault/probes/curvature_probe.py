@@ -256,16 +256,12 @@ def block_metrics(snapshot: CurvatureSnapshot) -> dict[str, dict[str, Any]]:
     return out
 
 
-def graph_dict(snapshot: CurvatureSnapshot) -> dict[str, Any]:
-    return {
-        "nodes": [{"name": b.name, "trace": b.trace, "lambda_max": b.lambda_max,
-                   "lambda_min": b.lambda_min} for b in snapshot.blocks],
-        "edges": [
-            {"source": e.source, "target": e.target, "kappa": e.kappa, "kappa_se": e.kappa_se,
-             "hfro": e.hfro, "hfro_se": e.hfro_se, "rho": e.rho}
-            for e in snapshot.edges
-        ],
-    }
+def edge_dicts(snapshot: CurvatureSnapshot) -> list[dict[str, Any]]:
+    return [
+        {"source": e.source, "target": e.target, "kappa": e.kappa, "kappa_se": e.kappa_se,
+         "hfro": e.hfro, "hfro_se": e.hfro_se, "rho": e.rho}
+        for e in snapshot.edges
+    ]
 
 
 class MathAttention:

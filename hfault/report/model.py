@@ -6,6 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
+
+from hfault.graph import graph_to_json
+
 SCHEMA_VERSION = "1.0"
 SEVERITIES = ("error", "warning", "info")
 SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
@@ -73,6 +77,8 @@ class Snapshot:
     """Cost, errors and the coupling graph of this step's second-order measurement."""
     attention: dict[str, dict[str, Any]] | None = None
     """Per attention module: entropy of its weights and largest pre-softmax logit."""
+    graph: nx.Graph | None = field(default=None, repr=False)
+    """The coupling graph (networkx) when curvature was measured at this step."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"step": self.step, "loss": _num(self.loss), "metrics": _clean(self.metrics)}
@@ -80,6 +86,8 @@ class Snapshot:
             out["curvature"] = _clean(self.curvature)
         if self.attention is not None:
             out["attention"] = _clean(self.attention)
+        if self.graph is not None:
+            out["graph"] = _clean(graph_to_json(self.graph))
         return out
 
 

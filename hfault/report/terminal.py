@@ -160,25 +160,22 @@ def _components(report: Report, console: Console) -> None:
                 style="dim",
             )
         )
-    if curved is not None:
-        _couplings(curved.curvature or {}, console)
+    if curved is not None and curved.graph is not None:
+        _couplings(curved.graph, console)
     if last.attention or (curved is not None and curved.attention):
         _attention((curved if curved is not None and curved.attention else last), console)
     _cost(report, console)
 
 
-def _couplings(curvature: dict[str, Any], console: Console) -> None:
-    edges = sorted(
-        (curvature.get("graph") or {}).get("edges", []),
-        key=lambda e: -(e["kappa"] if isinstance(e["kappa"], float) else 0.0),
-    )[:MAX_EDGES]
+def _couplings(graph: Any, console: Console) -> None:
+    edges = sorted(graph.edges(data=True), key=lambda e: -e[2]["weight"])[:MAX_EDGES]
     if not edges:
         return
     table = Table(title="Strongest couplings κ = ‖H_ab‖/√(‖H_a·‖‖H_b·‖)", box=box.SIMPLE)
     for col in ("component a", "component b", "κ ± se", "ρ"):
         table.add_column(col, justify="left" if "component" in col else "right")
-    for e in edges:
-        table.add_row(e["source"], e["target"], f"{_fmt(e['kappa'], 2)} ± {_fmt(e['kappa_se'], 1)}",
+    for a, b, e in edges:
+        table.add_row(a, b, f"{_fmt(e['kappa'], 2)} ± {_fmt(e['kappa_se'], 1)}",
                       _fmt(e.get("rho"), 2))
     console.print(table)
 
