@@ -141,3 +141,40 @@ def test_coupling_graph_is_a_networkx_graph_matching_the_json():
     assert {(e["source"], e["target"]) for e in as_json["edges"]} == set(graph.edges)
     hub = max(graph.nodes, key=lambda n: graph.degree(n, weight="weight"))
     assert graph.nodes[hub]["role"] in ("query", "key", "value", "output")
+
+
+def test_a_snapshot_keeps_no_graph_alive():
+    """The record holds numbers only; once the script's backward ran, the graph is collectable."""
+    import gc
+    import weakref
+
+    import torch
+
+    from hfault.components import build_components
+    from hfault.probes.curvature_probe import CurvatureConfig, measure_step
+
+    model, x, y = _build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    components = build_components([opt], [model])
+    seen = []
+    handle = model.attn.v_proj.register_forward_hook(lambda m, a, out: seen.append(out))
+    loss = nn.functional.cross_entropy(model(x), y)
+    handle.remove()
+    activation = weakref.ref(seen.pop())  # saved by the forward and the double-backward graphs
+    record = measure_step(1, loss, 1.0, components, [opt], CurvatureConfig())
+
+    def tensors(obj, depth=0):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif depth < 6 and hasattr(obj, "__dict__"):
+            for value in vars(obj).values():
+                yield from tensors(value, depth + 1)
+        elif depth < 6 and isinstance(obj, (list, tuple)):
+            for value in obj:
+                yield from tensors(value, depth + 1)
+
+    assert record.error is None and not list(tensors(record))
+    loss.backward()
+    del loss
+    gc.collect()
+    assert activation() is None
