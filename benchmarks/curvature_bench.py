@@ -3,6 +3,7 @@
     python benchmarks/curvature_bench.py --mode accuracy [--seeds 5]
     python benchmarks/curvature_bench.py --mode speed [--reps 5]
     python benchmarks/curvature_bench.py --mode memory
+    python benchmarks/curvature_bench.py --mode snapshot [--reps 5] [--baseline REV]
 
 accuracy: per-block relative trace error vs HVPs spent (shared probes, block-restricted probes,
           block-restricted + Lanczos deflation, PyHessian per-block loop) on the tiny float64
@@ -11,6 +12,11 @@ speed:    ratios to one plain forward+backward on the bench DistilBERT (dim 64, 
           vocab 1000, seq 32, batch 16, eager, fp32) and a bench HAN; min over interleaved reps.
 memory:   peak RSS (VmHWM from /proc/self/status) growth over the idle model, one subprocess
           per configuration (tracemalloc does not see torch's allocations).
+snapshot: what ``hfault diagnose`` does by default on a measured step (``measure_step`` with
+          ``CurvatureConfig()``: economy budget, components from ``build_components``, coupling set
+          = attention components, AdamW setups) vs one AdamW training step, on the bench models;
+          with ``--baseline REV`` the same snapshot with ``hfault/curvature`` as of git ``REV``
+          (extracted read-only with ``git show``), interleaved with the current code.
 Prints plain text; it asserts nothing.
 """
 
@@ -44,7 +50,7 @@ from hfault.curvature import (  # noqa: E402
     shared_traces,
     trace_estimate,
 )
-from hfault.curvature.measure import _lanczos_block  # noqa: E402
+from hfault.curvature.measure import _lanczos_block, _precond_lanczos  # noqa: E402
 from hfault.curvature.pyhessian_ref import pyhessian_block  # noqa: E402
 
 
@@ -318,14 +324,169 @@ def memory() -> None:
             f"{v:.0f} ({v / vals[0]:.1f}x)" for v in vals) + " |")
 
 
+# ----------------------------------------------------------------------------- snapshot
+def _baseline_package(rev: str) -> object:
+    """``hfault/curvature`` as of git ``rev``, importable as ``hfault_baseline.curvature``."""
+    import importlib
+    import tempfile
+
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev,
+                            "hfault/curvature/"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    root = Path(tempfile.mkdtemp(prefix="hfault_baseline_"))
+    pkg = root / "hfault_baseline" / "curvature"
+    pkg.mkdir(parents=True)
+    (root / "hfault_baseline" / "__init__.py").write_text("")
+    for f in files:
+        if f.endswith(".py"):
+            src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{f}"],
+                                 capture_output=True, text=True, check=True).stdout
+            (pkg / Path(f).name).write_text(
+                src.replace("hfault.curvature", "hfault_baseline.curvature"))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("hfault_baseline.curvature")
+
+
+def _hvp_split(snap: object, blocks: list, coupled: set[str], k: int) -> dict[str, int]:
+    """HVPs by purpose: Lanczos, probes, rho columns, preconditioned lambda (the rest)."""
+    lz = sum(b.lanczos_steps for b in snap.blocks)
+    pr = k * len(snap.blocks)
+    rho = len(coupled) if len(coupled) > 1 else 0
+    return {"lanczos": lz, "probes": pr, "rho": rho,
+            "precond": snap.hvp_count - lz - pr - rho}
+
+
+def snapshot_bench(reps: int, baseline: str | None) -> None:
+    torch.set_num_threads(1)
+    old = _baseline_package(baseline) if baseline else None
+    print(f"# snapshot: measure_step with CurvatureConfig() (economy: K=4, m=10, tol 1e-2, "
+          f"precond_tol 1e-2) vs one AdamW step; 1 thread; min over {reps} interleaved reps"
+          + (f"; baseline = hfault/curvature at {baseline}" if baseline else ""))
+    for model, make in BENCH.items():
+        _snapshot_one(model, make, reps, old, baseline)
+
+
+def _snapshot_one(model: str, make: Callable[[int], Case], reps: int, old: object,
+                  baseline: str | None) -> None:
+    from hfault.components import build_components
+    from hfault.probes.curvature_probe import (
+        CurvatureConfig,
+        coupling_set,
+        measure_step,
+        to_blocks,
+    )
+
+    case = make(0)
+    opt = torch.optim.AdamW(case.params, lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        case.loss_fn().backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    mods = list(case.model.modules())
+    order = {id(m): i for i, m in enumerate(mods)}
+    comps = sorted(build_components([opt], mods),
+                   key=lambda c: order.get(id(c.module), len(order)))
+    params, blocks = to_blocks(comps)
+    coupled = coupling_set(comps, ())
+    config = CurvatureConfig()
+    twin = make(0)  # training steps on a twin, so the measured state stays fixed
+    topt = torch.optim.AdamW(twin.params, lr=1e-3)
+
+    def train_step() -> None:
+        topt.zero_grad()
+        twin.loss_fn().backward()
+        topt.step()
+
+    def plain() -> None:
+        torch.autograd.grad(case.loss_fn(), case.params, allow_unused=True)
+
+    snaps: dict[str, object] = {}
+
+    def after() -> None:
+        rec = measure_step(1, case.loss_fn(), 1.0, comps, [opt], config)
+        assert rec.snapshot is not None, rec.error
+        snaps["after"] = rec.snapshot
+
+    def no_precond() -> None:
+        o = HessianOperator(case.loss_fn(), params, blocks)
+        snaps["no_precond"] = measure(o, CurvatureSettings(coupling_blocks=coupled))
+        o.close()
+
+    fns: dict[str, Callable[[], object]] = {"step": train_step, "plain": plain,
+                                            "after": after, "no_precond": no_precond}
+    if old is not None:
+        osetups = {b.name: old.block_stability_setup(opt, b, params) for b in blocks}
+
+        def before() -> None:
+            o = old.HessianOperator(case.loss_fn(), params, blocks)
+            snaps["before"] = old.measure(
+                o, old.CurvatureSettings(coupling_blocks=coupled), stability_setups=osetups)
+            o.close()
+
+        fns = {"before": before, **fns}
+    step_fns = {"step": lambda: [train_step() for _ in range(5)], "plain": plain}
+    t = {k: float("inf") for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            if k in step_fns:
+                step_fns[k]()
+            else:
+                f()
+            dt = time.perf_counter() - t0
+            t[k] = min(t[k], dt / 5 if k == "step" else dt)
+    ts = t["step"]
+    print(f"\n## {model}: {sum(p.numel() for p in params)} params, {len(blocks)} components, "
+          f"coupling set {len(coupled)}; AdamW step {1e3 * ts:.2f} ms, plain fwd+bwd "
+          f"{1e3 * t['plain']:.2f} ms")
+    print("| snapshot | HVPs | Lanczos / probes / rho / precond HVPs | seconds | "
+          "training steps |")
+    print("|---|---|---|---|---|")
+    labels = {"before": f"before ({baseline})", "after": "after (measure_step default)",
+              "no_precond": "after, without the preconditioned lambda (floor of the rest)"}
+    for k, label in labels.items():
+        if k not in snaps:
+            continue
+        s = snaps[k]
+        sp = _hvp_split(s, blocks, set(coupled), 4)
+        print(f"| {label} | {s.hvp_count} | {sp['lanczos']} / {sp['probes']} / {sp['rho']} "
+              f"/ {sp['precond']} | {t[k]:.3f} | {t[k] / ts:.0f} |")
+    # accuracy of the preconditioned lambda against a converged Lanczos (m <= 80, tol 1e-6)
+    setups = {b.name: block_stability_setup(opt, b, params) for b in blocks}
+    o = HessianOperator(case.loss_fn(), params, blocks)
+    ref = {}
+    for i, b in enumerate(blocks):
+        if setups[b.name].inv_sqrt_p is not None:
+            ref[b.name] = _precond_lanczos(
+                o, i, setups[b.name], CurvatureSettings(lanczos_steps=80, precond_tol=1e-6),
+                torch.Generator().manual_seed(7)).lambda_max
+    o.close()
+    for k in ("before", "after"):
+        if k in snaps:
+            err = [abs(x.lambda_precond - ref[x.name]) / abs(ref[x.name])
+                   for x in snaps[k].blocks if x.name in ref and x.lambda_precond is not None]
+            within = sum(abs(x.lambda_precond - ref[x.name]) <= x.precond_residual
+                         for x in snaps[k].blocks if x.name in ref)
+            print(f"preconditioned lambda, {k}: |err|/ref median {np.median(err):.1e}, "
+                  f"max {max(err):.1e}; reference within the reported residual for "
+                  f"{within}/{len(ref)} blocks")
+    if "before" in snaps:
+        print(f"before/after: {t['before'] / t['after']:.2f}x faster")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=["accuracy", "speed", "memory", "memory-child"],
+    ap.add_argument("--mode", choices=["accuracy", "speed", "memory", "memory-child",
+                                       "snapshot"],
                     default="speed")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--model", default="distilbert")
     ap.add_argument("--config", default="plain")
+    ap.add_argument("--baseline", default=None, help="git rev of hfault/curvature to compare")
     a = ap.parse_args()
     if a.mode == "accuracy":
         torch.set_num_threads(1)
@@ -334,6 +495,8 @@ def main() -> None:
         speed(a.reps)
     elif a.mode == "memory":
         memory()
+    elif a.mode == "snapshot":
+        snapshot_bench(a.reps, a.baseline)
     else:
         memory_child(a.model, a.config)
 

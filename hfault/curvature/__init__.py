@@ -19,7 +19,7 @@ from hfault.curvature.hutchinson import (
     trace_estimate,
 )
 from hfault.curvature.hvp import Column, HessianOperator
-from hfault.curvature.lanczos import LanczosResult, lanczos
+from hfault.curvature.lanczos import LanczosResult, lanczos, ritz_max
 from hfault.curvature.measure import (
     BUDGETS,
     BlockCurvature,
@@ -67,6 +67,7 @@ __all__ = [
     "probe_diagonal",
     "rademacher",
     "rho_matrix",
+    "ritz_max",
     "row_norm",
     "shared_traces",
     "stability",

@@ -117,7 +117,7 @@ def probe_columns(
         cols = op.columns(b, torch.stack(zs)) if j > 1 else [op.column(b, zs[0])]
         for z, col in zip(zs, cols, strict=True):
             tr[done] = float(dot64(z, col.blocks[b]))
-            sq[done] = [float(dot64(c, c)) for c in col.blocks]
+            sq[done] = col.block_sq.cpu().numpy()
             row[done] = float(col.norm_sq)
             done += 1
     if deflation is None:

@@ -40,11 +40,25 @@ class Column:
 
     ``blocks[a]`` is the flat restriction to block ``a`` (same order as the operator's blocks);
     ``norm_sq`` is ``‖H[:, b] v_b‖²`` over *all* parameters given to the operator (float64, 0-d),
-    which is what row-normalized couplings need.
+    which is what row-normalized couplings need; ``block_sq[a]`` is ``‖blocks[a]‖²`` (float64,
+    shape ``(L,)``).
     """
 
     blocks: list[Tensor]
     norm_sq: Tensor
+    block_sq: Tensor = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.block_sq is None:
+            self.block_sq = _sq_norms(self.blocks, self.norm_sq.device)
+
+
+def _sq_norms(ts: Sequence[Tensor], device: torch.device) -> Tensor:
+    """``[‖t‖² for t in ts]`` accumulated in float64, as one fused reduction (shape ``(len,)``)."""
+    if not ts:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    norms = torch.stack(torch._foreach_norm(list(ts), 2, dtype=torch.float64))
+    return (norms * norms).to(device)
 
 
 class HessianOperator:
@@ -199,7 +213,7 @@ class HessianOperator:
         )
         per: list[Tensor | None] = [None] * len(self._params)
         for i, r in zip(inputs, res, strict=True):
-            per[i] = None if r is None else r * self._inv_scale
+            per[i] = r if r is None or self._inv_scale == 1.0 else r * self._inv_scale
         return per
 
     def column(self, b: int, v: Tensor) -> Column:
@@ -207,11 +221,13 @@ class HessianOperator:
         per = self._grad(b, v, self._inputs, batched=False)
         if per is None:
             per = [None] * len(self._params)
-        norm_sq = torch.zeros((), dtype=torch.float64, device=v.device)
-        for r in per:
-            if r is not None:
-                norm_sq = norm_sq + dot64(r.reshape(-1), r.reshape(-1)).to(v.device)
-        return Column([self.flatten(a, per) for a in range(len(self._blocks))], norm_sq)
+        return self._make_column(per, v.device)
+
+    def _make_column(self, per: list[Tensor | None], device: torch.device) -> Column:
+        present = [r for r in per if r is not None]
+        norm_sq = _sq_norms(present, device).sum()
+        blocks = [self.flatten(a, per) for a in range(len(self._blocks))]
+        return Column(blocks, norm_sq, _sq_norms(blocks, device))
 
     def columns(self, b: int, vs: Tensor) -> list[Column]:
         """``column`` for a batch ``vs`` of shape ``(k, n_b)`` in one vmapped backward.
@@ -232,15 +248,8 @@ class HessianOperator:
                 )
                 for _ in range(k)
             ]
-        cols = []
-        for j in range(k):
-            perj = [None if r is None else r[j] for r in per]
-            norm_sq = torch.zeros((), dtype=torch.float64, device=vs.device)
-            for r in perj:
-                if r is not None:
-                    norm_sq = norm_sq + dot64(r.reshape(-1), r.reshape(-1)).to(vs.device)
-            cols.append(Column([self.flatten(a, perj) for a in range(len(self._blocks))], norm_sq))
-        return cols
+        return [self._make_column([None if r is None else r[j] for r in per], vs.device)
+                for j in range(k)]
 
     def hvp_bb(self, b: int, v: Tensor) -> Tensor:
         """``H_bb v`` (flat): the product restricted to block ``b`` on both sides."""
@@ -271,7 +280,7 @@ class HessianOperator:
                 allow_unused=True,
             )
             for i, r in zip(self._inputs, res, strict=True):
-                per[i] = None if r is None else r * self._inv_scale
+                per[i] = r if r is None or self._inv_scale == 1.0 else r * self._inv_scale
         return [self.flatten(a, per) for a in range(len(self._blocks))]
 
     # ------------------------------------------------------------------ lifetime

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from hfault.curvature.probes import rademacher
 
-__all__ = ["LanczosResult", "lanczos"]
+__all__ = ["LanczosResult", "lanczos", "restart_lanczos", "ritz_max", "seed_coefficients"]
 
 
 @dataclass
@@ -58,10 +59,13 @@ def lanczos(
     *,
     steps: int = 20,
     tol: float = 1e-3,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     keep_basis: bool = False,
     basis_dtype: torch.dtype = torch.float64,
+    start: Tensor | None = None,
+    start_product: Tensor | None = None,
+    which: Literal["both", "max"] = "both",
 ) -> LanczosResult:
     """Lanczos on a symmetric ``n × n`` operator given by ``matvec`` (float64 in, any float out).
 
@@ -71,9 +75,22 @@ def lanczos(
         tol: stop when both extreme Ritz residuals are ``< tol · max|θ|``.
         generator: the start vector is a normalized Rademacher vector from it.
         keep_basis: return the Lanczos vectors (for deflated Hutchinson).
+        start: the start vector instead of a random one (normalized here).
+        start_product: ``matvec(start)`` when already known (saves one product; ``steps``
+            still counts the Krylov dimension, the result's ``steps`` only the new products).
+        which: ``"max"`` stops on the top residual alone (when ``lambda_min`` is not used).
     """
     m = max(1, min(steps, n))
-    q = rademacher(n, generator=generator, dtype=basis_dtype, device=device) / n**0.5
+    if start_product is not None and start is None:
+        raise ValueError("start_product needs start")
+    if start is None:
+        if generator is None:
+            raise ValueError("lanczos needs a generator or a start vector")
+        q = rademacher(n, generator=generator, dtype=basis_dtype, device=device) / n**0.5
+    else:
+        q = start.to(device=device, dtype=basis_dtype)
+        q = q / torch.linalg.vector_norm(q)
+    free = start_product is not None
     basis = torch.empty((m, n), dtype=basis_dtype, device=device)
     alphas: list[float] = []
     betas: list[float] = []
@@ -85,7 +102,11 @@ def lanczos(
     j = 0
     for j in range(m):
         basis[j] = q
-        w = matvec(q).to(device=device, dtype=basis_dtype)
+        if j == 0 and start_product is not None:
+            w = start_product.to(device=device, dtype=basis_dtype) / float(
+                torch.linalg.vector_norm(start.to(torch.float64)))  # type: ignore[union-attr]
+        else:
+            w = matvec(q).to(device=device, dtype=basis_dtype)
         alpha = float(torch.dot(q, w))
         alphas.append(alpha)
         w = w - alpha * q
@@ -106,7 +127,7 @@ def lanczos(
             converged = True  # invariant subspace: Ritz values are exact eigenvalues
             res = torch.zeros_like(res)
             break
-        if float(res[0]) < tol * scale and float(res[-1]) < tol * scale:
+        if (which == "max" or float(res[0]) < tol * scale) and float(res[-1]) < tol * scale:
             converged = True
             break
         if j + 1 < m:
@@ -119,9 +140,78 @@ def lanczos(
         lambda_min=float(theta[0]),
         residual_max=float(res[-1]),
         residual_min=float(res[0]),
-        steps=used,
+        steps=used - free,
         converged=converged or used == n,
         ritz=theta.cpu(),
         trace_part=float(sum(alphas)),
         basis=basis[:used] if keep_basis else None,
     )
+
+
+def ritz_max(
+    matvec: Callable[[Tensor], Tensor],
+    vectors: Tensor,
+    products: Tensor,
+    *,
+    steps: int,
+    tol: float,
+    rank_tol: float = 1e-10,
+) -> LanczosResult:
+    """Largest eigenvalue of a symmetric operator from a subspace whose products are known.
+
+    ``vectors`` (rows, any basis, not necessarily orthonormal) and ``products`` (``A`` applied to
+    each row) give a Rayleigh–Ritz on their span at no matvec cost. If its top Ritz residual is
+    ``≥ tol · max|θ|``, Lanczos restarts from that top Ritz vector (whose product is known) and
+    runs until its own top residual is below ``tol · max|θ|``, at most ``steps`` new products.
+
+    ``lambda_max ≤ λmax`` (a Rayleigh quotient) and the residual is ``‖A x − θ x‖`` of the unit
+    Ritz vector (it bounds the distance from θ to some eigenvalue). Only the top end is targeted:
+    ``lambda_min`` is that of the final search space, with its residual. Seed rows whose span is
+    numerically dependent (Gram eigenvalue ``< rank_tol ·`` the largest) are dropped.
+    """
+    s = vectors.to(torch.float64)
+    a_s = products.to(device=s.device, dtype=torch.float64)
+    coef = seed_coefficients(s @ s.T, s @ a_s.T, rank_tol=rank_tol)
+    return restart_lanczos(matvec, coef @ s, coef @ a_s, steps=steps, tol=tol)
+
+
+def seed_coefficients(gram: Tensor, rq: Tensor, *, rank_tol: float = 1e-10) -> Tensor:
+    """Rayleigh–Ritz on a seed span given only ``G = S Sᵀ`` and ``R = S (AS)ᵀ`` (``k × k``).
+
+    Returns ``c`` (length ``k``) such that ``cᵀ S`` is the unit top Ritz vector of the span.
+    Zero rows and numerically dependent directions (Gram eigenvalue ``< rank_tol ·`` the
+    largest, after normalizing rows) are dropped.
+    """
+    gram = gram.to(torch.float64)
+    rq = rq.to(torch.float64)
+    diag = torch.diagonal(gram).clamp(min=0.0)
+    idx = torch.nonzero(diag > 0).flatten()
+    if idx.numel() == 0:
+        raise ValueError("ritz_max needs at least one nonzero seed vector")
+    inv = torch.zeros_like(diag)
+    inv[idx] = diag[idx].rsqrt()
+    g = (inv[:, None] * gram * inv[None, :])[idx][:, idx]
+    r = (inv[:, None] * rq * inv[None, :])[idx][:, idx]
+    mu, u = torch.linalg.eigh(0.5 * (g + g.T))
+    ok = mu > rank_tol * float(mu[-1])
+    c = u[:, ok] / mu[ok].sqrt()  # cᵀ (unit seed rows) are orthonormal
+    _, y = torch.linalg.eigh(c.T @ (0.5 * (r + r.T)) @ c)
+    coef = torch.zeros(gram.shape[0], dtype=torch.float64, device=gram.device)
+    coef[idx] = inv[idx] * (c @ y[:, -1])
+    return coef
+
+
+def restart_lanczos(
+    matvec: Callable[[Tensor], Tensor], x: Tensor, ax: Tensor, *, steps: int, tol: float
+) -> LanczosResult:
+    """``λmax`` from a start vector ``x`` whose product ``ax`` is known: no product if ``x`` is
+    already converged (residual ``< tol·|θ|``), else Lanczos from ``x`` (top end only)."""
+    nx = float(torch.linalg.vector_norm(x))
+    x, ax = x / nx, ax / nx
+    theta = float(x @ ax)
+    res = float(torch.linalg.vector_norm(ax - theta * x))
+    if res < tol * abs(theta) or (theta == 0.0 and res == 0.0):
+        return LanczosResult(theta, theta, res, res, 0, True,
+                             torch.tensor([theta], dtype=torch.float64), theta)
+    return lanczos(matvec, x.shape[0], steps=steps + 1, tol=tol, device=x.device, start=x,
+                   start_product=ax, which="max")

@@ -7,10 +7,14 @@ Per block (``m`` = Lanczos steps, ``K`` = probes):
 * Hutchinson (``K`` HVPs): block-restricted probes, deflated by the Lanczos basis (exact part from
   the basis, probes on the rest). Coupling-set blocks are probed by column, which gives their
   trace, their row norm and ``‖H_ab‖_F`` to every other block from the same products.
-* Preconditioned Lanczos (``≤ m``) when an Adam preconditioner is given; stability ratio.
+* Preconditioned ``λmax`` (``≤ m`` new HVPs) when an Adam preconditioner is given; stability
+  ratio. Every ``H_bb x`` already computed for the block (Lanczos vectors, probes) gives the
+  preconditioned operator on ``D^{-1}x`` for free, so ``ritz_max`` starts from that subspace and
+  adds products only while the top residual is above ``precond_tol`` (only ``λmax`` is used).
 * ρ along the gradient (or given) directions: one more column per coupling-set block.
 
-Cost ≈ ``L·(m + K) + L_c·(m + 1)`` HVPs at most (early Lanczos stops lower it).
+Cost ≈ ``L·(m + K) + L_P·m + L_c`` HVPs at most (early stops lower it; ``L_P`` blocks with a
+preconditioner, ``L_c`` in the coupling set).
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ from hfault.curvature.hutchinson import (
     shared_traces,
     trace_estimate,
 )
-from hfault.curvature.hvp import HessianOperator, dot64
-from hfault.curvature.lanczos import LanczosResult, lanczos
+from hfault.curvature.hvp import HessianOperator
+from hfault.curvature.lanczos import (
+    LanczosResult,
+    lanczos,
+    restart_lanczos,
+    seed_coefficients,
+)
 from hfault.curvature.stability import StabilityResult, StabilitySetup, stability
 
 __all__ = [
@@ -180,26 +189,36 @@ def _names_to_idx(op: HessianOperator, names: Sequence[str] | None) -> list[int]
 
 
 def _lanczos_block(
-    op: HessianOperator, b: int, s: CurvatureSettings, gen: torch.Generator, columns: bool
+    op: HessianOperator, b: int, s: CurvatureSettings, gen: torch.Generator, columns: bool,
+    keep: list[Tensor] | None = None,
 ) -> tuple[LanczosResult, Deflation | None]:
+    """Lanczos on ``H_bb`` (by columns if ``columns``).
+
+    ``keep``: collects every product ``H_bb q`` (block dtype), and the basis is then kept in the
+    result even without deflation (``_precond_ritz`` reuses both).
+    """
     nb = len(op.blocks)
     sq = np.zeros(nb)
     row = [0.0]
     dtype, dev = op.dtype(b), op.device(b)
 
     def mv(q: Tensor) -> Tensor:
+        qq = q.to(dtype)
         if not columns:
-            return op.hvp_bb(b, q.to(dtype))
-        col = op.column(b, q.to(dtype))
-        for a, c in enumerate(col.blocks):
-            sq[a] += float(dot64(c, c))
-        row[0] += float(col.norm_sq)
-        return col.blocks[b]
+            out = op.hvp_bb(b, qq)
+        else:
+            col = op.column(b, qq)
+            sq[:] += col.block_sq.cpu().numpy()
+            row[0] += float(col.norm_sq)
+            out = col.blocks[b]
+        if keep is not None:
+            keep.append(out)
+        return out
 
     n = op.numel(b)
     basis_dtype = torch.float64 if min(s.m, n) * n * 8 <= _BASIS_BYTES else dtype
     res = lanczos(mv, n, steps=s.m, tol=s.lanczos_tol, generator=gen, device=dev,
-                  keep_basis=s.deflate, basis_dtype=basis_dtype)
+                  keep_basis=s.deflate or keep is not None, basis_dtype=basis_dtype)
     if not s.deflate or res.basis is None:
         return res, None
     if not columns:
@@ -212,6 +231,7 @@ def _precond_lanczos(
     op: HessianOperator, b: int, setup: StabilitySetup, s: CurvatureSettings,
     gen: torch.Generator,
 ) -> LanczosResult:
+    """The preconditioned ``λmax`` by Lanczos from a random start (reference path)."""
     assert setup.inv_sqrt_p is not None
     dtype, dev = op.dtype(b), op.device(b)
     d = setup.inv_sqrt_p.to(device=dev, dtype=torch.float64)
@@ -223,6 +243,53 @@ def _precond_lanczos(
         return d * (out + l2 * dq) if l2 else d * out
 
     return lanczos(mv, op.numel(b), steps=s.m, tol=s.precond_tol, generator=gen, device=dev)
+
+
+def _precond_ritz(
+    op: HessianOperator, b: int, setup: StabilitySetup, s: CurvatureSettings,
+    basis: Tensor, products: Sequence[Tensor],
+) -> LanczosResult:
+    """The preconditioned ``λmax`` of ``A = D(H_bb + l2·I)D``, ``D = P^{-1/2}``, reusing products.
+
+    The plain Lanczos products ``w_j = H_bb q_j`` give ``A`` on ``s_j = D^{-1}q_j`` for free:
+    ``A s_j = D(w_j + l2·q_j)``, so ``s_iᵀ A s_j = q_iᵀ(w_j + l2·q_j)`` and ``s_iᵀ s_j =
+    q_iᵀ D^{-2} q_j``. The top Ritz vector of that span (``seed_coefficients``) is returned as
+    is if its residual is ``< precond_tol·|θ|``; otherwise Lanczos restarts from it (its first
+    product is known) and stops on the top residual alone (at most ``m`` new products). Only
+    ``λmax`` is used (a stability ratio). Built row by row: no extra ``k × n_b`` copies. (For
+    float32 blocks the products were taken at the float32-rounded ``q_j``; the mismatch is ~1e-7
+    relative, far below ``precond_tol``.)
+    """
+    assert setup.inv_sqrt_p is not None
+    dtype, dev = op.dtype(b), op.device(b)
+    d = setup.inv_sqrt_p.to(device=dev, dtype=torch.float64)
+    l2 = setup.rule.l2
+    k = len(products)
+    q = basis[:k]
+    inv_d2 = d.pow(-2)
+
+    def w64(j: int) -> Tensor:
+        w = products[j].to(device=dev, dtype=torch.float64)
+        return w + l2 * q[j].to(torch.float64) if l2 else w
+
+    gram = torch.empty((k, k), dtype=torch.float64, device=dev)
+    rq = torch.empty_like(gram)
+    for j in range(k):
+        gram[:, j] = torch.mv(q, (q[j].to(torch.float64) * inv_d2).to(q.dtype))
+        rq[:, j] = torch.mv(q, w64(j).to(q.dtype))
+    coef = seed_coefficients(gram, rq)
+    x = (coef.to(q.dtype) @ q).to(torch.float64).div_(d)  # top Ritz vector of the seeds
+    ax = torch.zeros_like(x)
+    for j in range(k):
+        ax.add_(w64(j), alpha=float(coef[j]))
+    ax.mul_(d)
+
+    def mv(x: Tensor) -> Tensor:
+        dx = d * x
+        out = op.hvp_bb(b, dx.to(dtype)).to(torch.float64)
+        return d * (out + l2 * dx) if l2 else d * out
+
+    return restart_lanczos(mv, x, ax, steps=s.m, tol=s.precond_tol)
 
 
 def measure(
@@ -266,16 +333,22 @@ def measure(
     for b in range(nblocks):
         c0 = op.hvp_count
         deflation = None
+        setup = setups.get(op.blocks[b].name)
+        precond = b in eig_set and setup is not None and setup.inv_sqrt_p is not None
+        known: list[Tensor] | None = [] if precond else None
         if b in eig_set:
-            lres[b], deflation = _lanczos_block(op, b, s, generator, columns=b in coupled_set)
+            lres[b], deflation = _lanczos_block(op, b, s, generator, columns=b in coupled_set,
+                                                keep=known)
         if b in coupled_set:
             samples[b] = probe_columns(op, b, s.k, generator, deflation=deflation,
                                        batch=s.probe_batch)
         elif s.trace_method == "block":
             samples[b] = probe_diagonal(op, b, s.k, generator, deflation=deflation)
-        setup = setups.get(op.blocks[b].name)
-        if b in eig_set and setup is not None and setup.inv_sqrt_p is not None:
-            presults[b] = _precond_lanczos(op, b, setup, s, generator)
+        if precond:
+            assert setup is not None and known is not None and lres[b].basis is not None
+            presults[b] = _precond_ritz(op, b, setup, s, lres[b].basis, known)
+        if b in lres:
+            lres[b].basis = None  # release the block's basis now, not at the end
         hvps[b] = op.hvp_count - c0
 
     shared: dict[int, tuple[float, float]] = {}
