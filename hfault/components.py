@@ -128,12 +128,8 @@ def _projection_role(path: str) -> str | None:
 
 
 def is_attention_module(module: nn.Module, path: str = "") -> bool:
-    """Public form of the attention-module test (the path adds name hints when known)."""
-    return _is_attention_module(path, module)
-
-
-def _is_attention_module(path: str, module: nn.Module) -> bool:
-    """MultiheadAttention, or a container named or typed as attention, or one holding q/k/v."""
+    """MultiheadAttention, or a container named or typed as attention, or one holding q/k/v
+    (``path``, when known, adds its name as a hint)."""
     if isinstance(module, nn.MultiheadAttention):
         return True
     if not module_has_children(module):
@@ -297,11 +293,13 @@ def _attention_context(
     chain = [*owner.ancestors, (owner.path, owner.module)]
     for i in range(len(chain) - 1, -1, -1):
         path, module = chain[i]
-        if _is_attention_module(path, module):
+        if is_attention_module(module, path):
             # BERT/ViT nest the projections in `attention.self` and the output in
             # `attention.output`: both belong to the enclosing `attention`.
-            if _leaf(path) == "self" and i > 0 and _is_attention_module(*chain[i - 1]):
-                path, module = chain[i - 1]
+            if _leaf(path) == "self" and i > 0:
+                outer_path, outer = chain[i - 1]
+                if is_attention_module(outer, outer_path):
+                    path, module = outer_path, outer
             kind = "cross" if _is_cross(path, module, cross_ids) else "self"
             return path, kind
     return None, None

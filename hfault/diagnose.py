@@ -57,6 +57,7 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
     records = dict(state.snapshots)
     if state.last is not None and state.last.step not in records:
         records[state.last.step] = state.last  # the last step seen, always reported
+    components = [c.to_dict() for c in state.components]
     snapshots = []
     for step, rec in sorted(records.items()):
         metrics = {name: dict(m) for name, m in rec.metrics.items()}
@@ -79,11 +80,7 @@ def _snapshots(state: CaptureState) -> list[Snapshot]:
                     notes=list(measured.snapshot.notes),
                     unused=list(measured.snapshot.unused_blocks),
                 )
-                graph = coupling_graph(
-                    [c.to_dict() for c in state.components],
-                    metrics,
-                    edge_dicts(measured.snapshot),
-                )
+                graph = coupling_graph(components, metrics, edge_dicts(measured.snapshot))
         snapshots.append(
             Snapshot(
                 step,

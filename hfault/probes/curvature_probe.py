@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -90,9 +90,8 @@ def measure_step(
     """One snapshot; never raises for an unsupported op (the record carries the error)."""
     start = time.perf_counter()
     params, blocks = to_blocks(components)
-    settings = config.settings
-    settings = CurvatureSettings(
-        **{**settings.__dict__, "coupling_blocks": coupling_set(components, config.coupling_globs)}
+    settings = replace(
+        config.settings, coupling_blocks=coupling_set(components, config.coupling_globs)
     )
     setups: dict[str, StabilitySetup] = {}
     for comp, block in zip(components, blocks, strict=True):
@@ -106,7 +105,7 @@ def measure_step(
     # Some op has no double backward. Measure each component alone: those whose second
     # derivatives do not pass through that op's backward are still measured.
     measured, blocked, hvps = [], [], 0
-    alone = CurvatureSettings(**{**settings.__dict__, "coupling_blocks": ()})
+    alone = replace(settings, coupling_blocks=())
     for block in blocks:
         try:
             part = _measure(loss, params, [block], loss_scale, alone, setups)
