@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
 
 from hfault import __version__
 from hfault.capture.schedule import ScheduleError, parse_schedule
 from hfault.exitcodes import ExitCode
 from hfault.report.model import SEVERITY_ORDER
+from hfault.rules.rule import RuleError
 
 app = typer.Typer(
     add_completion=False,
@@ -26,21 +30,46 @@ app = typer.Typer(
 )
 
 
-class FailOn(str, Enum):
+class FailOn(StrEnum):
     error = "error"
     warning = "warning"
     never = "never"
 
 
-class Budget(str, Enum):
+class Budget(StrEnum):
     economy = "economy"
     standard = "standard"
     thorough = "thorough"
 
 
-class TraceMethod(str, Enum):
+class TraceMethod(StrEnum):
     block = "block"
     shared = "shared"
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML file with rule settings (else [tool.hfault] in the "
+                 "nearest pyproject.toml above the script)."),
+]
+RulesOpt = Annotated[
+    list[Path] | None, typer.Option("--rules", help="Folder of extra rule files; repeatable.")
+]
+SelectOpt = Annotated[
+    list[str] | None,
+    typer.Option("--select", help="Only these rules: ids, id prefixes (HF2) or names; "
+                 "comma-separated or repeated."),
+]
+IgnoreOpt = Annotated[
+    list[str] | None, typer.Option("--ignore", help="Skip these rules (ids, prefixes, names).")
+]
+SarifOpt = Annotated[
+    Path | None, typer.Option("--sarif", help="Write SARIF 2.1.0 (for code scanning) here.")
+]
+GraphOpt = Annotated[
+    Path | None,
+    typer.Option("--graph", help="Write the last coupling graph as GraphML here."),
+]
 
 
 class UsageFailure(Exception):
@@ -125,26 +154,31 @@ def diagnose(
             "always in it); repeatable.",
         ),
     ] = None,
+    config: ConfigOpt = None,
+    rules_dirs: RulesOpt = None,
+    select: SelectOpt = None,
+    ignore: IgnoreOpt = None,
+    sarif_path: SarifOpt = None,
+    graph_path: GraphOpt = None,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
 ) -> None:
     from hfault.diagnose import DiagnoseOptions, diagnose
-    from hfault.report.json_report import write_json
-    from hfault.report.terminal import render
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
+    rules = _rule_set(script.resolve().parent, config, rules_dirs, select, ignore)
     try:
         schedule = parse_schedule(at, max_steps)
     except ScheduleError as exc:
         raise UsageFailure(str(exc)) from None
-    config = None
+    curvature_config = None
     if curvature:
         from hfault.curvature import CurvatureSettings
         from hfault.probes.curvature_probe import CurvatureConfig
 
-        config = CurvatureConfig(
+        curvature_config = CurvatureConfig(
             CurvatureSettings(
                 budget=budget.value,
                 probes=probes,
@@ -153,15 +187,12 @@ def diagnose(
             ),
             tuple(components or ()),
         )
-    options = DiagnoseOptions(script, list(ctx.args), schedule, max_steps, nan_watch, config)
+    options = DiagnoseOptions(
+        script, list(ctx.args), schedule, max_steps, nan_watch, curvature_config, rules
+    )
     result = diagnose(options)
-    report = result.report
-    if json_path is not None:
-        write_json(report, json_path)
-    if not quiet:
-        render(report, Console(width=None if sys.stdout.isatty() else 120))
-    if json_path is not None and not quiet:
-        print(f"JSON report written to {json_path}", file=sys.stderr)
+    data = result.report.to_dict()
+    _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path)
 
     outcome = result.outcome
     if outcome.interrupted:
@@ -181,11 +212,152 @@ def diagnose(
         )
         _err(f"nothing to diagnose: {script} {what}")
         raise typer.Exit(ExitCode.USAGE)
-    if fail_on is not FailOn.never:
-        limit = SEVERITY_ORDER[fail_on.value]
-        if any(SEVERITY_ORDER[f.severity] <= limit for f in report.findings):
-            raise typer.Exit(ExitCode.FINDINGS)
-    raise typer.Exit(ExitCode.OK)
+    raise typer.Exit(_findings_code(data, fail_on))
+
+
+def _findings_code(data: dict[str, Any], fail_on: FailOn) -> ExitCode:
+    if fail_on is FailOn.never:
+        return ExitCode.OK
+    limit = SEVERITY_ORDER[fail_on.value]
+    hit = any(SEVERITY_ORDER[f["severity"]] <= limit for f in data.get("findings", []))
+    return ExitCode.FINDINGS if hit else ExitCode.OK
+
+
+def _rule_set(
+    start: Path,
+    config: Path | None,
+    rules_dirs: list[Path] | None,
+    select: list[str] | None,
+    ignore: list[str] | None,
+) -> list[Any]:
+    """Built-in and user rules, filtered and with thresholds from --config or the nearest
+    pyproject.toml with a [tool.hfault] table (searched from the script's folder upwards)."""
+    from hfault.rules import find_pyproject, load_config, load_rules
+    from hfault.rules.catalog import split_codes
+
+    if config is not None and not config.is_file():
+        raise UsageFailure(f"no such config file: {config}")
+    source = config if config is not None else find_pyproject(start)
+    settings = load_config(source) if source is not None else None
+    return load_rules(
+        settings,
+        [d.resolve() for d in rules_dirs or ()],
+        split_codes(select or ()),
+        split_codes(ignore or ()),
+    )
+
+
+def _emit(
+    data: dict[str, Any],
+    catalog: list[dict[str, Any]],
+    quiet: bool,
+    json_path: Path | None,
+    sarif_path: Path | None,
+    graph_path: Path | None,
+) -> None:
+    """Every output of a report: terminal, JSON, SARIF, GraphML."""
+    import json
+
+    from hfault.report.sarif import write_sarif
+    from hfault.report.terminal import render
+
+    written = []
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        written.append(f"JSON report written to {json_path}")
+    if sarif_path is not None:
+        sarif_path.parent.mkdir(parents=True, exist_ok=True)
+        write_sarif(data, catalog, sarif_path)
+        written.append(f"SARIF written to {sarif_path}")
+    if graph_path is not None:
+        from hfault.graph import graph_from_json
+        from hfault.propagation import write_graphml
+
+        last = next((s for s in reversed(data["snapshots"]) if s.get("graph")), None)
+        if last is None:
+            written.append("no coupling graph to export (curvature was not measured)")
+        else:
+            graph_path.parent.mkdir(parents=True, exist_ok=True)
+            write_graphml(graph_from_json(last["graph"]), graph_path)
+            written.append(f"GraphML of step {last['step']} written to {graph_path}")
+    if not quiet:
+        render(data, Console(width=None if sys.stdout.isatty() else 120))
+        for line in written:
+            print(line, file=sys.stderr)
+
+
+@app.command(
+    "report",
+    help="Re-render a saved JSON report (terminal, SARIF, GraphML); exit code as for diagnose.",
+)
+def report_command(
+    path: Annotated[Path, typer.Argument(help="A JSON report written by diagnose --json.")],
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 when a finding is at or above this.")
+    ] = FailOn.error,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report.")] = False,
+    rules_dirs: RulesOpt = None,
+    sarif_path: SarifOpt = None,
+    graph_path: GraphOpt = None,
+) -> None:
+    import json
+
+    from hfault.rules import load_rules
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageFailure(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageFailure(f"{path}:{exc.lineno}: not a JSON report: {exc.msg}") from None
+    if not isinstance(data, dict) or "findings" not in data or "run" not in data:
+        raise UsageFailure(f"{path}: not an hfault JSON report (no 'run' and 'findings')")
+    catalog = {r.id: r.to_catalog() for r in load_rules(None, rules_dirs or ())}
+    for saved in data.get("rules", []):
+        catalog.setdefault(saved["id"], {"rationale": "", **saved})
+    _emit(data, list(catalog.values()), quiet, None, sarif_path, graph_path)
+    raise typer.Exit(_findings_code(data, fail_on))
+
+
+rules_app = typer.Typer(
+    help="List the rules, or explain one: hfault rules explain HF201",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.callback()
+def rules_list(
+    ctx: typer.Context,
+    rules_dirs: RulesOpt = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from hfault.rules import load_rules
+
+    table = Table(box=box.SIMPLE, title="hfault rules")
+    for col in ("id", "name", "scope", "severity", "summary"):
+        table.add_column(col, overflow="fold", no_wrap=col != "summary")
+    for rule in load_rules(None, rules_dirs or ()):
+        table.add_row(rule.id, rule.name, rule.scope, rule.severity, rule.summary)
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+@rules_app.command("explain", help="Print one rule: condition, thresholds, rationale, example.")
+def rules_explain(
+    rule_id: Annotated[str, typer.Argument(help="Rule id (HF201) or name.")],
+    rules_dirs: RulesOpt = None,
+) -> None:
+    from hfault.rules import load_rules
+    from hfault.rules.docs import explain
+
+    rules = load_rules(None, rules_dirs or ())
+    match = [r for r in rules if rule_id.upper() == r.id or rule_id == r.name]
+    if not match:
+        raise UsageFailure(f"no rule {rule_id!r}; see hfault rules")
+    Console(width=None if sys.stdout.isatty() else 100).print(Markdown(explain(match[0])))
 
 
 @app.command(help="Print the version.")
@@ -200,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Non-standalone click returns the code of a typer.Exit instead of raising it.
         code = app(args=args, prog_name="hfault", standalone_mode=False)
-    except UsageFailure as exc:
+    except (UsageFailure, RuleError) as exc:
         _err(str(exc))
         sys.exit(ExitCode.USAGE)
     except typer.Exit as exc:

@@ -84,6 +84,7 @@ class Component:
             "layer": self.layer,
             "optimizer": self.optimizer,
             "parameters": [_part_label(p) for p in self.parts],
+            "access": self.access,
         }
 
 

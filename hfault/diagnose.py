@@ -13,10 +13,11 @@ from hfault import __version__
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
-from hfault.checks import CheckInput, run_checks
 from hfault.graph import coupling_graph
 from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, edge_dicts
+from hfault.propagation import output_nodes, propagation_summary, strongest_path
 from hfault.report.model import Report, RunInfo, Snapshot, rank
+from hfault.rules import Rule, evaluate, load_rules
 
 
 @dataclass
@@ -28,6 +29,8 @@ class DiagnoseOptions:
     nan_watch: bool = True
     curvature: CurvatureConfig | None = field(default_factory=CurvatureConfig)
     """None: first-order only (``--no-curvature``)."""
+    rules: list[Rule] | None = None
+    """The rules to apply; None: every built-in rule with its default thresholds."""
 
 
 @dataclass
@@ -98,16 +101,6 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
     state = session.state
     snapshots = _snapshots(state)
     losses = sorted(state.losses.items())
-    findings = run_checks(
-        CheckInput(
-            state.components,
-            snapshots,
-            losses,
-            state.events,
-            state.optimizers,
-            [r for _, r in sorted(state.curvature.items())],
-        )
-    )
     if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
         raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
     notes = list(state.notes)
@@ -129,7 +122,13 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         python=platform.python_version(),
         backward_calls=state.backward_calls,
         optimizers=[
-            {"index": i, "class": type(o).__name__, "param_groups": len(o.param_groups)}
+            {
+                "index": i,
+                "class": type(o).__name__,
+                "param_groups": len(o.param_groups),
+                "lr": _number(o.defaults.get("lr")),
+                "source": state.optimizer_sources[i] if i < len(state.optimizer_sources) else None,
+            }
             for i, o in enumerate(state.optimizers)
         ],
         max_steps=options.max_steps,
@@ -137,13 +136,42 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         hvps=sum(r.snapshot.hvp_count for r in state.curvature.values() if r.snapshot),
         curvature=options.curvature is not None,
     )
-    return Report(
+    report = Report(
         run=run,
         components=[c.to_dict() for c in state.components],
         snapshots=snapshots,
         losses=losses,
-        findings=rank(findings),
+        findings=[],
         numerics=[e.to_dict() for e in state.events],
         notes=notes,
         tool_version=__version__,
     )
+    judge(report, options.rules if options.rules is not None else load_rules())
+    return report
+
+
+def judge(report: Report, rules: list[Rule]) -> None:
+    """Apply the rules to a report's data: ranked findings, and the propagation of the flagged
+    components through the last coupling graph."""
+    graph = next((s.graph for s in reversed(report.snapshots) if s.graph is not None), None)
+    paths: dict[str, str] = {}
+    if graph is not None:
+        targets = output_nodes(graph)
+        for node in graph.nodes:
+            found = strongest_path(graph, node, targets)
+            if found is not None:
+                paths[node] = " → ".join(found["path"])
+    result = evaluate(report.to_dict(), rules, paths)
+    report.findings = rank(result.findings)
+    report.notes.extend(result.errors)
+    report.rules = [r.to_catalog() for r in rules]
+    if graph is not None:
+        flagged = list(dict.fromkeys(f.component for f in report.findings if f.component))
+        step = next(s.step for s in reversed(report.snapshots) if s.graph is graph)
+        report.propagation = {"step": step, **propagation_summary(graph, flagged)}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)

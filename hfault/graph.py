@@ -52,3 +52,16 @@ def graph_to_json(graph: nx.Graph) -> dict[str, Any]:
             for a, b, attrs in graph.edges(data=True)
         ],
     }
+
+
+def graph_from_json(data: Mapping[str, Any]) -> nx.Graph:
+    """Rebuild a snapshot's graph from its JSON form (for ``hfault report`` and exports)."""
+    graph = nx.Graph()
+    for node in data.get("nodes", []):
+        graph.add_node(node["name"], **{k: v for k, v in node.items() if k != "name"})
+    for e in data.get("edges", []):
+        kappa = e.get("kappa")
+        weight = kappa if isinstance(kappa, (int, float)) and math.isfinite(kappa) else 0.0
+        attrs = {k: v for k, v in e.items() if k not in ("source", "target")}
+        graph.add_edge(e["source"], e["target"], weight=weight, **attrs)
+    return graph

@@ -14,6 +14,8 @@ Probes draw from no random generator, so the user's random stream is untouched.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +64,8 @@ class CaptureState:
     """Everything the session observed; the report is built from this."""
 
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    optimizer_sources: list[dict[str, Any] | None] = field(default_factory=list)
+    """Where each optimizer was constructed (file, line): learning-rate fixes point there."""
     modules: dict[int, nn.Module] = field(default_factory=dict)  # forward order of first call
     cross_modules: dict[int, nn.Module] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
@@ -119,6 +123,7 @@ class CaptureSession:
             if id(opt) not in session._opt_index:
                 session._opt_index[id(opt)] = len(session.state.optimizers)
                 session.state.optimizers.append(opt)
+                session.state.optimizer_sources.append(_caller_outside_libraries())
 
         torch.optim.Optimizer.__init__ = init  # type: ignore[method-assign]
         self._restore.append(lambda: setattr(torch.optim.Optimizer, "__init__", original_init))
@@ -396,3 +401,17 @@ class CaptureSession:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.state.started
+
+
+def _caller_outside_libraries() -> dict[str, Any] | None:
+    """The first stack frame outside torch, hfault and installed packages: the user's line that
+    built the optimizer (for a library such as a Trainer, the user's call into it)."""
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        library = "site-packages" in filename or "dist-packages" in filename
+        if not filename.startswith(skip) and not filename.startswith("<") and not library:
+            return {"file": filename, "line": frame.f_lineno}
+        frame = frame.f_back
+    return None

@@ -41,6 +41,12 @@ class Finding:
     fix: Fix | None = None
     score: float = 0.0
     rank: int = 0
+    location: dict[str, Any] | None = None
+    """File and line to jump to: the component's module class, or the optimizer for LR fixes."""
+    fingerprint: str = ""
+    """Hash of rule, component and script: the same fault keeps it across runs (SARIF dedup)."""
+    related: list[str] = field(default_factory=list)
+    """Other components the finding involves (the far end of a coupling, a propagation path)."""
 
     def sort_key(self) -> tuple[int, float, str, str]:
         return (SEVERITY_ORDER[self.severity], -self.score, self.component or "", self.rule)
@@ -57,6 +63,9 @@ class Finding:
             "message": self.message,
             "evidence": _clean(self.evidence),
             "fix": self.fix.to_dict() if self.fix else None,
+            "location": self.location,
+            "fingerprint": self.fingerprint,
+            "related": self.related,
         }
 
 
@@ -139,6 +148,10 @@ class Report:
     numerics: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    """The rules applied, with the thresholds used (so a report says what it was judged by)."""
+    propagation: dict[str, Any] | None = None
+    """Hubs, strongest paths from the flagged components, communities: the last coupling graph."""
 
     def counts(self) -> dict[str, int]:
         return {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
@@ -174,6 +187,11 @@ class Report:
             "timeline": {"loss": [{"step": s, "loss": _num(v)} for s, v in self.losses]},
             "numerics": self.numerics,
             "findings": [f.to_dict() for f in self.findings],
+            "propagation": _clean(self.propagation),
+            "rules": [
+                {k: r[k] for k in ("id", "name", "severity", "category", "summary", "params")}
+                for r in self.rules
+            ],
             "notes": self.notes,
             "summary": self.summary(),
         }

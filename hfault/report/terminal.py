@@ -1,8 +1,10 @@
-"""The terminal report (rich): verdict, ranked findings, fixes, per-component summary."""
+"""The terminal report (rich): verdict, ranked findings with evidence and fixes, how the fault
+propagates (coupling paths, hubs), the components, the strongest couplings, attention, cost."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from rich import box
@@ -13,8 +15,6 @@ from rich.rule import Rule
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
-
-from hfault.report.model import Report
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _VERDICT_STYLE = {
@@ -44,73 +44,129 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def render(report: Report, console: Console) -> None:
-    run = report.run
+def render(report: Mapping[str, Any], console: Console) -> None:
+    """Render a report's JSON form, so a saved report (``hfault report``) looks the same."""
+    run, summary = report["run"], report["summary"]
     console.print(Rule("[bold]hfault report"))
-    verdict = report.verdict()
-    counts = report.counts()
+    verdict, counts = summary["verdict"], summary["counts"]
     head = Text()
-    head.append(f"{verdict.upper()}", style=_VERDICT_STYLE[verdict])
+    head.append(f"{verdict.upper()}", style=_VERDICT_STYLE.get(verdict, "bold"))
     head.append(
         f"  {counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info"
     )
+    if summary.get("top_component"):
+        head.append(f"  •  most likely: {summary['top_component']}", style="bold magenta")
     meta = (
-        f"script {run.script}  •  status {run.status}  •  {run.steps} step(s), "
-        f"{run.backward_calls} backward call(s)  •  {run.seconds:.1f}s  •  {run.device}  •  "
-        f"torch {run.torch}"
+        f"script {run['script']}  •  status {run['status']}  •  {run['steps']} step(s), "
+        f"{run['backward_calls']} backward call(s)  •  {run['seconds']:.1f}s  •  "
+        f"{run['device']}  •  torch {run['torch']}"
     )
     body: list[Any] = [head, Text(meta, style="dim")]
-    if run.error:
-        err = run.error
+    if run.get("error"):
+        err = run["error"]
         where = f" at {err.get('file')}:{err.get('line')}" if err.get("file") else ""
         body.append(Text(f"script raised {err['type']}: {err['message']}{where}", style="red"))
-    for note in report.notes:
+    for note in report.get("notes", []):
         body.append(Text(f"note: {note}", style="yellow"))
     console.print(Panel(Group(*body), box=box.ROUNDED))
     _findings(report, console)
+    _propagation(report, console)
     _components(report, console)
 
 
-def _findings(report: Report, console: Console) -> None:
-    if not report.findings:
+def _evidence(f: Mapping[str, Any]) -> str:
+    ev = f.get("evidence") or {}
+    metric, value, threshold = ev.get("metric"), ev.get("value"), ev.get("threshold")
+    if value is None or isinstance(value, (list, dict)):
+        return metric or "–"
+    text = f"{metric or 'value'} {_fmt(value)}"
+    if threshold is not None and not isinstance(threshold, (list, dict)):
+        text += f" (limit {_fmt(threshold)})"
+    return text
+
+
+def _findings(report: Mapping[str, Any], console: Console) -> None:
+    findings = report.get("findings", [])
+    if not findings:
         console.print(Text("No findings.", style="green"))
         return
-    console.print(Text("Findings (ranked)", style="bold"))
-    for f in report.findings:
-        line = Text(f"{f.rank:>3}  ")
-        line.append(f"{f.severity.upper():<7}", style=_SEVERITY_STYLE[f.severity])
-        line.append(f"  {f.rule} {f.name}", style="bold")
-        if f.component:
-            line.append(f"  {f.component}", style="magenta")
-        if f.step is not None:
-            line.append(f"  @ step {f.step}", style="dim")
+    table = Table(title="Findings, ranked", box=box.SIMPLE, title_justify="left", expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("component", overflow="fold", ratio=2)
+    table.add_column("evidence", overflow="fold", ratio=2)
+    table.add_column("step", justify="right", no_wrap=True)
+    for f in findings:
+        table.add_row(
+            str(f["rank"]),
+            f"{f['rule']} {f['name']}",
+            Text(f["severity"], style=_SEVERITY_STYLE[f["severity"]]),
+            f.get("component") or "(run)",
+            _evidence(f),
+            _fmt(f.get("step")),
+        )
+    console.print(table)
+    for f in findings:
+        line = Text(f"{f['rank']:>3}  ")
+        line.append(f"{f['rule']}", style=_SEVERITY_STYLE[f["severity"]])
+        line.append(f"  {f['message']}")
         console.print(line)
-        console.print(Padding(Text(f.message), (0, 0, 0, 5)))
-        if f.fix:
-            console.print(Padding(Text("→ " + f.fix.summary, style="green"), (0, 0, 0, 5)))
-        console.print()
+        fix = f.get("fix")
+        if fix:
+            console.print(Padding(Text("fix: " + fix["summary"], style="green"), (0, 0, 0, 5)))
+        loc = f.get("location")
+        if loc:
+            console.print(Padding(Text(f"at {loc['path']}:{loc['line']}", style="dim"),
+                                  (0, 0, 0, 5)))
+    console.print()
     shown = 0
-    for f in report.findings:
-        if f.fix and f.fix.snippet and shown < MAX_SNIPPETS:
+    for f in findings:
+        fix = f.get("fix")
+        if fix and fix.get("snippet") and shown < MAX_SNIPPETS:
             shown += 1
             console.print(
                 Panel(
-                    Syntax(f.fix.snippet, "python", theme="ansi_dark", word_wrap=True),
-                    title=f"fix for #{f.rank} {f.rule} ({f.component or 'run'})",
+                    Syntax(fix["snippet"].strip(), "python", theme="ansi_dark", word_wrap=True),
+                    title=f"fix for #{f['rank']} {f['rule']} ({f.get('component') or 'run'})",
                     title_align="left",
                     box=box.ROUNDED,
                 )
             )
 
 
-def _components(report: Report, console: Console) -> None:
-    if not report.components or not report.snapshots:
+def _propagation(report: Mapping[str, Any], console: Console) -> None:
+    prop = report.get("propagation")
+    if not prop:
         return
-    last = report.snapshots[-1]
-    curved = next((s for s in reversed(report.snapshots) if s.curvature), None)
-    title = f"Components at step {last.step} (loss {_fmt(last.loss, 4)})"
+    lines = Text()
+    for path in prop.get("paths", [])[:3]:
+        lines.append("path  ", style="bold")
+        lines.append(" → ".join(path["path"]))
+        lines.append(f"  (∏κ = {_fmt(path.get('strength'), 2)})\n", style="dim")
+    hubs = prop.get("hubs", [])
+    if hubs:
+        lines.append("hubs  ", style="bold")
+        lines.append(", ".join(f"{h['name']} (Σκ {_fmt(h['weighted_degree'], 2)})"
+                               for h in hubs))
+        lines.append("\n")
+    for group in prop.get("communities", [])[:3]:
+        lines.append("group ", style="bold")
+        lines.append(", ".join(group) + "\n")
+    if lines.plain:
+        console.print(Panel(lines, title=f"How it propagates (coupling graph, step {prop['step']})",
+                            title_align="left", box=box.ROUNDED))
+
+
+def _components(report: Mapping[str, Any], console: Console) -> None:
+    components, snapshots = report.get("components", []), report.get("snapshots", [])
+    if not components or not snapshots:
+        return
+    last = snapshots[-1]
+    curved = next((s for s in reversed(snapshots) if s.get("curvature")), None)
+    title = f"Components at step {last['step']} (loss {_fmt(last.get('loss'), 4)})"
     if curved is not None:
-        title += f"; curvature at step {curved.step}"
+        title += f"; curvature at step {curved['step']}"
     table = Table(title=title, box=box.SIMPLE)
     columns = [
         ("component", "left"),
@@ -126,13 +182,13 @@ def _components(report: Report, console: Console) -> None:
         columns += [("tr H ± se", "right"), ("λmin", "right"), ("λmax", "right"), ("r", "right")]
     for col, just in columns:
         if col == "component":
-            longest = max(len(c["name"]) for c in report.components[:MAX_COMPONENT_ROWS])
+            longest = max(len(c["name"]) for c in components[:MAX_COMPONENT_ROWS])
             table.add_column(col, min_width=min(longest, 36), overflow="fold")
         else:
             table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
-    flagged = {f.component for f in report.findings if f.component}
-    for comp in report.components[:MAX_COMPONENT_ROWS]:
-        m = last.metrics.get(comp["name"], {})
+    flagged = {f["component"] for f in report.get("findings", []) if f.get("component")}
+    for comp in components[:MAX_COMPONENT_ROWS]:
+        m = last["metrics"].get(comp["name"], {})
         row = [
             comp["name"],
             comp["role"],
@@ -144,7 +200,7 @@ def _components(report: Report, console: Console) -> None:
         if curved is None:
             row.insert(5, f"{m['zero_grad_fraction']:.0%}" if "zero_grad_fraction" in m else "–")
         if curved is not None:
-            c = curved.metrics.get(comp["name"], {})
+            c = curved["metrics"].get(comp["name"], {})
             trace = (
                 f"{_fmt(c['trace'])} ± {_fmt(c.get('trace_se'), 2)}" if "trace" in c else "–"
             )
@@ -152,52 +208,59 @@ def _components(report: Report, console: Console) -> None:
                     _fmt(c.get("stability_ratio"), 2)]
         table.add_row(*row, style="bold" if comp["name"] in flagged else None)
     console.print(table)
-    if len(report.components) > MAX_COMPONENT_ROWS:
+    if len(components) > MAX_COMPONENT_ROWS:
         console.print(
             Text(
-                f"... {len(report.components) - MAX_COMPONENT_ROWS} more components in the JSON "
+                f"... {len(components) - MAX_COMPONENT_ROWS} more components in the JSON "
                 "report (--json)",
                 style="dim",
             )
         )
-    if curved is not None and curved.graph is not None:
-        _couplings(curved.graph, console)
-    if last.attention or (curved is not None and curved.attention):
-        _attention((curved if curved is not None and curved.attention else last), console)
+    if curved is not None and curved.get("graph"):
+        _couplings(curved["graph"], console)
+    if last.get("attention") or (curved is not None and curved.get("attention")):
+        _attention((curved if curved is not None and curved.get("attention") else last), console)
     _cost(report, console)
 
 
-def _couplings(graph: Any, console: Console) -> None:
-    edges = sorted(graph.edges(data=True), key=lambda e: -e[2]["weight"])[:MAX_EDGES]
+def _weight(edge: Mapping[str, Any]) -> float:
+    k = edge.get("kappa")
+    return float(k) if isinstance(k, (int, float)) and math.isfinite(k) else 0.0
+
+
+def _couplings(graph: Mapping[str, Any], console: Console) -> None:
+    edges = sorted(graph.get("edges", []), key=lambda e: -_weight(e))[:MAX_EDGES]
     if not edges:
         return
     table = Table(title="Strongest couplings κ = ‖H_ab‖/√(‖H_a·‖‖H_b·‖)", box=box.SIMPLE)
     for col in ("component a", "component b", "κ ± se", "ρ"):
         table.add_column(col, justify="left" if "component" in col else "right")
-    for a, b, e in edges:
-        table.add_row(a, b, f"{_fmt(e['kappa'], 2)} ± {_fmt(e['kappa_se'], 1)}",
+    for e in edges:
+        table.add_row(e["source"], e["target"],
+                      f"{_fmt(e.get('kappa'), 2)} ± {_fmt(e.get('kappa_se'), 1)}",
                       _fmt(e.get("rho"), 2))
     console.print(table)
 
 
-def _attention(snapshot: Any, console: Console) -> None:
-    table = Table(title=f"Attention at step {snapshot.step}", box=box.SIMPLE)
+def _attention(snapshot: Mapping[str, Any], console: Console) -> None:
+    table = Table(title=f"Attention at step {snapshot['step']}", box=box.SIMPLE)
     for col in ("attention module", "entropy / log keys", "lowest head", "max logit"):
         table.add_column(col, justify="left" if col == "attention module" else "right")
-    for name, a in snapshot.attention.items():
+    for name, a in snapshot["attention"].items():
         table.add_row(name, _fmt(a.get("entropy_norm_mean"), 2),
                       _fmt(a.get("entropy_norm_head_min"), 2), _fmt(a.get("max_logit"), 3))
     console.print(table)
 
 
-def _cost(report: Report, console: Console) -> None:
-    if report.run.curvature:
-        measured = [s for s in report.snapshots if s.curvature]
-        seconds = sum(float(s.curvature["seconds"]) for s in measured if s.curvature)
+def _cost(report: Mapping[str, Any], console: Console) -> None:
+    run = report["run"]
+    if run.get("curvature"):
+        measured = [s for s in report["snapshots"] if s.get("curvature")]
+        seconds = sum(float(s["curvature"]["seconds"]) for s in measured)
         console.print(
             Text(
-                f"cost: {report.run.hvps} Hessian-vector products at {len(measured)} step(s), "
-                f"{seconds:.1f}s of {report.run.seconds:.1f}s",
+                f"cost: {run['hvps']} Hessian-vector products at {len(measured)} step(s), "
+                f"{seconds:.1f}s of {run['seconds']:.1f}s",
                 style="dim",
             )
         )

@@ -1,0 +1,201 @@
+"""Evaluate rules on a report's features and turn the hits into ranked findings.
+
+Measure → decide → present: this module only decides. It reads the report's data (never the
+live model), so a saved report can be re-judged, and fixtures are plain report-shaped data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfault.fixes import param_group_snippet
+from hfault.report.model import Finding, Fix
+from hfault.rules.expr import ExprError, Series, as_bool
+from hfault.rules.features import Features, Subject
+from hfault.rules.rule import SEVERITIES, Rule, render
+
+
+@dataclass
+class EngineResult:
+    findings: list[Finding]
+    errors: list[str] = field(default_factory=list)
+    """Rules that could not be evaluated (a user rule's runtime type error): reported as notes."""
+
+
+def fingerprint(rule_id: str, component: str | None, script: str) -> str:
+    """Stable across runs: rule, component and script only (no step, no values)."""
+    return hashlib.sha256(f"{rule_id}\0{component or ''}\0{script}".encode()).hexdigest()[:32]
+
+
+def evaluate(
+    report: Mapping[str, Any],
+    rules: Sequence[Rule],
+    graph_paths: Mapping[str, str] | None = None,
+) -> EngineResult:
+    features = Features(report, graph_paths)
+    result = EngineResult([])
+    fired: dict[tuple[str, str | None], str] = {}
+    pending: list[tuple[Rule, Finding]] = []
+    for rule in rules:
+        for subject in features.subjects(rule.scope):
+            try:
+                finding = _apply(rule, subject, features)
+            except ExprError as exc:
+                result.errors.append(f"rule {rule.id} ({rule.path.name}) on {subject.key}: {exc}")
+                break
+            if finding is not None:
+                pending.append((rule, finding))
+                fired[(rule.id, finding.component)] = finding.severity
+    for rule, finding in pending:
+        if any((other, finding.component) in fired for other in rule.suppressed_by):
+            continue
+        result.findings.append(finding)
+    return result
+
+
+def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
+    env: dict[str, Any] = {**subject.features, **rule.param_values()}
+    evidence: dict[str, Any] = {}
+    for name, expr in rule.evidence.items():  # first: the condition may read evidence
+        evidence[name] = env[name] = expr(env)
+    if not as_bool(rule.condition(env)):
+        return None
+    severity = rule.severity
+    for level in SEVERITIES:  # the most severe escalation that holds wins
+        expr = rule.escalate.get(level)
+        if expr is not None and as_bool(expr(env), f"escalate.{level}"):
+            severity = level
+            break
+    component = _scalar(rule.component(env)) if rule.component else subject.component
+    step = _scalar(rule.step(env)) if rule.step else _scalar(evidence.get("step"))
+    if step is None:
+        step = _last_step(env)
+    score = _number(rule.score(env)) if rule.score else 1.0
+    confidence = _number(rule.confidence(env)) if rule.confidence else 1.0
+    related = _names(rule.related(env)) if rule.related else []
+    env.update(component=component, step=step)
+    fix, lr_fix = _fix(rule, env, component, features)
+    comp = features.by_name.get(component or "")
+    location = None
+    if lr_fix:
+        location = _optimizer_source(features.report, comp)
+    if location is None and comp and comp.get("source"):
+        location = {"path": _display_path(comp["source"]["file"]), "line": comp["source"]["line"]}
+    run = features.report.get("run", {})
+    return Finding(
+        rule=rule.id,
+        name=rule.name,
+        severity=severity,
+        message=render(rule.message, env),
+        component=component,
+        step=int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None,
+        evidence={**({"metric": rule.metric} if rule.metric else {}),
+                  **{k: _jsonable(v) for k, v in evidence.items()}},
+        fix=fix,
+        score=max(0.0, score) * max(0.0, min(1.0, confidence)),
+        location=location,
+        fingerprint=fingerprint(rule.id, component, str(run.get("script", ""))),
+        related=[r for r in related if r != component],
+    )
+
+
+def _fix(rule: Rule, env: dict[str, Any], component: str | None,
+         features: Features) -> tuple[Fix | None, bool]:
+    """The first applicable fix template, filled in; and whether it is a learning-rate fix."""
+    for template in rule.fixes:
+        if template.when is not None and not as_bool(template.when(env), "fix condition"):
+            continue
+        values = {k: _jsonable(expr(env)) for k, expr in template.values.items()}
+        if template.kind == "lower_lr":
+            fix = _lower_lr(template.factor(env) if template.factor else None, env, component,
+                            features, template.summary, values)
+            if fix is None:
+                continue  # no learning rate known: fall through to the next template
+            return fix, True
+        snippet = render(template.snippet, {**env, **values}) if template.snippet else None
+        return Fix(render(template.summary, {**env, **values}), values, snippet), False
+    return None, False
+
+
+def _lower_lr(factor: Any, env: dict[str, Any], component: str | None, features: Features,
+              summary: str, values: dict[str, Any]) -> Fix | None:
+    comp = features.by_name.get(component or "")
+    factor = _scalar(factor)
+    if comp is None or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+        return None
+    lr_series = features.component_features(comp["name"]).get("lr")
+    lr = _scalar(lr_series.present()[-1][1] if isinstance(lr_series, Series)
+                 and lr_series.present() else None)
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        return None
+    factor = float(f"{factor:.3g}")
+    new_lr = lr * factor
+    optimizers = features.report.get("run", {}).get("optimizers") or []
+    index = comp.get("optimizer", 0) or 0
+    opt = optimizers[index] if index < len(optimizers) else {}
+    base_lr = opt.get("lr") if isinstance(opt.get("lr"), (int, float)) else lr
+    filled = {**env, "lr": lr, "new_lr": new_lr, "factor": factor}
+    return Fix(
+        summary=render(summary, filled),
+        values={"component": comp["name"], "lr": lr, "new_lr": new_lr, "factor": factor,
+                **values},
+        snippet=param_group_snippet(comp, str(opt.get("class", "SGD")), float(base_lr), new_lr),
+    )
+
+
+def _optimizer_source(report: Mapping[str, Any], comp: Mapping[str, Any] | None) -> Any:
+    optimizers = report.get("run", {}).get("optimizers") or []
+    index = (comp or {}).get("optimizer", 0) or 0
+    if index < len(optimizers) and optimizers[index].get("source"):
+        src = optimizers[index]["source"]
+        return {"path": _display_path(src["file"]), "line": src["line"]}
+    return None
+
+
+def _display_path(path: str) -> str:
+    """Relative to the working directory when inside it, as editors and code scanning expect."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+def _last_step(env: Mapping[str, Any]) -> Any:
+    steps = env.get("step")
+    if isinstance(steps, Series) and steps.values:
+        return steps.values[-1]
+    return None
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, Series):
+        raise ExprError("expected a single value, got a series")
+    return value
+
+
+def _number(value: Any) -> float:
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+def _names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    raise ExprError("'related' must give a name or a list of names")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Series):
+        return [[s, v] for s, v in value.present()]
+    return value

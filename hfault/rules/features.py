@@ -1,0 +1,489 @@
+"""What rules can read: the named features of each subject, built from a report's data.
+
+Rules see metrics, never hfault's objects. This module turns a report (the JSON-shaped dict of
+``Report.to_dict()``) into *subjects* per scope — the run, each component, each coupled pair,
+each attention module — each a mapping of feature name to value or :class:`Series` over the
+measured steps. The vocabulary below is the contract with rule authors: a rule naming anything
+else is rejected when it is loaded, and ``docs/rules.md`` lists it.
+
+Peer comparisons live here, not in rules, because they need the other subjects: a rule compares a
+component with ``*_peers`` (the median of the *other* components) or ``*_type_peers`` (the median
+over components of the same block type: transformer blocks differ by orders of magnitude,
+QK ≪ VO ≪ Norm, so a global threshold would only rediscover the block type).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfault.rules.expr import Series
+
+SCOPES = ("run", "component", "edge", "attention", "timeline")
+
+RUN_FEATURES: dict[str, str] = {
+    "status": "how the script ended: completed, stopped (--max-steps) or crashed",
+    "steps": "optimizer steps seen",
+    "optimizer": "class name of the (first) optimizer",
+    "measured_steps": "number of snapshots",
+    "loss": "series: the loss at every step (its own steps, not the snapshots')",
+    "loss_points": "number of finite loss values",
+    "loss_all_finite": "whether every recorded loss was finite",
+    "nonfinite": "whether a NaN/Inf was seen anywhere",
+    "nonfinite_step": "step of the earliest non-finite value",
+    "nonfinite_kind": "activation, loss, gradient or weight",
+    "nonfinite_where": "module or component where it first appeared",
+    "nonfinite_location": "readable place: 'output of module X', 'gradient of X'...",
+    "nonfinite_value": "nan, inf or -inf",
+    "nonfinite_component": "the component it is attributed to",
+    "nonfinite_events": "number of non-finite events recorded",
+    "curvature_error": "the first reason curvature could not be (fully) measured, or none",
+    "curvature_error_step": "the step of that error",
+    "curvature_blocked": "number of components whose curvature was blocked",
+    "curvature_blocked_list": "their names, comma-separated",
+    "curvature_error_component": "the first blocked component",
+    "curvature_what": "readable: what could not be measured",
+}
+
+COMPONENT_METRICS: dict[str, str] = {
+    "grad_norm": "‖g_b‖ at the step (first micro-batch sum)",
+    "grad_rms": "‖g_b‖/√n_b",
+    "zero_grad_fraction": "share of exactly-zero (or missing) gradient entries",
+    "grad_missing": "whether .grad stayed None",
+    "update_ratio": "‖Δθ_b‖/‖θ_b‖ of the step's update",
+    "weight_norm": "‖θ_b‖",
+    "lr": "the component's learning rate (largest over its param groups)",
+    "trace": "Hutchinson estimate of Tr(H_bb)",
+    "trace_se": "its standard error",
+    "lambda_max": "largest eigenvalue of H_bb (Lanczos)",
+    "lambda_min": "smallest eigenvalue of H_bb (Lanczos)",
+    "eig_residual": "Ritz residual bound of λmax/λmin",
+    "lambda_precond": "λmax(P^-1/2 H_bb P^-1/2) for Adam-family optimizers",
+    "lambda_tilde": "the λ the stability ratio uses (preconditioned for Adam)",
+    "stability_ratio": "r_b = η_b·λ̃_b/τ (1 = the optimizer's stability limit)",
+    "stability_tau": "τ: 2 (SGD), 2+2β (momentum), (2+2β₁)/(1−β₁) (Adam)",
+    "suggested_lr": "min(η_b, 0.8·τ/λ̃_b)",
+}
+
+COMPONENT_FEATURES: dict[str, str] = {
+    **{k: f"series: {v}" for k, v in COMPONENT_METRICS.items()},
+    "step": "series: the snapshot steps themselves",
+    "trace_t": "series: trace/trace_se, the t-statistic of the trace",
+    "curvature_norm": "series: max(|λmax|, |λmin|) = ‖H_bb‖₂",
+    "update_ratio_peers": "series: median update ratio of the other components",
+    "grad_rms_peers": "series: median RMS gradient of the other components",
+    "lambda_max_type_peers": "series: median λmax of the other components of the same type",
+    "lr_peers": "series: median learning rate of the other components",
+    "name": "the component's name",
+    "role": "query, key, value, output, attention-pooling, cross-attention or other",
+    "block_type": "the role, or the module class for role 'other' (LayerNorm, Linear...)",
+    "type_peers": "number of other components of the same block type",
+    "layer": "layer index, or none",
+    "attention": "the attention module it belongs to, or none",
+    "numel": "number of parameters",
+    "module_type": "class name of the module that owns the parameters",
+    "source": "file:line of the class that defines the component's module",
+    "init_rms": "weight RMS at the first snapshot",
+    "weight_growth": "‖θ_b‖ at the last snapshot / at the first",
+    "weight_growth_peers": "median weight growth of the other components (init RMS ≥ 1e-3)",
+    "grad_rms_growth": "RMS gradient at the last snapshot / at the first (≥ 3 snapshots)",
+}
+
+EDGE_FEATURES: dict[str, str] = {
+    "kappa": "series: κ_ab = ‖H_ab‖_F / sqrt(‖H_a·‖_F ‖H_b·‖_F), in [0, 1]",
+    "kappa_se": "series: its standard error",
+    "hfro": "series: ‖H_ab‖_F",
+    "rho": "series: signed curvature correlation along the gradients",
+    "step": "series: the snapshot steps",
+    "source": "one end of the edge",
+    "target": "the other end",
+    "upstream": "the end in the earlier layer (where a cascade starts)",
+    "downstream": "the end in the later layer",
+    "source_role": "role of the source",
+    "target_role": "role of the target",
+    "source_layer": "layer of the source",
+    "target_layer": "layer of the target",
+    "cross_layer": "whether both layers are known and differ",
+    "same_attention": "whether both belong to the same attention module",
+    "path": "strongest coupling path from the downstream end to the output side",
+}
+
+ATTENTION_FEATURES: dict[str, str] = {
+    "entropy_norm_mean": "series: mean attention entropy / log(keys), 1 = uniform, 0 = one-hot",
+    "entropy_norm_head_min": "series: the lowest head's normalized entropy",
+    "entropy_mean": "series: mean attention entropy (nats)",
+    "max_logit": "series: largest pre-softmax attention logit",
+    "q_curv": "series: ‖H_QQ‖₂ of the module's query projection",
+    "k_curv": "series: ‖H_KK‖₂ of its key projection",
+    "v_curv": "series: ‖H_VV‖₂ of its value projection",
+    "qk_v_ratio": "series: min(q_curv, k_curv) / v_curv",
+    "step": "series: the snapshot steps",
+    "module": "the attention module's path",
+    "layer": "its layer index",
+    "q_component": "its query component",
+    "k_component": "its key component",
+    "v_component": "its value component",
+    "weakest_qk": "of query and key, the one with the smaller curvature (else the query)",
+    "q_weight_growth": "weight growth of the query projection",
+    "k_weight_growth": "weight growth of the key projection",
+    "fastest_qk": "of query and key, the one whose weights grew more (else the query)",
+    "keys": "number of keys attended over (last measured)",
+}
+
+VOCABULARY: dict[str, dict[str, str]] = {
+    "run": RUN_FEATURES,
+    "component": {**RUN_FEATURES, **COMPONENT_FEATURES},
+    "timeline": {**RUN_FEATURES, **COMPONENT_FEATURES},
+    "edge": {**RUN_FEATURES, **EDGE_FEATURES},
+    "attention": {**RUN_FEATURES, **ATTENTION_FEATURES},
+}
+
+_MIN_PEER_INIT_RMS = 1e-3  # zero-initialised parameters' growth is not a comparable peer
+
+
+@dataclass
+class Subject:
+    """One thing a rule is evaluated on: a scope, a key (for messages) and its features."""
+
+    scope: str
+    key: str
+    features: dict[str, Any] = field(default_factory=dict)
+    component: str | None = None
+
+
+def decode(value: Any) -> Any:
+    """Undo the JSON encoding of non-finite floats ("nan", "inf", "-inf")."""
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
+
+
+def _num(value: Any) -> float | None:
+    value = decode(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    return float(statistics.median(finite)) if finite else None
+
+
+class Features:
+    """Subjects of every scope for one report."""
+
+    def __init__(self, report: Mapping[str, Any], graph_paths: Mapping[str, str] | None = None):
+        self.report = report
+        self.snapshots: list[Mapping[str, Any]] = list(report.get("snapshots", []))
+        self.steps = tuple(int(s["step"]) for s in self.snapshots)
+        self.components: list[Mapping[str, Any]] = list(report.get("components", []))
+        self.by_name = {c["name"]: c for c in self.components}
+        self.graph_paths = dict(graph_paths or {})
+        self.run = self._run_features()
+        self._component_cache: dict[str, dict[str, Any]] | None = None
+
+    # -------------------------------------------------------------- helpers
+    def _metric(self, name: str, key: str) -> tuple[Any, ...]:
+        return tuple(decode(s["metrics"].get(name, {}).get(key)) for s in self.snapshots)
+
+    def series(self, values: Sequence[Any]) -> Series:
+        return Series(self.steps, tuple(values))
+
+    # -------------------------------------------------------------- run
+    def _run_features(self) -> dict[str, Any]:
+        run = self.report.get("run", {})
+        timeline = self.report.get("timeline", {}).get("loss", [])
+        loss_steps = tuple(int(p["step"]) for p in timeline)
+        losses = tuple(_num(p["loss"]) for p in timeline)
+        finite = [v for v in losses if v is not None and math.isfinite(v)]
+        optimizers = run.get("optimizers") or []
+        out: dict[str, Any] = {
+            "status": run.get("status"),
+            "steps": run.get("steps"),
+            "optimizer": optimizers[0]["class"] if optimizers else None,
+            "measured_steps": len(self.snapshots),
+            "loss": Series(loss_steps, losses),
+            "loss_points": len(finite),
+            "loss_all_finite": len(finite) == len(losses),
+        }
+        out.update(self._nonfinite())
+        out.update(self._curvature_errors())
+        return out
+
+    def _nonfinite(self) -> dict[str, Any]:
+        events = list(self.report.get("numerics", []))
+        kinds = ("activation", "loss", "gradient", "weight")
+        out: dict[str, Any] = {"nonfinite": bool(events), "nonfinite_events": len(events)}
+        first = min(events, key=lambda e: (e["step"], kinds.index(e["kind"])), default=None)
+        where = first["where"] if first else None
+        texts = {
+            "activation": "output of module {w}",
+            "loss": "loss (all module outputs were finite)",
+            "gradient": "gradient of {w}",
+            "weight": "weights of {w}",
+        }
+        out.update(
+            nonfinite_step=first["step"] if first else None,
+            nonfinite_kind=first["kind"] if first else None,
+            nonfinite_where=where,
+            nonfinite_value=first["value"] if first else None,
+            nonfinite_location=texts[first["kind"]].format(w=where) if first else None,
+            nonfinite_component=self._component_of(where, first["kind"]) if first else None,
+        )
+        return out
+
+    def _component_of(self, where: str | None, kind: str) -> str | None:
+        """The component that is, or is nearest inside, the module an event names."""
+        if where is None or kind in ("gradient", "weight") or where in self.by_name:
+            return where
+        inside = [n for n in self.by_name if n.startswith(where + ".")]
+        return inside[0] if inside else where
+
+    def _curvature_errors(self) -> dict[str, Any]:
+        for snap in self.snapshots:
+            curv = snap.get("curvature") or {}
+            if curv.get("error"):
+                blocked = list(curv.get("blocked") or [])
+                shown = ", ".join(blocked[:4]) + (" ..." if len(blocked) > 4 else "")
+                what = (
+                    f"the curvature of {len(blocked)} component(s) ({shown})"
+                    if blocked else "the couplings between components"
+                )
+                return {
+                    "curvature_error": curv["error"],
+                    "curvature_error_step": snap["step"],
+                    "curvature_blocked": len(blocked),
+                    "curvature_blocked_list": ", ".join(blocked),
+                    "curvature_error_component": blocked[0] if blocked else None,
+                    "curvature_what": what,
+                }
+        return dict.fromkeys(
+            ("curvature_error", "curvature_error_step", "curvature_blocked_list",
+             "curvature_error_component", "curvature_what"), None
+        ) | {"curvature_blocked": 0}
+
+    # -------------------------------------------------------------- components
+    def _block_type(self, comp: Mapping[str, Any]) -> str:
+        return comp["role"] if comp["role"] != "other" else str(comp.get("module_type") or "other")
+
+    def _all_components(self) -> dict[str, dict[str, Any]]:
+        if self._component_cache is not None:
+            return self._component_cache
+        raw: dict[str, dict[str, tuple[Any, ...]]] = {
+            c["name"]: {k: self._metric(c["name"], k) for k in COMPONENT_METRICS}
+            for c in self.components
+        }
+        growth = {name: self._growth(name, m["weight_norm"]) for name, m in raw.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for comp in self.components:
+            name, m = comp["name"], raw[comp["name"]]
+            others = [n for n in raw if n != name]
+            kind = self._block_type(comp)
+            same = [n for n in others if self._block_type(self.by_name[n]) == kind]
+            f: dict[str, Any] = {k: self.series(v) for k, v in m.items()}
+            f["step"] = self.series(self.steps)
+            f["trace_t"] = self.series([_ratio(t, se) for t, se in zip(m["trace"], m["trace_se"],
+                                                                         strict=True)])
+            f["curvature_norm"] = self.series(
+                [_spectral(a, b) for a, b in zip(m["lambda_max"], m["lambda_min"], strict=True)]
+            )
+            for key in ("update_ratio", "grad_rms", "lr"):
+                f[f"{key}_peers"] = self.series(
+                    [_median(_num(raw[n][key][i]) for n in others) for i in range(len(self.steps))]
+                )
+            f["lambda_max_type_peers"] = self.series(
+                [_median(_num(raw[n]["lambda_max"][i]) for n in same)
+                 for i in range(len(self.steps))]
+            )
+            first_norm = next((_num(v) for v in m["weight_norm"] if _num(v) is not None), None)
+            numel = max(1, int(comp.get("numel") or 1))
+            init_rms = first_norm / math.sqrt(numel) if first_norm is not None else None
+            peer_growth = [
+                growth[n][0] for n in others
+                if growth[n][1] is not None and growth[n][1] >= _MIN_PEER_INIT_RMS
+            ]
+            f.update(
+                name=name,
+                role=comp["role"],
+                block_type=kind,
+                type_peers=len(same),
+                layer=comp.get("layer"),
+                attention=comp.get("attention"),
+                numel=comp.get("numel"),
+                module_type=comp.get("module_type"),
+                source=_where(comp.get("source")),
+                init_rms=init_rms,
+                weight_growth=growth[name][0],
+                weight_growth_peers=_median(peer_growth),
+                grad_rms_growth=self._grad_growth(m["grad_rms"]),
+            )
+            out[name] = f
+        self._component_cache = out
+        return out
+
+    def _growth(self, name: str, norms: Sequence[Any]) -> tuple[float | None, float | None]:
+        """(last/first weight norm, first weight RMS)."""
+        values = [_num(v) for v in norms]
+        present = [v for v in values if v is not None]
+        numel = max(1, int(self.by_name[name].get("numel") or 1))
+        if len(present) < 2 or not present[0]:
+            return None, (present[0] / math.sqrt(numel) if present else None)
+        return present[-1] / present[0], present[0] / math.sqrt(numel)
+
+    @staticmethod
+    def _grad_growth(rms: Sequence[Any]) -> float | None:
+        values = [v for v in (_num(x) for x in rms) if v is not None and math.isfinite(v)]
+        if len(values) < 3 or values[0] <= 0:
+            return None
+        return values[-1] / values[0]
+
+    def component_features(self, name: str) -> dict[str, Any]:
+        return self._all_components().get(name, {})
+
+    def component_subjects(self) -> list[Subject]:
+        return [
+            Subject("component", name, {**self.run, **f}, component=name)
+            for name, f in self._all_components().items()
+        ]
+
+    # -------------------------------------------------------------- edges
+    def edge_subjects(self) -> list[Subject]:
+        pairs: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
+        for i, snap in enumerate(self.snapshots):
+            for e in (snap.get("graph") or {}).get("edges", []):
+                key = (e["source"], e["target"])
+                pairs.setdefault(key, {})[i] = e
+        subjects = []
+        for (a, b), by_index in pairs.items():
+            ca, cb = self.by_name.get(a, {}), self.by_name.get(b, {})
+            la, lb = ca.get("layer"), cb.get("layer")
+            up, down = (b, a) if la is not None and lb is not None and lb < la else (a, b)
+            f: dict[str, Any] = {
+                key: self.series(
+                    [decode(by_index[i].get(key)) if i in by_index else None
+                     for i in range(len(self.steps))]
+                )
+                for key in ("kappa", "kappa_se", "hfro", "rho")
+            }
+            f.update(
+                step=self.series(self.steps),
+                source=a,
+                target=b,
+                upstream=up,
+                downstream=down,
+                source_role=ca.get("role"),
+                target_role=cb.get("role"),
+                source_layer=la,
+                target_layer=lb,
+                cross_layer=la is not None and lb is not None and la != lb,
+                same_attention=ca.get("attention") is not None
+                and ca.get("attention") == cb.get("attention"),
+                path=self.graph_paths.get(down) or f"{up} → {down}",
+            )
+            subjects.append(Subject("edge", f"{a} ~ {b}", {**self.run, **f}, component=up))
+        return subjects
+
+    # -------------------------------------------------------------- attention
+    def attention_subjects(self) -> list[Subject]:
+        modules: list[str] = []
+        for snap in self.snapshots:
+            for module in snap.get("attention") or {}:
+                if module not in modules:
+                    modules.append(module)
+        comps = self._all_components()
+        subjects = []
+        for module in modules:
+            stats = [(s.get("attention") or {}).get(module, {}) for s in self.snapshots]
+            members = [c for c in self.components if c.get("attention") == module]
+
+            def role(r: str, members: list[Mapping[str, Any]] = members) -> str | None:
+                return next((c["name"] for c in members if c["role"] == r), None)
+
+            q, k, v = role("query"), role("key"), role("value")
+
+            def curv(name: str | None) -> Series:
+                if name is None:
+                    return self.series([None] * len(self.steps))
+                return comps[name]["curvature_norm"]
+
+            qc, kc, vc = curv(q), curv(k), curv(v)
+            qk = [_min2(a, b) for a, b in zip(qc.values, kc.values, strict=True)]
+            f: dict[str, Any] = {
+                key: self.series([decode(st.get(key)) for st in stats])
+                for key in ("entropy_norm_mean", "entropy_norm_head_min", "entropy_mean",
+                            "max_logit")
+            }
+            weakest = q
+            last_q, last_k = _last_num(qc.values), _last_num(kc.values)
+            if last_q is not None and last_k is not None and last_k < last_q:
+                weakest = k
+            qg = comps[q]["weight_growth"] if q else None
+            kg = comps[k]["weight_growth"] if k else None
+            fastest = k if kg is not None and (qg is None or kg > qg) else q
+            layer = next((c.get("layer") for c in members if c.get("layer") is not None), None)
+            f.update(
+                q_curv=qc,
+                k_curv=kc,
+                v_curv=vc,
+                qk_v_ratio=self.series([_ratio(a, b) for a, b in zip(qk, vc.values,
+                                                                      strict=True)]),
+                step=self.series(self.steps),
+                module=module,
+                layer=layer,
+                q_component=q,
+                k_component=k,
+                v_component=v,
+                weakest_qk=weakest or k or v,
+                keys=_last_num([st.get("keys") for st in stats]),
+                q_weight_growth=qg,
+                k_weight_growth=kg,
+                fastest_qk=fastest or weakest or module,
+            )
+            subjects.append(Subject("attention", module, {**self.run, **f},
+                                    component=weakest or module))
+        return subjects
+
+    def subjects(self, scope: str) -> list[Subject]:
+        if scope == "run":
+            return [Subject("run", "run", dict(self.run))]
+        if scope in ("component", "timeline"):
+            return self.component_subjects()
+        if scope == "edge":
+            return self.edge_subjects()
+        if scope == "attention":
+            return self.attention_subjects()
+        raise ValueError(f"unknown scope {scope!r}")
+
+
+def _where(source: Any) -> str | None:
+    if isinstance(source, Mapping) and source.get("file"):
+        return f"{source['file']}:{source.get('line')}"
+    return None
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    a, b = _num(a), _num(b)
+    if a is None or b is None or b == 0 or not math.isfinite(b):
+        return None
+    return a / b
+
+
+def _spectral(lmax: Any, lmin: Any) -> float | None:
+    a, b = _num(lmax), _num(lmin)
+    if a is None or b is None:
+        return None
+    return max(abs(a), abs(b))
+
+
+def _min2(a: Any, b: Any) -> float | None:
+    values = [v for v in (_num(a), _num(b)) if v is not None]
+    return min(values) if values else None
+
+
+def _last_num(values: Iterable[Any]) -> float | None:
+    present = [v for v in (_num(x) for x in values) if v is not None]
+    return present[-1] if present else None

@@ -1,0 +1,309 @@
+"""A rule file: one TOML document per rule, parsed and validated when it is loaded.
+
+Validation happens at load time so that a typo in a rule or in a threshold override is a one-line
+error naming the file and line before the user's script runs, not a traceback after an hour of
+training. Every expression is parsed into the whitelist of :mod:`hfault.rules.expr` and every name
+it reads must be a parameter, an evidence entry or a feature of the rule's scope.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfault.rules.expr import Expr, ExprError, parse
+from hfault.rules.features import SCOPES, VOCABULARY
+
+SEVERITIES = ("error", "warning", "info")
+ID_PATTERN = re.compile(r"^HF\d{3}$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}")
+FIX_KINDS = ("text", "lower_lr")
+TEMPLATE_EXTRAS = ("component", "step", "lr", "new_lr", "factor")
+"""Names every message and fix template may use besides evidence, parameters and features."""
+
+_KEYS = {
+    "id", "name", "scope", "severity", "category", "summary", "rationale", "references",
+    "condition", "message", "metric", "evidence", "score", "confidence", "step", "component",
+    "related", "escalate", "suppressed_by", "fix", "params", "example",
+}
+
+
+class RuleError(ValueError):
+    """A malformed rule or configuration file: ``path:line: problem``."""
+
+    def __init__(self, path: Path | str, line: int | None, problem: str):
+        self.path, self.line, self.problem = Path(path), line, problem
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: float | int | str | bool
+    doc: str
+
+
+@dataclass(frozen=True)
+class FixTemplate:
+    """One way to fix the problem; the first whose ``when`` holds is used."""
+
+    kind: str
+    summary: str
+    snippet: str | None = None
+    when: Expr | None = None
+    factor: Expr | None = None
+    values: Mapping[str, Expr] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str
+    scope: str
+    severity: str
+    category: str
+    summary: str
+    rationale: str
+    condition: Expr
+    message: str
+    params: Mapping[str, Param]
+    path: Path
+    metric: str | None = None
+    evidence: Mapping[str, Expr] = field(default_factory=dict)
+    score: Expr | None = None
+    confidence: Expr | None = None
+    step: Expr | None = None
+    component: Expr | None = None
+    related: Expr | None = None
+    escalate: Mapping[str, Expr] = field(default_factory=dict)
+    suppressed_by: tuple[str, ...] = ()
+    fixes: tuple[FixTemplate, ...] = ()
+    references: tuple[str, ...] = ()
+    example: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Parameter values set by the user's configuration (``[tool.hfault.params]``)."""
+
+    def param_values(self) -> dict[str, Any]:
+        return {name: self.overrides.get(name, p.default) for name, p in self.params.items()}
+
+    def to_catalog(self) -> dict[str, Any]:
+        """What SARIF's rule descriptors and ``hfault rules`` show."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "severity": self.severity,
+            "scope": self.scope,
+            "category": self.category,
+            "summary": self.summary,
+            "rationale": self.rationale,
+            "params": self.param_values(),
+        }
+
+
+def line_of(text: str, key: str, section: str | None = None) -> int | None:
+    """The 1-based line where ``key = ...`` is written (inside ``[section]`` when given)."""
+    lines = text.splitlines()
+    start = 0
+    if section is not None:
+        header = re.compile(rf"^\s*\[+\s*{re.escape(section)}\s*\]+\s*$")
+        start = next((i + 1 for i, ln in enumerate(lines) if header.match(ln)), 0)
+    pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+    for i in range(start, len(lines)):
+        if pattern.match(lines[i]):
+            return i + 1
+    return None
+
+
+def load_rule(path: Path) -> Rule:
+    """Parse and validate one rule file; raises :class:`RuleError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuleError(path, None, f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        msg = str(exc).split(" (at line")[0]
+        raise RuleError(path, line, f"invalid TOML: {msg}") from None
+    return _RuleParser(path, text, data).rule()
+
+
+class _RuleParser:
+    def __init__(self, path: Path, text: str, data: dict[str, Any]):
+        self.path, self.text, self.data = path, text, data
+
+    def fail(self, key: str | None, problem: str, section: str | None = None) -> RuleError:
+        line = line_of(self.text, key, section) if key else None
+        return RuleError(self.path, line, problem)
+
+    def string(self, key: str, required: bool = True, choices: Iterable[str] = ()) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(None, f"missing required key {key!r}")
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, f"{key!r} must be a string")
+        choices = tuple(choices)
+        if choices and value not in choices:
+            raise self.fail(key, f"{key!r} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def rule(self) -> Rule:
+        unknown = sorted(set(self.data) - _KEYS)
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key {unknown[0]!r}")
+        rid = self.string("id")
+        if not ID_PATTERN.match(rid):
+            raise self.fail("id", f"id {rid!r} must look like HF123")
+        name = self.string("name")
+        if not NAME_PATTERN.match(name):
+            raise self.fail("name", f"name {name!r} must be lower-case words joined by '-'")
+        scope = self.string("scope", choices=SCOPES)
+        params = self.params()
+        evidence_names = list(self.table("evidence"))
+        known = set(VOCABULARY[scope]) | set(params) | set(evidence_names)
+        features = set(VOCABULARY[scope]) | set(params)
+        evidence = {}  # entries may read the ones above them
+        for k, v in self.table("evidence").items():
+            if k in features or k in TEMPLATE_EXTRAS:
+                raise self.fail(k, f"evidence {k!r} would hide the feature or parameter of that "
+                                "name; choose another name", "evidence")
+            evidence[k] = self.expr(v, k, features | set(evidence), section="evidence")
+        fixes = self.fixes(known)
+        escalate = {
+            sev: self.expr(v, sev, known, section="escalate")
+            for sev, v in self.table("escalate").items()
+        }
+        for sev in escalate:
+            if sev not in SEVERITIES:
+                raise self.fail(sev, f"escalate key {sev!r} is not a severity", "escalate")
+        message = self.string("message")
+        self.check_template(message, "message", known)
+        refs = self.data.get("references", [])
+        suppressed = self.data.get("suppressed_by", [])
+        for key, value in (("references", refs), ("suppressed_by", suppressed)):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.fail(key, f"{key!r} must be a list of strings")
+        return Rule(
+            id=rid,
+            name=name,
+            scope=scope,
+            severity=self.string("severity", choices=SEVERITIES),
+            category=self.string("category"),
+            summary=self.string("summary"),
+            rationale=self.string("rationale"),
+            condition=self.expr(self.data.get("condition"), "condition", known),
+            message=message,
+            params=params,
+            path=self.path,
+            metric=self.string("metric", required=False),
+            evidence=evidence,
+            score=self.optional_expr("score", known),
+            confidence=self.optional_expr("confidence", known),
+            step=self.optional_expr("step", known),
+            component=self.optional_expr("component", known),
+            related=self.optional_expr("related", known),
+            escalate=escalate,
+            suppressed_by=tuple(suppressed),
+            fixes=fixes,
+            references=tuple(refs),
+            example=self.string("example", required=False),
+        )
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"{key!r} must be a table")
+        return value
+
+    def expr(self, source: Any, key: str, known: Iterable[str],
+             section: str | None = None) -> Expr:
+        if not isinstance(source, str):
+            raise self.fail(key, f"{key!r} must be an expression string", section)
+        try:
+            return parse(source, known)
+        except ExprError as exc:
+            raise self.fail(key, f"{key}: {exc}", section) from None
+
+    def optional_expr(self, key: str, known: Iterable[str]) -> Expr | None:
+        return None if key not in self.data else self.expr(self.data[key], key, known)
+
+    def params(self) -> dict[str, Param]:
+        out = {}
+        for name, spec in self.table("params").items():
+            if not isinstance(spec, dict) or "default" not in spec or "doc" not in spec:
+                raise self.fail(name, f"parameter {name!r} needs 'default' and 'doc'", "params")
+            if not isinstance(spec["default"], (int, float, str, bool)):
+                raise self.fail(name, f"parameter {name!r}: default must be a number, string "
+                                "or boolean", "params")
+            out[name] = Param(name, spec["default"], str(spec["doc"]))
+        return out
+
+    def fixes(self, known: set[str]) -> tuple[FixTemplate, ...]:
+        raw = self.data.get("fix", [])
+        items = [raw] if isinstance(raw, dict) else raw
+        if not isinstance(items, list):
+            raise self.fail("fix", "'fix' must be a table or an array of tables")
+        out = []
+        for spec in items:
+            if not isinstance(spec, dict):
+                raise self.fail("fix", "each fix must be a table")
+            kind = spec.get("kind", "text")
+            if kind not in FIX_KINDS:
+                raise self.fail("kind", f"fix kind {kind!r} must be one of {', '.join(FIX_KINDS)}")
+            summary = spec.get("summary")
+            if not isinstance(summary, str):
+                raise self.fail("fix", "a fix needs a 'summary' string")
+            self.check_template(summary, "summary", known)
+            snippet = spec.get("snippet")
+            if snippet is not None:
+                self.check_template(snippet, "snippet", known)
+            if kind == "lower_lr" and "factor" not in spec:
+                raise self.fail("kind", "a lower_lr fix needs a 'factor' expression")
+            values = spec.get("values", {})
+            if not isinstance(values, dict):
+                raise self.fail("values", "fix 'values' must be a table")
+            out.append(
+                FixTemplate(
+                    kind=kind,
+                    summary=summary,
+                    snippet=snippet,
+                    when=self.expr(spec["when"], "when", known) if "when" in spec else None,
+                    factor=self.expr(spec["factor"], "factor", known)
+                    if "factor" in spec else None,
+                    values={k: self.expr(v, k, known) for k, v in values.items()},
+                )
+            )
+        return tuple(out)
+
+    def check_template(self, template: str, key: str, known: set[str]) -> None:
+        for match in PLACEHOLDER.finditer(template):
+            name = match.group(1)
+            if name not in known and name not in TEMPLATE_EXTRAS:
+                raise self.fail(key, f"{key}: unknown placeholder {{{name}}}")
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    """Fill ``{name}`` / ``{name:.3g}`` placeholders; no attribute access, no indexing."""
+
+    def one(match: re.Match[str]) -> str:
+        value = values.get(match.group(1))
+        spec = match.group(2)
+        if value is None:
+            return "n/a"
+        if spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                return format(value, spec)
+            except ValueError:
+                return str(value)
+        return str(value)
+
+    return PLACEHOLDER.sub(one, template)
