@@ -38,6 +38,7 @@ class SelfAttention(nn.Module):
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
         attn = scores.softmax(dim=-1)
+        self.last_attn = attn.detach()
         out = (attn @ v).transpose(1, 2).reshape(b, t, d)
         return self.out_proj(out)
 

@@ -1,0 +1,52 @@
+"""Every rule has a fixture that must fire and one that must not (tests/rules/fixtures/ID.toml),
+and its documented example is the message it produces on the firing fixture."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hfault.rules import evaluate, load_rules
+from tests.rules.fixture_report import build, resolve
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RULES = {r.id: r for r in load_rules()}
+
+
+def _run(rule_id: str, which: str):  # type: ignore[no-untyped-def]
+    fixtures = tomllib.loads((FIXTURES / f"{rule_id}.toml").read_text())
+    spec = resolve(fixtures, which)
+    result = evaluate(build(spec), [RULES[rule_id]])
+    assert not result.errors, result.errors
+    return spec, [f for f in result.findings if f.rule == rule_id]
+
+
+def test_every_rule_has_both_fixtures() -> None:
+    for rule_id in RULES:
+        path = FIXTURES / f"{rule_id}.toml"
+        assert path.is_file(), f"{rule_id} has no fixture file"
+        fixtures = tomllib.loads(path.read_text())
+        assert {"fires", "quiet"} <= set(fixtures), f"{rule_id}: needs [fires] and [quiet]"
+
+
+@pytest.mark.parametrize("rule_id", sorted(RULES))
+def test_rule_fires_on_its_fixture(rule_id: str) -> None:
+    spec, findings = _run(rule_id, "fires")
+    assert len(findings) == 1, [f.message for f in findings]
+    finding = findings[0]
+    assert finding.component == spec.get("expect_component")
+    assert finding.severity == spec.get("expect_severity", RULES[rule_id].severity)
+    assert finding.message == RULES[rule_id].example, "the rule's documented example is stale"
+    assert finding.score > 0
+    if "expect_new_lr" in spec:
+        assert finding.fix is not None
+        assert finding.fix.values["new_lr"] == pytest.approx(spec["expect_new_lr"], rel=1e-3)
+        assert "torch.optim." in (finding.fix.snippet or "")
+
+
+@pytest.mark.parametrize("rule_id", sorted(RULES))
+def test_rule_stays_quiet_on_its_near_miss(rule_id: str) -> None:
+    _, findings = _run(rule_id, "quiet")
+    assert findings == [], [f.message for f in findings]
