@@ -79,7 +79,8 @@ COMPONENT_FEATURES: dict[str, str] = {
     "lr_peers": "series: median learning rate of the other components",
     "name": "the component's name",
     "role": "query, key, value, output, attention-pooling, cross-attention or other",
-    "block_type": "the role, or the module class for role 'other' (LayerNorm, Linear...)",
+    "block_type": "the attention role, or else the name with the layer index as * "
+    "(blocks.*.mlp.2: the same module in every layer)",
     "type_peers": "number of other components of the same block type",
     "layer": "layer index, or none",
     "attention": "the attention module it belongs to, or none",
@@ -268,7 +269,15 @@ class Features:
 
     # -------------------------------------------------------------- components
     def _block_type(self, comp: Mapping[str, Any]) -> str:
-        return comp["role"] if comp["role"] != "other" else str(comp.get("module_type") or "other")
+        """Attention roles are types; any other component's type is its position in the
+        repeated layer (``blocks.*.mlp.2``): the same module in every layer, not every Linear."""
+        if comp["role"] != "other":
+            return comp["role"]
+        parts = comp["name"].split(".")
+        layer = comp.get("layer")
+        if layer is not None and str(layer) in parts:
+            parts[parts.index(str(layer))] = "*"
+        return ".".join(parts)
 
     def _all_components(self) -> dict[str, dict[str, Any]]:
         if self._component_cache is not None:

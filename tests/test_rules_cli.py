@@ -1,0 +1,194 @@
+"""The rule engine through the real CLI: listing and explaining rules, configuration errors,
+selection, the demo fault localized end to end, SARIF/GraphML exports and re-rendering."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from hfault.exitcodes import ExitCode
+from tests.conftest import SAMPLES, SCRIPTS, run_cli
+
+ALL_IDS = sorted(p.name[:5] for p in (Path(__file__).parents[1] / "rules").glob("HF*.toml"))
+
+
+@pytest.fixture
+def cli(tmp_path):  # type: ignore[no-untyped-def]
+    return lambda *args, **kw: run_cli(list(args), tmp_path, **kw)
+
+
+def test_rules_lists_every_rule_file(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("rules", json_report=False)
+    assert result.returncode == ExitCode.OK, result.stderr
+    for rule_id in ALL_IDS:
+        assert rule_id in result.stdout
+    assert "sharpness-beyond-stability" in result.stdout
+
+
+def test_rules_explain_prints_condition_thresholds_and_example(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("rules", "explain", "HF201", json_report=False)
+    assert result.returncode == ExitCode.OK, result.stderr
+    for text in ("edge of stability", "streak(stability_ratio > ratio)", "1.5", "Example"):
+        assert text in result.stdout
+    by_name = cli("rules", "explain", "sharpness-beyond-stability", json_report=False)
+    assert by_name.stdout == result.stdout
+    missing = cli("rules", "explain", "HF999", json_report=False)
+    assert missing.returncode == ExitCode.USAGE
+    assert missing.stderr.strip().count("\n") == 0 and "HF999" in missing.stderr
+
+
+def _copy_script(tmp_path: Path) -> Path:
+    folder = tmp_path / "project" / "train"
+    folder.mkdir(parents=True)
+    for name in ("nan_train.py", "common.py"):
+        shutil.copy(SCRIPTS / name, folder / name)
+    return folder / "nan_train.py"
+
+
+def test_malformed_pyproject_setting_is_one_line_with_file_and_line(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = _copy_script(tmp_path)
+    (tmp_path / "project" / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.hfault.params.HF201]\nratio = 2.0\nratoi = 3.0\n'
+    )
+    result = cli("diagnose", str(script), json_report=False)
+    assert result.returncode == ExitCode.USAGE
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "pyproject.toml:6:" in line and "ratoi" in line
+
+
+def test_malformed_user_rule_is_reported_before_the_script_runs(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rules = tmp_path / "my_rules"
+    rules.mkdir()
+    (rules / "HF900-bad.toml").write_text(
+        'id = "HF900"\nname = "bad"\nscope = "component"\nseverity = "warning"\n'
+        'category = "x"\nsummary = "s"\nrationale = "r"\nmessage = "m"\n'
+        'condition = "grad_rms.__class__"\n'
+    )
+    result = cli("diagnose", str(SCRIPTS / "forever_train.py"), "--rules", str(rules),
+                 json_report=False, timeout=60)
+    assert result.returncode == ExitCode.USAGE
+    assert "HF900-bad.toml:9:" in result.stderr and "Attribute" in result.stderr
+
+
+def test_config_file_threshold_and_selection(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = str(SCRIPTS / "nan_train.py")
+    assert cli("diagnose", script, "--select", "HF2").findings() == []
+    ignored = cli("diagnose", script, "--ignore", "HF001")
+    assert "HF001" not in {f["rule"] for f in ignored.findings()}
+    assert "HF001" not in {r["id"] for r in ignored.report["rules"]}
+    config = tmp_path / "hfault.toml"
+    config.write_text('select = ["HF001"]\n')
+    only = cli("diagnose", script, "--config", str(config))
+    assert {f["rule"] for f in only.findings()} == {"HF001"}
+    assert [r["id"] for r in only.report["rules"]] == ["HF001"]
+    bad = cli("diagnose", script, "--select", "HF9", json_report=False)
+    assert bad.returncode == ExitCode.USAGE and "matches no rule" in bad.stderr
+
+
+def test_user_rule_folder_adds_a_rule(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rules = tmp_path / "team_rules"
+    rules.mkdir()
+    (rules / "HF901-any-gradient.toml").write_text(
+        'id = "HF901"\nname = "any-gradient"\nscope = "component"\nseverity = "info"\n'
+        'category = "team"\nsummary = "s"\nrationale = "r"\n'
+        'condition = "any(grad_rms > limit)"\nmessage = "{component} has a gradient"\n'
+        '[params.limit]\ndefault = 0.0\ndoc = "d"\n'
+    )
+    result = cli("diagnose", str(SCRIPTS / "basic_train.py"), "--rules", str(rules),
+                 "--no-curvature")
+    assert result.returncode == ExitCode.OK
+    hits = result.findings("HF901")
+    assert hits and all(f["severity"] == "info" for f in hits)
+    assert hits[0]["message"].endswith("has a gradient")
+
+
+def test_findings_are_deterministic_with_stable_fingerprints(cli) -> None:  # type: ignore[no-untyped-def]
+    args = ("diagnose", str(SCRIPTS / "nan_train.py"), "--", "--steps", "8", "--bad-step", "5")
+    first, second = cli(*args).findings(), cli(*args).findings()
+    strip = [{k: f[k] for k in ("rule", "rank", "component", "score", "fingerprint", "message")}
+             for f in first]
+    assert strip == [{k: f[k] for k in strip[0]} for f in second]
+    assert len({f["fingerprint"] for f in first}) == len(first)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The bundled faulty sample (q_proj at 100× LR), once, with every export."""
+    out = tmp_path_factory.mktemp("demo")
+    result = run_cli(
+        ["diagnose", str(SAMPLES / "transformer_lr_fault.py"), "--max-steps", "60",
+         "--sarif", str(out / "hfault.sarif"), "--graph", str(out / "coupling.graphml")],
+        out,
+    )
+    return result, out
+
+
+def test_demo_fault_is_localized_with_evidence_fix_and_propagation(demo) -> None:  # type: ignore[no-untyped-def]
+    result, _ = demo
+    assert result.returncode == ExitCode.FINDINGS, result.stderr
+    findings = result.findings()
+    top = findings[0]
+    assert (top["rule"], top["severity"], top["component"]) == (
+        "HF204", "error", "blocks.0.attn.q_proj")
+    assert top["evidence"]["value"] < 0.2 and top["evidence"]["qk_v"] < 0.05
+    assert top["location"]["path"].endswith(".py") and top["location"]["line"] > 0
+    assert {f["component"] for f in findings if f["severity"] != "info"} == {
+        "blocks.0.attn.q_proj"}, [(f["rule"], f["component"]) for f in findings]
+    lr_fixes = [f for f in findings if f["fix"] and "new_lr" in f["fix"]["values"]]
+    assert lr_fixes, "the learning-rate fault must come with a learning-rate fix"
+    fix = lr_fixes[0]["fix"]
+    assert fix["values"]["lr"] == pytest.approx(0.3)
+    assert fix["values"]["new_lr"] == pytest.approx(0.003, rel=0.05)
+    assert "torch.optim.AdamW(" in fix["snippet"]
+    assert lr_fixes[0]["location"]["path"].endswith("transformer_lr_fault.py")
+    prop = result.report["propagation"]
+    assert prop["paths"] and prop["paths"][0]["source"] == "blocks.0.attn.q_proj"
+    assert prop["hubs"]
+    assert result.report["summary"]["top_component"] == "blocks.0.attn.q_proj"
+    assert "How it propagates" in result.stdout
+
+
+def test_demo_exports_sarif_and_graphml(demo) -> None:  # type: ignore[no-untyped-def]
+    result, out = demo
+    sarif = json.loads((out / "hfault.sarif").read_text())
+    assert sarif["version"] == "2.1.0"
+    run = sarif["runs"][0]
+    rule_ids = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    assert set(ALL_IDS) <= set(rule_ids)
+    results = run["results"]
+    assert [r["ruleId"] for r in results] == [f["rule"] for f in result.findings()]
+    for r in results:
+        assert r["locations"][0]["physicalLocation"]["region"]["startLine"] >= 1
+        assert r["partialFingerprints"]["hfault/v1"]
+        assert rule_ids[r["ruleIndex"]] == r["ruleId"]
+    graph = nx.read_graphml(out / "coupling.graphml")
+    assert "blocks.0.attn.q_proj" in graph and graph.number_of_edges() > 0
+
+
+def test_saved_report_re_renders_with_the_same_verdict(demo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result, out = demo
+    saved = out / "report.json"
+    again = run_cli(["report", str(saved), "--sarif", str(tmp_path / "again.sarif")], tmp_path,
+                    json_report=False, timeout=60)
+    assert again.returncode == ExitCode.FINDINGS, again.stderr
+    assert "HF204" in again.stdout and "blocks.0.attn.q_proj" in again.stdout
+    sarif = json.loads((tmp_path / "again.sarif").read_text())
+    assert len(sarif["runs"][0]["results"]) == len(result.findings())
+    never = run_cli(["report", str(saved), "--fail-on", "never", "-q"], tmp_path,
+                    json_report=False, timeout=60)
+    assert never.returncode == ExitCode.OK and never.stdout == ""
+    (tmp_path / "junk.json").write_text("{not json")
+    junk = run_cli(["report", str(tmp_path / "junk.json")], tmp_path, json_report=False)
+    assert junk.returncode == ExitCode.USAGE and "junk.json:1" in junk.stderr
+
+
+def test_healthy_sample_has_no_error_finding(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("diagnose", str(SAMPLES / "transformer_encoder.py"), "--max-steps", "60")
+    assert result.returncode == ExitCode.OK, result.stdout
+    assert not [f for f in result.findings() if f["severity"] == "error"]
+    assert not [f for f in result.findings() if f["rule"].startswith("HF2")], result.findings()
