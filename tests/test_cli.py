@@ -60,11 +60,14 @@ def test_fail_on_chooses_the_threshold(cli):
 
 
 def test_warning_fails_only_with_fail_on_warning(cli):
+    # First-order only: the LR fault shows as warnings (weight growth, attention collapse without
+    # the curvature signature that would make it an error).
     sample = str(SAMPLES / "transformer_lr_fault.py")
-    strict = cli("diagnose", sample, "--max-steps", "40", "--fail-on", "warning")
+    args = ("diagnose", sample, "--max-steps", "40", "--no-curvature")
+    strict = cli(*args, "--fail-on", "warning")
     assert strict.findings()[0]["severity"] == "warning", strict.stdout
     assert strict.returncode == ExitCode.FINDINGS
-    assert cli("diagnose", sample, "--max-steps", "40").returncode == ExitCode.OK
+    assert cli(*args).returncode == ExitCode.OK
 
 
 @pytest.mark.parametrize(
