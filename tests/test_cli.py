@@ -162,6 +162,6 @@ def test_detached_component_is_reported_dead_with_its_location(cli):
     assert result.returncode == ExitCode.FINDINGS
     top = result.findings()[0]
     assert (top["rule"], top["component"]) == ("HF003", "gate_proj")
-    assert top["evidence"]["grad_missing"] is True
+    assert top["evidence"]["grad_none"] is True
     assert "detach_train.py" in top["fix"]["summary"]
     assert [f["component"] for f in result.findings("HF003")] == ["gate_proj"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hfault.rules.rule import Rule, RuleError, line_of, load_rule
+from hfault.rules.rule import Rule, RuleError, line_of, load_rule, toml_error
 
 _CONFIG_KEYS = {"select", "ignore", "rules", "params"}
 
@@ -69,8 +69,7 @@ def load_config(path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RuleError(path, getattr(exc, "lineno", None),
-                        f"invalid TOML: {str(exc).split(' (at line')[0]}") from None
+        raise toml_error(path, exc) from None
     table = data.get("tool", {}).get("hfault", data if path.name != "pyproject.toml" else {})
     unknown = sorted(set(table) - _CONFIG_KEYS)
     if unknown:
@@ -147,7 +146,9 @@ def _apply_params(selected: list[Rule], every: list[Rule], config: Config) -> li
             raise RuleError(where, line_of(config.text, key) or _header_line(config.text, key),
                             f"params for unknown rule {key!r}")
         for name, value in values.items():
-            line = line_of(config.text, name)
+            line = (line_of(config.text, name, f"tool.hfault.params.{key}")
+                    or line_of(config.text, name, f"params.{key}")
+                    or line_of(config.text, name))
             if name not in rule.params:
                 raise RuleError(where, line, f"rule {rule.id} has no parameter {name!r}; it has "
                                 f"{', '.join(rule.params) or 'none'}")

@@ -72,7 +72,7 @@ def _arith(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             return None
         except OverflowError:
             return math.inf
-        return out
+        return None if isinstance(out, complex) else out  # (-8) ** 0.5
 
     return apply
 
@@ -129,6 +129,8 @@ def _nums(x: Any) -> list[float]:
 
 def _agg(fn: Callable[[list[float]], float]) -> Callable[..., Any]:
     def apply(*args: Any) -> Any:
+        if not args:
+            raise ExprError("needs at least one argument")
         if len(args) == 1:
             values = _nums(args[0])
         else:  # max(a, b, ...): over numbers, elementwise over series
@@ -366,7 +368,15 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         if isinstance(node.op, ast.Not):
             return _lift(lambda v: not _truth(v), value)
         sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
-        return _lift(lambda v: None if v is None else sign * float(v), value)
+
+        def signed(v: Any) -> Any:
+            if v is None:
+                return None
+            if not _is_num(v):
+                raise ExprError(f"cannot negate {type(v).__name__}")
+            return sign * float(v)
+
+        return _lift(signed, value)
     if isinstance(node, ast.BinOp):
         return _lift(_BINOPS[type(node.op)], _eval(node.left, env), _eval(node.right, env))
     if isinstance(node, ast.BoolOp):

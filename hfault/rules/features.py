@@ -43,7 +43,7 @@ RUN_FEATURES: dict[str, str] = {
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
     "curvature_error_step": "the step of that error",
     "curvature_blocked": "number of components whose curvature was blocked",
-    "curvature_blocked_list": "their names, comma-separated",
+    "curvature_blocked_list": "their names (a list)",
     "curvature_error_component": "the first blocked component",
     "curvature_what": "readable: what could not be measured",
 }
@@ -258,14 +258,14 @@ class Features:
                     "curvature_error": curv["error"],
                     "curvature_error_step": snap["step"],
                     "curvature_blocked": len(blocked),
-                    "curvature_blocked_list": ", ".join(blocked),
+                    "curvature_blocked_list": blocked,
                     "curvature_error_component": blocked[0] if blocked else None,
                     "curvature_what": what,
                 }
         return dict.fromkeys(
-            ("curvature_error", "curvature_error_step", "curvature_blocked_list",
-             "curvature_error_component", "curvature_what"), None
-        ) | {"curvature_blocked": 0}
+            ("curvature_error", "curvature_error_step", "curvature_error_component",
+             "curvature_what"), None
+        ) | {"curvature_blocked": 0, "curvature_blocked_list": []}
 
     # -------------------------------------------------------------- components
     def _block_type(self, comp: Mapping[str, Any]) -> str:

@@ -106,18 +106,36 @@ class Rule:
         }
 
 
-def line_of(text: str, key: str, section: str | None = None) -> int | None:
-    """The 1-based line where ``key = ...`` is written (inside ``[section]`` when given)."""
+def line_of(text: str, key: str | None, section: str | None = None, nth: int = 0) -> int | None:
+    """The 1-based line where ``key = ...`` is written, inside the ``nth`` ``[section]`` (or
+    ``[[section]]``) when given; with ``key`` None, the section header's own line."""
     lines = text.splitlines()
     start = 0
     if section is not None:
-        header = re.compile(rf"^\s*\[+\s*{re.escape(section)}\s*\]+\s*$")
-        start = next((i + 1 for i, ln in enumerate(lines) if header.match(ln)), 0)
+        header = re.compile(rf"^\s*\[+\s*{re.escape(section)}\s*\]+\s*(#.*)?$")
+        found = [i for i, ln in enumerate(lines) if header.match(ln)]
+        if len(found) <= nth:
+            return None
+        if key is None:
+            return found[nth] + 1
+        start = found[nth] + 1
+    if key is None:
+        return None
     pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
     for i in range(start, len(lines)):
+        if section is not None and i > start and re.match(r"^\s*\[", lines[i]):
+            break  # the next table: the key is not in this section
         if pattern.match(lines[i]):
             return i + 1
     return None
+
+
+def toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> RuleError:
+    """tomllib puts the position in its message ("... (at line 3, column 7)") before 3.14."""
+    text = str(exc)
+    match = re.search(r"\(at line (\d+), column \d+\)", text)
+    line = getattr(exc, "lineno", None) or (int(match.group(1)) if match else None)
+    return RuleError(path, line, f"invalid TOML: {text.split(' (at line')[0]}")
 
 
 def load_rule(path: Path) -> Rule:
@@ -129,9 +147,7 @@ def load_rule(path: Path) -> Rule:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        msg = str(exc).split(" (at line")[0]
-        raise RuleError(path, line, f"invalid TOML: {msg}") from None
+        raise toml_error(path, exc) from None
     return _RuleParser(path, text, data).rule()
 
 
@@ -139,8 +155,15 @@ class _RuleParser:
     def __init__(self, path: Path, text: str, data: dict[str, Any]):
         self.path, self.text, self.data = path, text, data
 
+    fix_index: int | None = None
+    """While parsing the n-th [[fix]] table: keys are looked up in that table first."""
+
     def fail(self, key: str | None, problem: str, section: str | None = None) -> RuleError:
-        line = line_of(self.text, key, section) if key else None
+        line = None
+        if key and section is None and self.fix_index is not None:
+            line = line_of(self.text, key, "fix", self.fix_index)
+        if key and line is None:
+            line = line_of(self.text, key, section)
         return RuleError(self.path, line, problem)
 
     def string(self, key: str, required: bool = True, choices: Iterable[str] = ()) -> Any:
@@ -239,11 +262,13 @@ class _RuleParser:
     def params(self) -> dict[str, Param]:
         out = {}
         for name, spec in self.table("params").items():
+            line = line_of(self.text, None, f"params.{name}") or line_of(
+                self.text, name, "params")
             if not isinstance(spec, dict) or "default" not in spec or "doc" not in spec:
-                raise self.fail(name, f"parameter {name!r} needs 'default' and 'doc'", "params")
+                raise RuleError(self.path, line, f"parameter {name!r} needs 'default' and 'doc'")
             if not isinstance(spec["default"], (int, float, str, bool)):
-                raise self.fail(name, f"parameter {name!r}: default must be a number, string "
-                                "or boolean", "params")
+                raise RuleError(self.path, line, f"parameter {name!r}: default must be a "
+                                "number, string or boolean")
             out[name] = Param(name, spec["default"], str(spec["doc"]))
         return out
 
@@ -253,9 +278,10 @@ class _RuleParser:
         if not isinstance(items, list):
             raise self.fail("fix", "'fix' must be a table or an array of tables")
         out = []
-        for spec in items:
+        for index, spec in enumerate(items):
             if not isinstance(spec, dict):
                 raise self.fail("fix", "each fix must be a table")
+            self.fix_index = index
             kind = spec.get("kind", "text")
             if kind not in FIX_KINDS:
                 raise self.fail("kind", f"fix kind {kind!r} must be one of {', '.join(FIX_KINDS)}")
@@ -282,6 +308,7 @@ class _RuleParser:
                     values={k: self.expr(v, k, known) for k, v in values.items()},
                 )
             )
+        self.fix_index = None
         return tuple(out)
 
     def check_template(self, template: str, key: str, known: set[str]) -> None:
