@@ -103,9 +103,11 @@ Expressions are a safe subset of Python parsed with `ast` (never `eval`): number
 `and`/`or`/`not`, comparisons, `in`, arithmetic, `a if c else b`, lists, and the functions below.
 A metric over the measured steps is a *series*: arithmetic and comparisons apply per step, and a
 condition must reduce it (`any`, `all`, `count`, `streak`, `last`, `max`...). A metric that was not
-measured is `none`: it propagates through arithmetic and makes comparisons false, so a rule never
-fires on missing data. Messages and fixes use `{name}` or `{name:.3g}` placeholders over evidence,
-parameters, features, `component`, `step`, and for learning-rate fixes `lr`, `new_lr`, `factor`.
+measured is `none`: it propagates through arithmetic and makes ordering comparisons (`<`, `>=`...)
+false, so a rule never fires on missing data. `==` and `!=` compare values as they are (`none ==
+none` holds, `none != 1` holds): write `exists(x) and x != ...` when absence must not count.
+Messages and fixes use `{name}` or `{name:.3g}` placeholders over evidence, parameters,
+features, `component`, `step`, and for learning-rate fixes `lr`, `new_lr`, `factor`.
 
 Settings go in `[tool.hfault]` of the pyproject.toml nearest above the script, or in a file given
 with `--config` (same keys at the top level):

@@ -231,10 +231,17 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def _fraction(frac: Any) -> float:
+    if not _is_num(frac) or not math.isfinite(frac):
+        raise ExprError(f"a fraction must be a finite number, not {frac!r}")
+    return float(frac)
+
+
 def _share(x: Any, frac: Any, tail: bool) -> list[float]:
     values = _nums(x)
     if not values or not _is_num(frac):
         return []
+    frac = _fraction(frac)
     k = max(1, int(len(values) * float(frac)))
     return values[-k:] if tail else values[:k]
 
@@ -252,6 +259,7 @@ def _mean_last(x: Any, frac: Any) -> Any:
 def _tail(x: Any, frac: Any) -> Series:
     if not isinstance(x, Series) or not _is_num(frac):
         raise ExprError("tail(series, fraction) needs a series and a number")
+    frac = _fraction(frac)
     k = max(1, int(len(x.steps) * float(frac))) if x.steps else 0
     return Series(x.steps[len(x.steps) - k :], x.values[len(x.values) - k :])
 
@@ -259,6 +267,8 @@ def _tail(x: Any, frac: Any) -> Series:
 def _spikes(x: Any, factor: Any, window: Any) -> int:
     """Points above ``factor`` × the median of the ``window`` measured points before them."""
     values = _nums(x)
+    if _is_num(window) and not math.isfinite(window):
+        raise ExprError("spikes(series, factor, window): the window must be finite")
     w = int(window) if _is_num(window) else 5
     if not _is_num(factor) or w < 1:
         raise ExprError("spikes(series, factor, window) needs numbers")
@@ -278,7 +288,8 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "count": (_count, "number of measured steps where a condition held"),
     "any": (_any, "whether a condition held at any measured step"),
     "all": (_all, "whether a condition held at every measured step (false if none measured)"),
-    "streak": (_streak, "longest run of consecutive measured steps where a condition held"),
+    "streak": (_streak, "longest run of consecutive snapshots where a condition held (an "
+               "unmeasured snapshot breaks the run)"),
     "step_of_max": (_step_of(max), "the step where a series is largest"),
     "step_of_min": (_step_of(min), "the step where a series is smallest"),
     "first_step": (_first_step, "the first step where a condition held"),
