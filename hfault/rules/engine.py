@@ -39,7 +39,7 @@ def evaluate(
 ) -> EngineResult:
     features = Features(report, graph_paths)
     result = EngineResult([])
-    fired: dict[tuple[str, str | None], str] = {}
+    fired: set[tuple[str, str | None]] = set()
     pending: list[tuple[Rule, Finding]] = []
     for rule in rules:
         for subject in features.subjects(rule.scope):
@@ -50,7 +50,7 @@ def evaluate(
                 break
             if finding is not None:
                 pending.append((rule, finding))
-                fired[(rule.id, finding.component)] = finding.severity
+                fired.add((rule.id, finding.component))
     for rule, finding in pending:
         if any((other, finding.component) in fired for other in rule.suppressed_by):
             continue
