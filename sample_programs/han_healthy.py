@@ -5,7 +5,7 @@ GRU + sentence attention the same way, then a linear classifier.
 Task: synthetic documents of 6 sentences of 4-10 words. One sentence holds the TOPIC word and one
 of four key words; the label is that key word. Other sentences carry key words too, as
 distractors, so the model has to attend to the right word of the right sentence.
-Run: python sample_programs/han_healthy.py [--steps 400] [--seed 0]
+Run: python sample_programs/han_healthy.py [--steps 700] [--seed 0]
 """
 
 import argparse
@@ -82,9 +82,9 @@ def accuracy(model: nn.Module, docs: torch.Tensor, labels: torch.Tensor) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--checkpoint", default=None, help="save losses and weights here")
@@ -100,7 +100,7 @@ def main() -> None:
     )
 
     model = HierarchicalAttentionNetwork(VOCAB, CLASSES)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     losses: list[float] = []
     step = 0

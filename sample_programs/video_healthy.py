@@ -1,0 +1,180 @@
+"""A small video classifier: 3D-CNN stem, spatial and temporal self-attention, and a cross-attention
+fusing the two streams (healthy).
+
+Task: synthetic clips of 8 frames of 20x20 pixels with two identical 3x3 squares over pixel noise,
+one in the left half and one in the right half, each moving one pixel per frame in one of four
+directions. The class is the direction of the LEFT square: only its position tells it apart, so the
+model has to attend to the right place (spatial attention, cross-attention) and follow it in time.
+Run: python sample_programs/video_healthy.py [--steps 400] [--seed 0]
+"""
+
+import argparse
+import json
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FRAMES, SIZE, CLASSES = 8, 20, 4
+DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+
+        def split(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        attn = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
+        return self.out_proj((attn @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class CrossAttention(nn.Module):
+    """Queries from one stream, keys and values from the other."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+        return self.out_proj((attn @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class VideoAttentionNet(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv3d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(16, dim, kernel_size=3, stride=(1, 2, 2), padding=1),
+            nn.ReLU(),
+        )
+        positions = (SIZE // 2) ** 2
+        self.spatial_pos = nn.Parameter(torch.randn(1, positions, dim) * 0.02)
+        self.temporal_pos = nn.Parameter(torch.randn(1, FRAMES, dim) * 0.02)
+        self.spatial_norm = nn.LayerNorm(dim)
+        self.spatial_attn = SelfAttention(dim, heads)
+        self.temporal_norm = nn.LayerNorm(dim)
+        self.temporal_attn = SelfAttention(dim, heads)
+        self.cross_norm = nn.LayerNorm(dim)
+        self.cross_attn = CrossAttention(dim, heads)
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, classes)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        features = self.stem(clips)
+        spatial = features.mean(dim=2).flatten(2).transpose(1, 2) + self.spatial_pos
+        temporal = features.mean(dim=(3, 4)).transpose(1, 2) + self.temporal_pos
+        spatial = spatial + self.spatial_attn(self.spatial_norm(spatial))
+        temporal = temporal + self.temporal_attn(self.temporal_norm(temporal))
+        fused = temporal + self.cross_attn(self.cross_norm(temporal), self.cross_norm(spatial))
+        return self.classifier(self.norm(fused.mean(dim=1)))
+
+
+def draw(clip: torch.Tensor, left: int, direction: tuple[int, int], gen: torch.Generator) -> None:
+    """A 3x3 square moving one pixel per frame, inside the columns [left, left + SIZE // 2)."""
+
+    def start(extent: int, step: int) -> int:
+        travel = (FRAMES - 1) * abs(step)
+        first = int(torch.randint(0, extent - 3 - travel + 1, (1,), generator=gen))
+        return first + travel if step < 0 else first
+
+    dy, dx = direction
+    y, x = start(SIZE, dy), left + start(SIZE // 2, dx)
+    for t in range(FRAMES):
+        clip[t, y + dy * t: y + dy * t + 3, x + dx * t: x + dx * t + 3] = 1.0
+
+
+def make_dataset(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    clips = torch.rand(n, FRAMES, SIZE, SIZE, generator=gen) * 0.3
+    labels = torch.randint(0, CLASSES, (n,), generator=gen)
+    for i in range(n):
+        other = int(torch.randint(0, len(DIRECTIONS), (1,), generator=gen))
+        draw(clips[i], 0, DIRECTIONS[labels[i]], gen)
+        draw(clips[i], SIZE // 2, DIRECTIONS[other], gen)
+    return clips.unsqueeze(1), labels
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor) -> float:
+    model.eval()
+    correct = sum((model(c).argmax(-1) == y).sum().item()
+                  for c, y in zip(clips.split(256), labels.split(256), strict=True))
+    model.train()
+    return correct / len(labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--checkpoint", default=None, help="save losses and weights here")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    train_x, train_y = make_dataset(gen, 2048)
+    eval_x, eval_y = make_dataset(gen, 512)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(train_x, train_y), batch_size=args.batch_size,
+        shuffle=True, drop_last=True,
+    )
+
+    model = VideoAttentionNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+
+    losses: list[float] = []
+    step = 0
+    while step < args.steps:
+        for clips, labels in loader:
+            step += 1
+            logits = model(clips)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if step % 50 == 0 or step == 1:
+                acc = (logits.argmax(-1) == labels).float().mean().item()
+                print(f"step {step:4d}  loss {loss.item():.4f}  acc {acc:.2f}")
+            if step == args.steps:
+                break
+
+    tail = losses[-max(1, len(losses) // 10):]
+    result = {
+        "final_loss": sum(tail) / len(tail),
+        "train_acc": accuracy(model, train_x, train_y),
+        "eval_acc": accuracy(model, eval_x, eval_y),
+        "nan_step": next((i for i, v in enumerate(losses, 1) if not math.isfinite(v)), None),
+        "steps": len(losses),
+    }
+    if args.checkpoint:
+        torch.save({"losses": losses, "states": [model.state_dict()]}, args.checkpoint)
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
