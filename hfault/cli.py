@@ -119,7 +119,8 @@ def diagnose(
         bool,
         typer.Option(
             "--nan-watch/--no-nan-watch",
-            help="Check every module output for NaN/Inf (one reduction per output).",
+            help="Check every module output, and every gradient before the script's clipping, for "
+            "NaN/Inf (one reduction per output and parameter).",
         ),
     ] = True,
     curvature: Annotated[

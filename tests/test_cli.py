@@ -53,6 +53,17 @@ def test_nan_gradient_with_finite_forward_names_the_parameter(cli):
     assert top["component"] == "gate"
 
 
+def test_nan_gradient_is_localized_before_the_scripts_clipping(cli):
+    # clip_grad_norm_ with a NaN total norm makes every gradient NaN by the optimizer step (the
+    # han_log_softmax sample); hfault must still name the component backward left non-finite.
+    result = cli("diagnose", str(SCRIPTS / "nan_train.py"), "--", "--steps", "4",
+                 "--mode", "logexp", "--clip")
+    top = result.findings()[0]
+    assert top["rule"] == "HF001" and top["step"] == 1
+    assert top["component"] == "gate", top
+    assert "gradient processing" in result.report["numerics"][0]["detail"]
+
+
 def test_fail_on_chooses_the_threshold(cli):
     script = str(SCRIPTS / "nan_train.py")
     assert cli("diagnose", script, "--fail-on", "never").returncode == ExitCode.OK

@@ -43,7 +43,12 @@ from hfault.probes.curvature_probe import (
     measure_step,
 )
 from hfault.probes.gradients import copy_weights, gradient_stats, update_ratio
-from hfault.probes.numerics import ActivationWatch, NonFiniteEvent, describe_value
+from hfault.probes.numerics import (
+    ActivationWatch,
+    GradientWatch,
+    NonFiniteEvent,
+    describe_value,
+)
 
 
 class StopTraining(BaseException):
@@ -102,6 +107,7 @@ class CaptureSession:
         self._window_step: int | None = None
         self.state = CaptureState()
         self._watch = ActivationWatch()
+        self._grad_watch = GradientWatch()
         self._handles: list[Any] = []
         self._restore: list[Callable[[], None]] = []
         self._opt_steps: dict[int, int] = {}
@@ -132,7 +138,9 @@ class CaptureSession:
 
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             session._before_backward(tensors)
-            return original_backward(tensors, *args, **kwargs)
+            result = original_backward(tensors, *args, **kwargs)
+            session._after_backward()
+            return result
 
         torch.autograd.backward = backward
         self._restore.append(lambda: setattr(torch.autograd, "backward", original_backward))
@@ -166,6 +174,7 @@ class CaptureSession:
         self._restore.clear()
         self._close_window()
         self._watch.clear()
+        self._grad_watch.clear()
         self._before.clear()
 
     # ----------------------------------------------------------------- module hooks
@@ -230,6 +239,10 @@ class CaptureSession:
                     upcoming, loss, scale, state.components, state.optimizers, self.curvature
                 )
             self._close_window()
+
+    def _after_backward(self) -> None:
+        if self.nan_watch and self.state.components:
+            self._grad_watch.record(self.state.components)
 
     def _locate_nonfinite_forward(self, step: int, value: float) -> None:
         if any(e.kind in ("activation", "loss") for e in self.state.events):
@@ -345,15 +358,24 @@ class CaptureSession:
         ]
         if not bad:
             return
+        detail = ""
+        raw = self._grad_watch.bad_components()
+        if raw and set(raw) < set(bad):
+            # The script's own gradient processing (clip_grad_norm_ with a NaN total norm) spread
+            # the NaN to every gradient; where it came from is what backward left.
+            detail = (f"; {len(bad)} after the script's gradient processing (e.g. clipping with a "
+                      "non-finite total norm)")
+            bad = [n for n in bad if n in raw]
         order = self.forward_order()
         # Backward runs in reverse forward order: the latest component in forward order with a
         # non-finite gradient is where the gradient first went bad.
         culprit = max(bad, key=lambda n: order.get(n, -1))
         value = describe_value(float(record.metrics[culprit]["grad_norm"]))  # type: ignore[arg-type]
         others = [b for b in bad if b != culprit]
-        detail = f"{len(bad)} component(s) with non-finite gradients"
+        head = f"{len(bad)} component(s) with non-finite gradients"
         if others:
-            detail += "; also " + ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+            head += "; also " + ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        detail = head + detail
         self.state.events.append(NonFiniteEvent("gradient", step, culprit, value, detail))
 
     # ----------------------------------------------------------------- components

@@ -174,7 +174,7 @@ class HessianOperator:
             p = self._params[part.index]
             shape = tuple(part.view(p).shape) if p.dim() else ()
             n = part.numel(tuple(p.shape))
-            piece = v[..., offset : offset + n].reshape(*batch, *shape)
+            piece = v[..., offset : offset + n].reshape((*batch, *shape))
             out.append(piece.to(dtype=p.dtype, device=p.device))
             offset += n
         if offset != v.shape[-1]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,3 +90,36 @@ def describe_value(x: float) -> str:
     if x != x:
         return "nan"
     return "inf" if x > 0 else "-inf"
+
+
+class GradientWatch:
+    """Non-finite flags of each component's ``.grad`` right after ``backward`` returns.
+
+    The optimizer-step hook sees gradients only after the script's own post-processing:
+    ``clip_grad_norm_`` with a NaN total norm multiplies *every* gradient by NaN, which would hide
+    where the NaN came from. Flags are device tensors, read only when a step's gradients are bad.
+    """
+
+    def __init__(self) -> None:
+        self.flags: dict[str, torch.Tensor] = {}
+
+    def record(self, components: Iterable[Any]) -> None:
+        flags: dict[str, torch.Tensor] = {}
+        for comp in components:
+            views = [part.view(part.param.grad) for part in comp.parts
+                     if part.param.grad is not None]
+            if views:
+                bad = [~torch.isfinite(v.detach()).all() for v in views]
+                flags[comp.name] = bad[0] if len(bad) == 1 else torch.stack(bad).any()
+        self.flags = flags
+
+    def bad_components(self) -> list[str] | None:
+        """Components whose gradient was non-finite after the last backward (None: no record)."""
+        if not self.flags:
+            return None
+        names = list(self.flags)
+        values = torch.stack([f.to("cpu") for f in self.flags.values()]).tolist()
+        return [n for n, bad in zip(names, values, strict=True) if bad]
+
+    def clear(self) -> None:
+        self.flags = {}

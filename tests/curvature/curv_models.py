@@ -232,3 +232,29 @@ def flat_grad(case: Case, block: Block) -> Tensor:
     """``g_b`` computed independently of the operator (plain autograd)."""
     g = torch.autograd.grad(case.loss_fn(), case.params, allow_unused=True)
     return torch.cat([part.view(g[part.index]).reshape(-1) for part in block.parts])
+
+
+# ---------------------------------------------------------------- 0-dim parameter
+class ScaledLogits(nn.Module):
+    """A CLIP-style learnable temperature: a 0-dim parameter, alone and inside a block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.logit_scale = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logit_scale.exp() * torch.tanh(self.fc(x))
+
+
+def make_scalar_param(seed: int = 0, mixed: bool = False) -> Case:
+    """``mixed``: the 0-dim parameter shares a block with a vector (else it is a block alone)."""
+    torch.manual_seed(seed)
+    model = ScaledLogits().double()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+    groups = ({"fc.weight": ["fc.weight"], "bias_and_scale": ["fc.bias", "logit_scale"]} if mixed
+              else {"fc": ["fc.weight", "fc.bias"], "logit_scale": ["logit_scale"]})
+    params, blocks = _named_blocks(model, groups)
+    return Case(model, lambda: F.cross_entropy(model(x), y), params, blocks, x, y,
+                nn.CrossEntropyLoss())

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from curv_models import make_distilbert, make_mha, make_mlp, reference
+from curv_models import make_distilbert, make_mha, make_mlp, make_scalar_param, reference
 from torch import nn
 
 from hfault.curvature import (
@@ -23,7 +23,9 @@ def _dense_column(d, blocks, b, v):  # H[:, b] v restricted to every block, from
     return [d.sub(a, blocks[b]) @ v for a in blocks]
 
 
-@pytest.mark.parametrize("make", [make_mlp, make_mha])
+@pytest.mark.parametrize(
+    "make", [make_mlp, make_mha, make_scalar_param, lambda: make_scalar_param(mixed=True)]
+)
 def test_column_and_bb_match_dense(make) -> None:
     case = make()
     d = reference(case)
@@ -45,6 +47,18 @@ def test_column_and_bb_match_dense(make) -> None:
         ref = sum(d.sub(case.blocks[a], case.blocks[b]) @ vs[b] for b in range(len(vs)))
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
     assert op.hvp_count == 2 * len(case.blocks) + 1
+
+
+def test_zero_dim_parameter_batched_columns() -> None:
+    """A 0-dim parameter (a learnable temperature) alone in a block, batched: the video crash."""
+    case = make_scalar_param()
+    d = reference(case)
+    op = HessianOperator(case.loss_fn(), case.params, case.blocks)
+    b = op.index("logit_scale")
+    vs = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)
+    for v, cb in zip(vs, op.columns(b, vs), strict=True):
+        for got, ref in zip(cb.blocks, _dense_column(d, case.blocks, b, v), strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_batched_columns_equal_loop() -> None:
