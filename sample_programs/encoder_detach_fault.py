@@ -1,10 +1,7 @@
 """encoder_healthy.py with one bug: SelfAttention keeps its attention weights for plotting, but the
-.detach() landed on the weights it uses, so no gradient reaches q_proj/k_proj of any block: the
-query and key projections never train and attention stays at its random init.
+.detach() landed on the weights it uses. No gradient reaches q_proj/k_proj of any block: the query
+and key projections never train (dead components) and attention stays at its random init.
 
-Task: every sequence holds four "key" tokens, one of them right after a MARK token; the label is
-which key follows the MARK. The other keys are distractors, so the [CLS] token has to find the
-marker and read its neighbour: the task cannot be solved without attention.
 Run: python sample_programs/encoder_detach_fault.py [--steps 1200] [--seed 0]
 """
 

@@ -1,10 +1,7 @@
 """encoder_healthy.py with one bug: SelfAttention re-initialises its key projection with
-nn.init.normal_(std=5.0), so every block's attention logits start huge, the softmax saturates
-and the query/key gradients vanish.
+nn.init.normal_(std=5.0) (every block's k_proj), so the attention logits start ~100x too large, the
+softmax saturates, the query/key gradients vanish and attention never learns to find the marker.
 
-Task: every sequence holds four "key" tokens, one of them right after a MARK token; the label is
-which key follows the MARK. The other keys are distractors, so the [CLS] token has to find the
-marker and read its neighbour: the task cannot be solved without attention.
 Run: python sample_programs/encoder_init_fault.py [--steps 1200] [--seed 0]
 """
 

@@ -1,10 +1,8 @@
 """encoder_healthy.py with a data bug instead of a model bug: half of the training labels are
-replaced by random ones (a broken label join). The model memorises them: the training loss keeps
-falling while held-out accuracy stays near chance. No single component is at fault.
+replaced by random ones (think of a broken label join). The model memorises them: the training loss
+keeps falling and training accuracy (on the noisy labels) rises, while held-out accuracy stays near
+chance. No single component is at fault.
 
-Task: every sequence holds four "key" tokens, one of them right after a MARK token; the label is
-which key follows the MARK. The other keys are distractors, so the [CLS] token has to find the
-marker and read its neighbour: the task cannot be solved without attention.
 Run: python sample_programs/encoder_label_noise.py [--steps 1200] [--seed 0]
 """
 

@@ -1,9 +1,7 @@
 """encoder_healthy.py with one bug: the first block's value projection (blocks.0.attn.v_proj) got
-its own param group "so attention learns faster", with a learning rate 100x the base one.
+its own param group "so attention learns faster", with a learning rate 100x the base one. The value
+path oscillates and the loss keeps bouncing instead of converging.
 
-Task: every sequence holds four "key" tokens, one of them right after a MARK token; the label is
-which key follows the MARK. The other keys are distractors, so the [CLS] token has to find the
-marker and read its neighbour: the task cannot be solved without attention.
 Run: python sample_programs/encoder_lr_fault.py [--steps 1200] [--seed 0]
 """
 

@@ -1,15 +1,11 @@
-"""han_healthy.py with one bug: attention_pool computes its weights as torch.log(torch.softmax(.))
-and exponentiates them back. At the padded word positions the masked softmax is exactly 0, its log
--inf: the forward pass stays finite, but the backward of log at 0 gives 0/0 = NaN in the word
-attention (word_context_vector, word_attention), and every weight is NaN after the first step.
-The sentence level has no padding and is not affected by itself.
+"""han_healthy.py with one bug: attention_pool computes its weights as
+torch.log(torch.softmax(...)) and exponentiates them back ("log-space for stability"). At the
+padded word positions the masked softmax is exactly 0 and its log -inf: the forward pass stays
+finite, but the backward of log at 0 is 0/0 = NaN, first in the word attention
+(word_context_vector, word_attention), then in everything below it; after the first optimizer step
+every weight is NaN. The sentence level has no padding.
 
-Word-level bidirectional GRU + word attention with a learned context vector, then a sentence-level
-GRU + sentence attention the same way, then a linear classifier.
-Task: synthetic documents of 6 sentences of 4-10 words. One sentence holds the TOPIC word and one
-of four key words; the label is that key word. Other sentences carry key words too, as
-distractors, so the model has to attend to the right word of the right sentence.
-Run: python sample_programs/han_log_softmax.py [--steps 700] [--seed 0]
+Run: python sample_programs/han_log_softmax.py [--steps 900] [--seed 0]
 """
 
 import argparse
@@ -86,9 +82,9 @@ def accuracy(model: nn.Module, docs: torch.Tensor, labels: torch.Tensor) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--checkpoint", default=None, help="save losses and weights here")

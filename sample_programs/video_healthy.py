@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-FRAMES, SIZE, CLASSES = 8, 20, 4
+FRAMES, SIZE, MARGIN, CLASSES = 8, 26, 3, 4
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))
 
 
@@ -41,12 +41,13 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Queries from one stream, keys and values from the other."""
+    """Queries from one stream, keys and values from the other. Cosine-similarity logits with a
+    learnable temperature, kept in log space as in CLIP."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
-        self.scale = self.head_dim**-0.5
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -54,10 +55,14 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+
+        def split(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, -1, self.heads, self.head_dim).transpose(1, 2)
+
+        q = F.normalize(split(self.q_proj(x)), dim=-1)
+        k = F.normalize(split(self.k_proj(context)), dim=-1)
+        v = split(self.v_proj(context))
+        attn = (q @ k.transpose(-2, -1) * self.logit_scale.exp()).softmax(dim=-1)
         return self.out_proj((attn @ v).transpose(1, 2).reshape(b, t, d))
 
 
@@ -88,22 +93,24 @@ class VideoAttentionNet(nn.Module):
         temporal = features.mean(dim=(3, 4)).transpose(1, 2) + self.temporal_pos
         spatial = spatial + self.spatial_attn(self.spatial_norm(spatial))
         temporal = temporal + self.temporal_attn(self.temporal_norm(temporal))
-        fused = temporal + self.cross_attn(self.cross_norm(temporal), self.cross_norm(spatial))
+        memory = self.cross_norm(spatial)
+        fused = temporal + self.cross_attn(self.cross_norm(temporal), memory)
         return self.classifier(self.norm(fused.mean(dim=1)))
 
 
 def draw(clip: torch.Tensor, left: int, direction: tuple[int, int], gen: torch.Generator) -> None:
-    """A 3x3 square moving one pixel per frame, inside the columns [left, left + SIZE // 2)."""
+    """A 2x2 square moving one pixel per frame inside a MARGIN-padded half of the frame."""
+    width = SIZE // 2 - MARGIN
 
     def start(extent: int, step: int) -> int:
         travel = (FRAMES - 1) * abs(step)
-        first = int(torch.randint(0, extent - 3 - travel + 1, (1,), generator=gen))
+        first = int(torch.randint(0, extent - 2 - travel + 1, (1,), generator=gen))
         return first + travel if step < 0 else first
 
     dy, dx = direction
-    y, x = start(SIZE, dy), left + start(SIZE // 2, dx)
+    y, x = MARGIN + start(SIZE - 2 * MARGIN, dy), left + start(width, dx)
     for t in range(FRAMES):
-        clip[t, y + dy * t: y + dy * t + 3, x + dx * t: x + dx * t + 3] = 1.0
+        clip[t, y + dy * t: y + dy * t + 2, x + dx * t: x + dx * t + 2] = 1.0
 
 
 def make_dataset(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +118,7 @@ def make_dataset(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tens
     labels = torch.randint(0, CLASSES, (n,), generator=gen)
     for i in range(n):
         other = int(torch.randint(0, len(DIRECTIONS), (1,), generator=gen))
-        draw(clips[i], 0, DIRECTIONS[labels[i]], gen)
+        draw(clips[i], MARGIN, DIRECTIONS[labels[i]], gen)
         draw(clips[i], SIZE // 2, DIRECTIONS[other], gen)
     return clips.unsqueeze(1), labels
 
