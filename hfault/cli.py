@@ -70,6 +70,10 @@ GraphOpt = Annotated[
     Path | None,
     typer.Option("--graph", help="Write the last coupling graph as GraphML here."),
 ]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option("--html", help="Write a self-contained HTML report (charts, no network) here."),
+]
 
 
 class UsageFailure(Exception):
@@ -161,6 +165,7 @@ def diagnose(
     ignore: IgnoreOpt = None,
     sarif_path: SarifOpt = None,
     graph_path: GraphOpt = None,
+    html_path: HtmlOpt = None,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
@@ -193,7 +198,8 @@ def diagnose(
     )
     result = diagnose(options)
     data = result.report.to_dict()
-    _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path)
+    _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path,
+          html_path=html_path)
 
     outcome = result.outcome
     if outcome.interrupted:
@@ -255,8 +261,10 @@ def _emit(
     json_path: Path | None,
     sarif_path: Path | None,
     graph_path: Path | None,
+    *,
+    html_path: Path | None = None,
 ) -> None:
-    """Every output of a report: terminal, JSON, SARIF, GraphML."""
+    """Every output of a report: terminal, JSON, SARIF, GraphML, HTML."""
     import json
 
     from hfault.report.sarif import write_sarif
@@ -282,6 +290,11 @@ def _emit(
             graph_path.parent.mkdir(parents=True, exist_ok=True)
             write_graphml(graph_from_json(last["graph"]), graph_path)
             written.append(f"GraphML of step {last['step']} written to {graph_path}")
+    if html_path is not None:
+        from hfault.report.html import write_html
+
+        write_html(data, html_path)
+        written.append(f"HTML report written to {html_path}")
     if not quiet:
         render(data, Console(width=None if sys.stdout.isatty() else 120))
         for line in written:
@@ -290,7 +303,8 @@ def _emit(
 
 @app.command(
     "report",
-    help="Re-render a saved JSON report (terminal, SARIF, GraphML); exit code as for diagnose.",
+    help="Re-render a saved JSON report (terminal, SARIF, GraphML, HTML); exit code as for "
+    "diagnose.",
 )
 def report_command(
     path: Annotated[Path, typer.Argument(help="A JSON report written by diagnose --json.")],
@@ -301,6 +315,7 @@ def report_command(
     rules_dirs: RulesOpt = None,
     sarif_path: SarifOpt = None,
     graph_path: GraphOpt = None,
+    html_path: HtmlOpt = None,
 ) -> None:
     import json
 
@@ -317,8 +332,129 @@ def report_command(
     catalog = {r.id: r.to_catalog() for r in load_rules(None, rules_dirs or ())}
     for saved in data.get("rules", []):
         catalog.setdefault(saved["id"], {"rationale": "", **saved})
-    _emit(data, list(catalog.values()), quiet, None, sarif_path, graph_path)
+    _emit(data, list(catalog.values()), quiet, None, sarif_path, graph_path, html_path=html_path)
     raise typer.Exit(_findings_code(data, fail_on))
+
+
+@app.command(
+    "perturb",
+    context_settings={"allow_extra_args": True},
+    help="Inject θ_b ← θ_b + α·RMS(θ_b)·δ, δ ~ N(0, I), into components during training and "
+    "measure Δloss, prediction flips, Δgradient norm and Δcurvature against an unperturbed run "
+    "(mean and 95% CI over draws; ΔL vs ½α²RMS²Tr(H_bb)). Script arguments go after --.",
+)
+def perturb_command(
+    ctx: typer.Context,
+    script: Annotated[Path, typer.Argument(help="The training script to run as __main__.")],
+    component: Annotated[
+        list[str],
+        typer.Option("--component", "-c", help="Component name or glob; repeatable or "
+                     "comma-separated. Each match is perturbed alone (see --together)."),
+    ],
+    alpha: Annotated[
+        list[str] | None,
+        typer.Option("--alpha", "-a", help="Relative noise scale(s) α; repeatable or "
+                     "comma-separated: several give a sweep (default 0.001,0.01,0.1)."),
+    ] = None,
+    draws: Annotated[
+        int, typer.Option("--draws", "-r", min=1, help="Perturbed runs per component and α.")
+    ] = 10,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Injection steps: a list '10,20', 'every:N', 'every' (each "
+                     "step); default: one injection at --max-steps/2."),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=1, help="Stop every run after N optimizer steps."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of hfault's own δ generator.")] = 0,
+    together: Annotated[
+        bool, typer.Option("--together", help="Perturb all matched components at once.")
+    ] = False,
+    antithetic: Annotated[
+        bool,
+        typer.Option("--antithetic/--no-antithetic",
+                     help="Draws in pairs δ, −δ (cancels the first-order term in the mean)."),
+    ] = True,
+    curvature: Annotated[
+        bool,
+        typer.Option("--curvature/--no-curvature",
+                     help="Tr(H_bb), λmax at the step after the injection (HVPs)."),
+    ] = True,
+    probes: Annotated[
+        int, typer.Option("--probes", min=1, help="Hutchinson probes per component.")
+    ] = 16,
+    lanczos_steps: Annotated[
+        int, typer.Option("--lanczos-steps", min=2, help="Lanczos steps per component.")
+    ] = 20,
+    noise_floor: Annotated[
+        bool,
+        typer.Option("--noise-floor/--no-noise-floor",
+                     help="Run the unperturbed script twice and report their difference."),
+    ] = True,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal tables.")] = False,
+    show_output: Annotated[
+        bool, typer.Option("--show-output", help="Show the baseline run's own output.")
+    ] = False,
+    show_traceback: Annotated[
+        bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
+    ] = False,
+) -> None:
+    from hfault.perturb import PerturbOptions, PerturbUsageError, perturb
+    from hfault.perturb_report import render as render_perturb
+    from hfault.perturb_report import write_json
+    from hfault.perturb_session import InjectionError, parse_injection
+
+    if not script.is_file():
+        raise UsageFailure(f"no such script: {script}")
+    names = [n.strip() for c in component for n in c.split(",") if n.strip()]
+    if not names:
+        raise UsageFailure("--component names no component")
+    alphas: list[float] = []
+    for text in alpha or ["0.001,0.01,0.1"]:
+        for token in (t.strip() for t in text.split(",")):
+            try:
+                alphas.append(float(token))
+            except ValueError:
+                raise UsageFailure(f"--alpha: {token!r} is not a number") from None
+    try:
+        injection = parse_injection(at, max_steps)
+    except InjectionError as exc:
+        raise UsageFailure(str(exc)) from None
+    tty = sys.stderr.isatty() and not quiet
+
+    def progress(text: str) -> None:
+        print(f"\r\033[Khfault perturb: {text}", end="", file=sys.stderr, flush=True)
+
+    options = PerturbOptions(
+        script, names, alphas, injection, argv=list(ctx.args), draws=draws, max_steps=max_steps,
+        seed=seed, together=together, antithetic=antithetic, curvature=curvature, probes=probes,
+        lanczos_steps=lanczos_steps, noise_floor=noise_floor, show_output=show_output,
+        progress=progress if tty else None,
+    )
+    try:
+        result = perturb(options)
+    except PerturbUsageError as exc:
+        raise UsageFailure(str(exc)) from None
+    finally:
+        if tty:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if json_path is not None:
+        write_json(result.data, json_path)
+    if not quiet:
+        render_perturb(result.data, Console(width=None if sys.stdout.isatty() else 120))
+        if json_path is not None:
+            print(f"JSON written to {json_path}", file=sys.stderr)
+    if result.error:
+        _err(result.error)
+        tb = (result.data.get("error") or {}).get("traceback")
+        if show_traceback and tb:
+            print(tb, file=sys.stderr, end="")
+    raise typer.Exit(result.exit_code)
 
 
 rules_app = typer.Typer(
