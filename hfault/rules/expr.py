@@ -278,6 +278,36 @@ def _spikes(x: Any, factor: Any, window: Any) -> int:
     )
 
 
+CUSUM_MIN_SIGMA = 0.05
+"""Floor of the calibration standard deviation: a flat calibration window (sd ≈ 0) would make any
+wobble an alarm. Series passed through log10 make it a 12% relative change."""
+
+
+def _cusum(x: Any, k: Any, h: Any, calib: Any) -> tuple[Any, Any, float]:
+    """One-sided (upward) CUSUM of a series standardized against its first ``calib`` measured
+    values: S_t = max(0, S_{t-1} + z_t − k), alarm when S_t > h. Returns (onset, alarm, max S):
+    the onset is the first step of the run of positive S that reached the alarm."""
+    if not isinstance(x, Series) or not all(_is_num(v) and math.isfinite(v) for v in (k, h, calib)):
+        raise ExprError("cusum_*(series, k, h, calib) needs a series and three finite numbers")
+    pairs = [(s, float(v)) for s, v in x.present() if _is_num(v) and math.isfinite(v)]
+    n = int(calib)
+    if n < 2 or len(pairs) <= n:
+        return None, None, 0.0
+    ref = [v for _, v in pairs[:n]]
+    mu, sigma = statistics.fmean(ref), max(statistics.stdev(ref), CUSUM_MIN_SIGMA)
+    total, top, start = 0.0, 0.0, None
+    for step, v in pairs[n:]:
+        total = max(0.0, total + (v - mu) / sigma - float(k))
+        top = max(top, total)
+        if total == 0.0:
+            start = None
+        elif start is None:
+            start = step
+        if total > float(h):
+            return start, step, top
+    return None, None, top
+
+
 FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "last": (_last, "last measured value of a series"),
     "first": (_first, "first measured value of a series"),
@@ -300,6 +330,13 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "tail": (_tail, "tail(series, frac): the last share of a series"),
     "spikes": (_spikes, "spikes(series, factor, window): values above factor × the median "
                "of the window before them"),
+    "cusum_onset": (lambda x, k, h, c: _cusum(x, k, h, c)[0],
+                    "cusum_onset(series, k, h, calib): the step where an upward regime change "
+                    "began (one-sided CUSUM standardized on the first calib values), or none"),
+    "cusum_alarm": (lambda x, k, h, c: _cusum(x, k, h, c)[1],
+                    "cusum_alarm(series, k, h, calib): the step where that CUSUM crossed h"),
+    "cusum_max": (lambda x, k, h, c: _cusum(x, k, h, c)[2],
+                  "cusum_max(series, k, h, calib): the largest CUSUM statistic reached"),
     "exists": (_exists, "whether a value (or any value of a series) was measured"),
     "isfinite": (_isfinite, "whether a number is finite (elementwise on series)"),
     "abs": (_unary(abs), "absolute value (elementwise on series)"),

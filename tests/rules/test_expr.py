@@ -435,9 +435,50 @@ def test_function_table_is_the_documented_set() -> None:
         "last", "first", "max", "min", "mean", "median", "count", "any", "all", "streak",
         "step_of_max", "step_of_min", "first_step", "last_step", "where", "exists", "isfinite",
         "abs", "log10", "log2", "sqrt", "mean_first", "mean_last", "tail", "spikes",
+        "cusum_onset", "cusum_alarm", "cusum_max",
     }
     assert set(FUNCTIONS) == expected
     assert all(doc for _, doc in FUNCTIONS.values())
+
+
+# ------------------------------------------------------------------ cusum
+def _cusum_reference(values, k, h, calib):
+    """Page's one-sided CUSUM written out plainly, for comparison."""
+    ref = values[:calib]
+    mu = sum(ref) / calib
+    sd = (sum((v - mu) ** 2 for v in ref) / (calib - 1)) ** 0.5
+    sigma = max(sd, 0.05)
+    s, top, start = 0.0, 0.0, None
+    for i in range(calib, len(values)):
+        s = max(0.0, s + (values[i] - mu) / sigma - k)
+        top = max(top, s)
+        start = None if s == 0 else (start if start is not None else i)
+        if s > h:
+            return start, i, top
+    return None, None, top
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cusum_matches_the_plain_reference(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    values = [rng.gauss(0, 0.1) for _ in range(8)]
+    values += [0.1 * i + rng.gauss(0, 0.1) for i in range(12)]
+    steps = tuple(10 * (i + 1) for i in range(len(values)))
+    env = {"x": Series(steps, tuple(values))}
+    start, alarm, top = _cusum_reference(values, 1.0, 8.0, 4)
+    assert ev("cusum_max(x, 1, 8, 4)", **env) == pytest.approx(top)
+    assert ev("cusum_onset(x, 1, 8, 4)", **env) == (None if start is None else steps[start])
+    assert ev("cusum_alarm(x, 1, 8, 4)", **env) == (None if alarm is None else steps[alarm])
+
+
+def test_cusum_needs_more_than_the_calibration_window() -> None:
+    env = {"x": Series((1, 2, 3, 4), (0.0, 0.0, 0.0, 9.0))}
+    assert ev("cusum_onset(x, 1, 8, 4)", **env) is None
+    assert ev("cusum_onset(x, 1, 2, 3)", **env) == 4  # floor 0.05: z = 180
+    with pytest.raises(ExprError):
+        ev("cusum_onset(1, 1, 8, 4)", **env)
 
 
 # ------------------------------------------------------------------ as_bool
