@@ -143,6 +143,7 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         losses=losses,
         findings=[],
         numerics=[e.to_dict() for e in state.events],
+        loss_inputs=list(state.loss_inputs),
         notes=notes,
         tool_version=__version__,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hfault import ExitCode
-from tests.conftest import ROOT, SAMPLES, SCRIPTS, validate
+from tests.conftest import ROOT, SAMPLES, SCRIPTS, assert_same_training, run_plain, validate
 
 
 def assert_one_line_error(stderr: str, contains: str) -> None:
@@ -176,3 +176,25 @@ def test_detached_component_is_reported_dead_with_its_location(cli):
     assert top["evidence"]["grad_none"] is True
     assert "detach_train.py" in top["fix"]["summary"]
     assert [f["component"] for f in result.findings("HF003")] == ["gate_proj"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [("logits_ce", None), ("log_softmax_nll", None), ("softmax_ce", "probabilities"),
+     ("softmax_nll", "not_log_probabilities"), ("module_ce", "probabilities")],
+)
+def test_loss_fed_probabilities_is_flagged_at_the_output_layer(cli, tmp_path, mode, kind):
+    script = SCRIPTS / "loss_input_train.py"
+    result = cli("diagnose", str(script), "--no-curvature", "--", "--steps", "6", "--mode", mode)
+    found = result.findings("HF013")
+    if kind is None:
+        assert not found and result.report["loss_inputs"] == []
+        return
+    assert [f["component"] for f in found] == ["2"], found
+    assert result.report["loss_inputs"][0]["kind"] == kind
+    # the check only reads the loss input: training is bit-identical with and without hfault
+    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
+    run_plain(script, ["--steps", "6", "--mode", mode, "--out", str(plain)])
+    cli("diagnose", str(script), "--no-curvature", "--", "--steps", "6", "--mode", mode,
+        "--out", str(watched))
+    assert_same_training(plain, watched)

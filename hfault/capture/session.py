@@ -43,6 +43,7 @@ from hfault.probes.curvature_probe import (
     measure_step,
 )
 from hfault.probes.gradients import copy_weights, gradient_stats, update_ratio
+from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import (
     ActivationWatch,
     GradientWatch,
@@ -83,6 +84,8 @@ class CaptureState:
     curvature: dict[int, CurvatureRecord] = field(default_factory=dict)
     attention: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    loss_inputs: list[dict[str, Any]] = field(default_factory=list)
+    """Losses fed the wrong kind of values (probabilities into cross_entropy...)."""
     device: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -108,6 +111,7 @@ class CaptureSession:
         self.state = CaptureState()
         self._watch = ActivationWatch()
         self._grad_watch = GradientWatch()
+        self._loss_watch = LossInputWatch(lambda: self.state.step + 1)
         self._handles: list[Any] = []
         self._restore: list[Callable[[], None]] = []
         self._opt_steps: dict[int, int] = {}
@@ -157,6 +161,8 @@ class CaptureSession:
         scaler_cls.scale = scale  # type: ignore[method-assign]
         self._restore.append(lambda: setattr(scaler_cls, "scale", original_scale))
 
+        self._loss_watch.install()
+        self._restore.append(self._loss_watch.uninstall)
         self._handles.append(optim_mod.register_optimizer_step_pre_hook(self._pre_step))
         self._handles.append(optim_mod.register_optimizer_step_post_hook(self._post_step))
         self._handles.append(module_mod.register_module_forward_pre_hook(self._pre_forward))
@@ -175,6 +181,11 @@ class CaptureSession:
         self._close_window()
         self._watch.clear()
         self._grad_watch.clear()
+        order = self.forward_order() if self.state.components else {}
+        output = max(order, key=lambda n: order[n]) if order else None
+        self.state.loss_inputs = [
+            {**e.to_dict(), "output_component": output} for e in self._loss_watch.flagged()
+        ]
         self._before.clear()
 
     # ----------------------------------------------------------------- module hooks

@@ -193,6 +193,8 @@ def coupling(sa: ColumnSamples, sb: ColumnSamples) -> CouplingEstimate:
     column energy landing in ``b``: each ratio lies in ``[0, 1]`` by construction, so the estimate
     does too. Both SEs are delete-one jackknife over probe index (probe ``i`` of ``a`` paired with
     probe ``i`` of ``b``; they are independent so any pairing is valid; needs equal ``K``).
+    A block whose Hessian rows are exactly zero (cut from the graph by a ``.detach()``) has no
+    column energy to share: it is uncoupled, ``kappa = 0`` (not 0/0).
     """
     a, b = sa.source, sb.source
     k = min(sa.k, sb.k)
@@ -211,7 +213,7 @@ def coupling(sa: ColumnSamples, sb: ColumnSamples) -> CouplingEstimate:
         fb = sb.sq_det[a] + np.mean(sb.sq[:k][m, a])
         rb = sb.row_det + np.mean(sb.row[:k][m])
         if ra <= 0 or rb <= 0:
-            return float("nan")
+            return 0.0
         return float((max(fa, 0.0) / ra * max(fb, 0.0) / rb) ** 0.25)
 
     allk = np.ones(k, dtype=bool)

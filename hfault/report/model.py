@@ -146,6 +146,7 @@ class Report:
     losses: list[tuple[int, float]]
     findings: list[Finding]
     numerics: list[dict[str, Any]] = field(default_factory=list)
+    loss_inputs: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
     rules: list[dict[str, Any]] = field(default_factory=list)
@@ -186,6 +187,7 @@ class Report:
             "snapshots": [s.to_dict() for s in self.snapshots],
             "timeline": {"loss": [{"step": s, "loss": _num(v)} for s, v in self.losses]},
             "numerics": self.numerics,
+            "loss_inputs": self.loss_inputs,
             "findings": [f.to_dict() for f in self.findings],
             "propagation": _clean(self.propagation),
             "rules": [

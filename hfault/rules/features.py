@@ -40,6 +40,13 @@ RUN_FEATURES: dict[str, str] = {
     "nonfinite_value": "nan, inf or -inf",
     "nonfinite_component": "the component it is attributed to",
     "nonfinite_events": "number of non-finite events recorded",
+    "loss_input_kind": "what a log-likelihood loss was fed instead of logits/log-probabilities: "
+    "probabilities (softmax before cross_entropy), not_log_probabilities (nll_loss without log), "
+    "or none",
+    "loss_input_function": "the loss function that was fed them (cross_entropy, nll_loss)",
+    "loss_input_step": "the step of the first such call",
+    "loss_input_share": "share of the checked calls that were fed them",
+    "output_component": "the component whose module ran last in the forward: the output layer",
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
     "curvature_error_step": "the step of that error",
     "curvature_blocked": "number of components whose curvature was blocked",
@@ -195,6 +202,18 @@ class Features:
         return Series(self.steps, tuple(values))
 
     # -------------------------------------------------------------- run
+    def _loss_input_features(self) -> dict[str, Any]:
+        events = list(self.report.get("loss_inputs") or [])
+        first = events[0] if events else {}
+        checked = first.get("calls_checked") or 0
+        return {
+            "loss_input_kind": first.get("kind"),
+            "loss_input_function": first.get("function"),
+            "loss_input_step": first.get("step"),
+            "loss_input_share": first.get("calls_flagged", 0) / checked if checked else None,
+            "output_component": first.get("output_component"),
+        }
+
     def _run_features(self) -> dict[str, Any]:
         run = self.report.get("run", {})
         timeline = self.report.get("timeline", {}).get("loss", [])
@@ -207,6 +226,7 @@ class Features:
             "steps": run.get("steps"),
             "optimizer": optimizers[0]["class"] if optimizers else None,
             "measured_steps": len(self.snapshots),
+            **self._loss_input_features(),
             "loss": Series(loss_steps, losses),
             "loss_points": len(finite),
             "loss_all_finite": len(finite) == len(losses),

@@ -122,3 +122,21 @@ def test_batched_probes_give_the_same_snapshot() -> None:
         assert a.trace == pytest.approx(b.trace, rel=1e-10, abs=1e-14)
     assert snaps[0].edges[0].kappa == pytest.approx(snaps[1].edges[0].kappa, rel=1e-10)
     assert snaps[0].hvp_count == snaps[1].hvp_count
+
+
+def test_block_without_curvature_is_uncoupled_not_nan() -> None:
+    # A parameter in the graph whose Hessian rows are exactly zero (multiplied by 0, the shape of
+    # a .detach()ed attention path): 0/0 would make kappa NaN and break the report's schema.
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(4, 3).double()
+    gate = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    params = [fc.weight, fc.bias, gate]
+    blocks = [whole("fc", 0, 1), whole("gate", 2)]
+    loss = torch.nn.functional.cross_entropy(fc(x) + 0.0 * gate.sum(), y)
+    op = HessianOperator(loss, params, blocks)
+    s = CurvatureSettings(probes=4, lanczos_steps=4, tol=0.0, coupling_blocks=["fc", "gate"])
+    snap = measure(op, s, generator=torch.Generator().manual_seed(0))
+    (edge,) = snap.edges
+    assert edge.kappa == 0.0 and edge.kappa_se == 0.0
+    assert snap.block("gate").trace == 0.0

@@ -1,0 +1,99 @@
+"""What the script feeds its log-likelihood loss: probabilities where log-probabilities or logits
+belong (softmax before ``cross_entropy``, softmax without log before ``nll_loss``).
+
+DeepDiagnosis-style checks of the loss input, done where the loss is computed: the functional
+``cross_entropy``/``nll_loss`` are wrapped for the session (``nn.CrossEntropyLoss``/``NLLLoss`` call
+them too). Only the first ``CHECKED_CALLS`` calls are read (one host sync each): the bug is in the
+code, so it shows from the first step. The wrapped function returns exactly what it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+CHECKED_CALLS = 5
+_SUM_TOL = 1e-3
+
+
+@dataclass
+class LossInputEvent:
+    """A loss fed values of the wrong kind: ``kind`` is ``probabilities`` (rows in [0, 1] summing
+    to 1, given to cross_entropy, which applies log-softmax itself) or ``not_log_probabilities``
+    (non-negative values given to nll_loss, which expects log-probabilities ≤ 0)."""
+
+    function: str
+    kind: str
+    step: int
+    calls_checked: int = 0
+    calls_flagged: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "function": self.function,
+            "kind": self.kind,
+            "step": self.step,
+            "calls_checked": self.calls_checked,
+            "calls_flagged": self.calls_flagged,
+        }
+
+
+def _looks_like_probabilities(x: torch.Tensor) -> bool:
+    if x.dim() < 2 or x.shape[1] < 2 or not x.is_floating_point():
+        return False
+    x = x.detach()
+    rows = x.sum(dim=1)
+    return bool(((x >= 0).all() & (x <= 1).all() & ((rows - 1).abs() < _SUM_TOL).all()).item())
+
+
+class LossInputWatch:
+    """Wraps ``F.cross_entropy`` and ``F.nll_loss`` while a session is open."""
+
+    def __init__(self, step: Callable[[], int]) -> None:
+        self._step = step
+        self.events: dict[str, LossInputEvent] = {}
+        self._calls: dict[str, int] = {}
+        self._restore: list[Callable[[], None]] = []
+
+    def install(self) -> None:
+        for name, check in (("cross_entropy", _looks_like_probabilities),
+                            ("nll_loss", _non_negative)):
+            original = getattr(F, name)
+            setattr(F, name, self._wrap(name, original, check))
+            self._restore.append(lambda n=name, o=original: setattr(F, n, o))
+
+    def uninstall(self) -> None:
+        for restore in reversed(self._restore):
+            restore()
+        self._restore.clear()
+
+    def _wrap(self, name: str, original: Callable[..., Any],
+              check: Callable[[torch.Tensor], bool]) -> Callable[..., Any]:
+        kind = "probabilities" if name == "cross_entropy" else "not_log_probabilities"
+
+        def wrapped(input: Any, *args: Any, **kwargs: Any) -> Any:
+            calls = self._calls.get(name, 0)
+            if calls < CHECKED_CALLS and isinstance(input, torch.Tensor):
+                self._calls[name] = calls + 1
+                event = self.events.setdefault(name, LossInputEvent(name, kind, self._step()))
+                event.calls_checked += 1
+                if check(input):
+                    event.calls_flagged += 1
+            return original(input, *args, **kwargs)
+
+        wrapped.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapped
+
+    def flagged(self) -> list[LossInputEvent]:
+        """Losses fed the wrong kind of values on most checked calls."""
+        return [e for e in self.events.values() if e.calls_flagged * 2 > e.calls_checked]
+
+
+def _non_negative(x: torch.Tensor) -> bool:
+    if x.dim() < 2 or x.shape[1] < 2 or not x.is_floating_point():
+        return False
+    return bool((x.detach() >= 0).all().item())
