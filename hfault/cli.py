@@ -166,6 +166,15 @@ def diagnose(
     sarif_path: SarifOpt = None,
     graph_path: GraphOpt = None,
     html_path: HtmlOpt = None,
+    verify_fix: Annotated[
+        bool,
+        typer.Option(
+            "--verify-fix",
+            help="Rerun the script with the mechanical fixes applied (per-component learning "
+            "rates as a param-group split, gradient clipping) and compare before/after at the "
+            "same steps; the exit code still comes from the first run's findings.",
+        ),
+    ] = False,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
@@ -196,13 +205,23 @@ def diagnose(
     options = DiagnoseOptions(
         script, list(ctx.args), schedule, max_steps, nan_watch, curvature_config, rules
     )
-    result = diagnose(options)
-    data = result.report.to_dict()
+    if verify_fix:
+        from hfault.verify import diagnose_and_verify
+
+        def progress(text: str) -> None:
+            if not quiet:
+                print(f"hfault: {text}", file=sys.stderr, flush=True)
+
+        verified = diagnose_and_verify(options, progress)
+        result, data = verified.first, verified.data
+    else:
+        result = diagnose(options)
+        data = result.report.to_dict()
     _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path,
           html_path=html_path)
 
     outcome = result.outcome
-    if outcome.interrupted:
+    if outcome.interrupted or (verify_fix and verified.interrupted):
         raise typer.Exit(ExitCode.INTERRUPTED)
     if outcome.status == "crashed":
         err = outcome.error or {}

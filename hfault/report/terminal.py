@@ -72,6 +72,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     _findings(report, console)
     _propagation(report, console)
     _components(report, console)
+    _verify_fix(report, console)
 
 
 def _evidence(f: Mapping[str, Any]) -> str:
@@ -264,3 +265,131 @@ def _cost(report: Mapping[str, Any], console: Console) -> None:
                 style="dim",
             )
         )
+
+
+# ---------------------------------------------------------------- --verify-fix
+_FIX_VERDICT_STYLE = {
+    "fixed": "bold green",
+    "improved": "bold cyan",
+    "unchanged": "bold yellow",
+    "worse": "bold red",
+    "not_applicable": "bold",
+}
+_METRIC_LABEL = {
+    "stability_ratio": "r",
+    "lambda_max": "λmax",
+    "grad_norm": "‖g‖",
+    "lr": "lr",
+    "max_logit": "max logit",
+    "entropy_norm_mean": "entropy/log keys",
+}
+MAX_STEP_COLUMNS = 5
+
+
+def _pick_steps(steps: list[Any]) -> list[int]:
+    """Indices of at most MAX_STEP_COLUMNS steps, first and last included."""
+    n = len(steps)
+    if n <= MAX_STEP_COLUMNS:
+        return list(range(n))
+    k = MAX_STEP_COLUMNS - 1
+    return sorted({round(i * (n - 1) / k) for i in range(k + 1)})
+
+
+def _arrow(before: Any, after: Any, digits: int = 3) -> str:
+    return f"{_fmt(before, digits)} → {_fmt(after, digits)}"
+
+
+def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
+    """The rerun with the mechanical fixes (``--verify-fix``): fixes, before → after at the
+    matched steps, final loss, findings, verdict."""
+    vf = report.get("verify_fix")
+    if not isinstance(vf, Mapping):
+        return
+    console.print(Rule("[bold]Fix verification"))
+    verdict = str(vf.get("verdict", "?"))
+    line = Text(verdict.replace("_", " ").upper(), style=_FIX_VERDICT_STYLE.get(verdict, "bold"))
+    line.append(f"  {vf.get('summary', '')}")
+    console.print(line)
+    fixes = [f for f in vf.get("fixes") or [] if isinstance(f, Mapping)]
+    if fixes:
+        table = Table(title="Fixes applied in the rerun", box=box.SIMPLE, title_justify="left",
+                      expand=True)
+        for col in ("rule", "component", "fix", "how"):
+            table.add_column(col, overflow="fold", ratio=3 if col == "how" else None)
+        for f in fixes:
+            if f.get("kind") == "lower_lr":
+                what = f"lr {_arrow(f.get('lr_before'), f.get('lr_after'))}"
+            else:
+                what = f"clip ‖g‖ ≤ {_fmt(f.get('max_norm'))}"
+            table.add_row(str(f.get("rule")), str(f.get("component")), what,
+                          str(f.get("note") or ""))
+        console.print(table)
+    steps = list(vf.get("steps") or [])
+    cols = _pick_steps(steps)
+    rows = [m for m in vf.get("metrics") or [] if isinstance(m, Mapping)]
+    for name in dict.fromkeys(str(m.get("component")) for m in rows):
+        if not cols:
+            break
+        # One small table per component: the step columns need the width.
+        table = Table(title=f"{name}: before → after at matched steps", box=box.SIMPLE,
+                      title_justify="left")
+        table.add_column("metric", no_wrap=True)
+        for i in cols:
+            table.add_column(f"step {steps[i]}", justify="right", no_wrap=True)
+        for m in rows:
+            if str(m.get("component")) != name:
+                continue
+            before, after = list(m.get("before") or []), list(m.get("after") or [])
+            cells = [_arrow(before[i] if i < len(before) else None,
+                            after[i] if i < len(after) else None) for i in cols]
+            table.add_row(_METRIC_LABEL.get(str(m.get("metric")), str(m.get("metric"))), *cells)
+        console.print(table)
+    edges = [e for e in vf.get("edges") or [] if isinstance(e, Mapping)]
+    if edges and cols:
+        table = Table(title=f"Couplings of the fixed components at step {steps[cols[-1]]}",
+                      box=box.SIMPLE, title_justify="left")
+        for col in ("component a", "component b", "κ before → after", "ρ before → after"):
+            table.add_column(col, justify="left" if "component" in col else "right")
+        last = cols[-1]
+        for e in edges[:MAX_EDGES]:
+            kappa, rho = e.get("kappa") or {}, e.get("rho") or {}
+
+            def at(series: Any, i: int = last) -> Any:
+                return series[i] if isinstance(series, list) and i < len(series) else None
+
+            table.add_row(str(e.get("source")), str(e.get("target")),
+                          _arrow(at(kappa.get("before")), at(kappa.get("after")), 2),
+                          _arrow(at(rho.get("before")), at(rho.get("after")), 2))
+        console.print(table)
+    final = vf.get("final_loss") or {}
+    if not isinstance(vf.get("after"), Mapping):
+        final = {}  # nothing was rerun
+    text = Text("final loss ", style="bold")
+    text.append("(mean of the last 10% of the steps) "
+                + _arrow(final.get("before"), final.get("after"), 4))
+    if isinstance(final.get("tolerance"), (int, float)) and final["tolerance"] > 0:
+        text.append(f"  (±{_fmt(final['tolerance'], 2)} counts as unchanged)", style="dim")
+    if final:
+        console.print(text)
+    diff = [d for d in vf.get("findings") or [] if isinstance(d, Mapping)]
+    for status in ("gone", "weaker", "same", "stronger", "new"):
+        hits = [d for d in diff if d.get("status") == status]
+        shown = [d for d in hits if d.get("motivating") or {"error", "warning"} & {
+            d.get("severity_before"), d.get("severity_after")}]
+        if not hits:
+            continue
+        names = ", ".join(
+            f"{d.get('rule')} {d.get('component') or '(run)'}" + (" *" if d.get("motivating")
+                                                                    else "")
+            for d in shown)
+        if len(hits) > len(shown):
+            names += f"{', ' if shown else ''}{len(hits) - len(shown)} info"
+        console.print(Text(f"findings {status}: ", style="bold").append(names, style=""))
+    if any(d.get("motivating") for d in diff):
+        console.print(Text("* the finding whose fix was applied", style="dim"))
+    for skip in vf.get("skipped") or []:
+        if isinstance(skip, Mapping):
+            console.print(Text(f"not applied: {skip.get('rule')} {skip.get('component')}: "
+                               f"{skip.get('reason')}", style="yellow"))
+    for note in vf.get("notes") or []:
+        console.print(Text(f"note: {note}", style="dim"))

@@ -117,6 +117,13 @@ def _fix(rule: Rule, env: dict[str, Any], component: str | None,
             if fix is None:
                 continue  # no learning rate known: fall through to the next template
             return fix, True
+        if template.kind == "clip_grad":
+            max_norm = _scalar(template.max_norm(env)) if template.max_norm else None
+            if (isinstance(max_norm, bool) or not isinstance(max_norm, (int, float))
+                    or not math.isfinite(max_norm) or max_norm <= 0):
+                continue  # no usable limit: fall through to the next template
+            # Marked in the values so that --verify-fix can apply it mechanically.
+            values = {"kind": "clip_grad", "max_norm": float(max_norm), **values}
         snippet = render(template.snippet, {**env, **values}) if template.snippet else None
         return Fix(render(template.summary, {**env, **values}), values, snippet), False
     return None, False

@@ -22,8 +22,8 @@ SEVERITIES = ("error", "warning", "info")
 ID_PATTERN = re.compile(r"^HF\d{3}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}")
-FIX_KINDS = ("text", "lower_lr")
-TEMPLATE_EXTRAS = ("component", "step", "lr", "new_lr", "factor")
+FIX_KINDS = ("text", "lower_lr", "clip_grad")
+TEMPLATE_EXTRAS = ("component", "step", "lr", "new_lr", "factor", "max_norm")
 """Names every message and fix template may use besides evidence, parameters and features."""
 
 _KEYS = {
@@ -59,6 +59,8 @@ class FixTemplate:
     when: Expr | None = None
     factor: Expr | None = None
     values: Mapping[str, Expr] = field(default_factory=dict)
+    max_norm: Expr | None = None
+    """``kind = "clip_grad"``: the gradient-norm limit (a number or an expression)."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,11 @@ class _RuleParser:
                 self.check_template(snippet, "snippet", known)
             if kind == "lower_lr" and "factor" not in spec:
                 raise self.fail("kind", "a lower_lr fix needs a 'factor' expression")
+            if kind == "clip_grad" and "max_norm" not in spec:
+                raise self.fail("kind", "a clip_grad fix needs 'max_norm' (a number or expression)")
+            max_norm = spec.get("max_norm")
+            if isinstance(max_norm, (int, float)) and not isinstance(max_norm, bool):
+                max_norm = repr(float(max_norm))
             values = spec.get("values", {})
             if not isinstance(values, dict):
                 raise self.fail("values", "fix 'values' must be a table")
@@ -306,6 +313,8 @@ class _RuleParser:
                     factor=self.expr(spec["factor"], "factor", known)
                     if "factor" in spec else None,
                     values={k: self.expr(v, k, known) for k, v in values.items()},
+                    max_norm=self.expr(max_norm, "max_norm", known)
+                    if max_norm is not None else None,
                 )
             )
         self.fix_index = None
