@@ -51,6 +51,25 @@ def diagnose(program: Program, mode: str, budget: str,
         return json.loads(out.read_text()), seconds, proc.returncode
 
 
+def rejudge(report: dict) -> dict:
+    """The report with its findings and verdict recomputed by the current rule files (rules read
+    only the report's data, so a saved run can be re-scored after a threshold change)."""
+    from hfault.report.model import rank
+    from hfault.rules import evaluate, load_rules
+
+    findings = [f.to_dict() for f in rank(evaluate(report, load_rules()).findings)]
+    severities = {f["severity"] for f in findings}
+    if report["run"].get("status") == "crashed":
+        verdict = "crashed"
+    elif "error" in severities:
+        verdict = "faulty"
+    elif "warning" in severities:
+        verdict = "suspicious"
+    else:
+        verdict = "healthy"
+    return {**report, "findings": findings, "summary": {**report["summary"], "verdict": verdict}}
+
+
 def _options(program: Program, mode: str) -> list[str]:
     """The manifest's options; ``--no-curvature`` there is the tests' shortcut, not a mode."""
     return [o for o in program.options if o != "--no-curvature"]
@@ -84,6 +103,9 @@ def main() -> None:
     parser.add_argument("--budget", default="economy")
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--keep", type=Path, help="keep every report in this folder")
+    parser.add_argument("--rescore", type=Path, metavar="DIR",
+                        help="no runs: re-score the reports a --keep run saved in DIR with the "
+                        "current rules (seconds and HVPs are those of that run)")
     args = parser.parse_args()
     programs = [p for p in load_programs()
                 if not args.prefixes or any(p.name.startswith(x) for x in args.prefixes)]
@@ -95,7 +117,12 @@ def main() -> None:
           "first component (expected)")
     for program in programs:
         for mode in modes:
-            report, seconds, _ = diagnose(program, mode, args.budget, args.keep)
+            if args.rescore:
+                report = rejudge(json.loads(
+                    (args.rescore / f"{program.name}.{mode}.json").read_text()))
+                seconds = float(report["run"].get("seconds") or 0.0)
+            else:
+                report, seconds, _ = diagnose(program, mode, args.budget, args.keep)
             s: Score = score(program, report)
             rows.append({
                 "program": program.name, "family": program.family, "mode": mode,
