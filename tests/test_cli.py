@@ -148,6 +148,9 @@ def test_ctrl_c_writes_the_partial_report(tmp_path: Path):
          "--json", str(report), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # a pytest-xdist worker ignores SIGINT, and an ignored signal is inherited across exec:
+        # give the child the default disposition so Python installs its KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     for line in proc.stdout:
