@@ -226,10 +226,14 @@ def diagnose(
     if outcome.status == "crashed":
         err = outcome.error or {}
         where = f" ({err.get('file')}:{err.get('line')})" if err.get("file") else ""
-        _err(f"the script raised {err.get('type')}: {err.get('message')}{where}")
+        if err.get("internal"):
+            _err(f"internal error while observing the script (not the script's fault): "
+                 f"{err.get('type')}: {err.get('message')} (please report; --traceback for more)")
+        else:
+            _err(f"the script raised {err.get('type')}: {err.get('message')}{where}")
         if show_traceback and err.get("traceback"):
             print(err["traceback"], file=sys.stderr, end="")
-        raise typer.Exit(ExitCode.SCRIPT_CRASHED)
+        raise typer.Exit(ExitCode.INTERNAL if err.get("internal") else ExitCode.SCRIPT_CRASHED)
     if not result.trained:
         what = (
             "created no torch.optim optimizer"

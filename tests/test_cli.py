@@ -134,6 +134,25 @@ def test_traceback_flag_prints_the_users_traceback(cli):
     assert "load_batch" in result.stderr and "hfault/capture" not in result.stderr
 
 
+def test_error_in_hfaults_own_hook_is_internal_not_the_scripts(cli):
+    # An exception raised by hfault inside the script (here in its backward hook) is hfault's
+    # bug: exit 4 and say so, but still write the partial report.
+    result = cli("diagnose", str(SCRIPTS / "accum_train.py"), env={"HFAULT_DEBUG_RAISE": "hook"})
+    assert result.returncode == ExitCode.INTERNAL, result.stderr
+    assert_one_line_error(result.stderr, "internal error while observing the script")
+    err = result.report["run"]["error"]
+    assert result.report["run"]["status"] == "crashed" and err["internal"] is True
+    assert "session.py" in err["traceback"]
+
+
+@pytest.mark.parametrize("mode", ["twice", "function"])
+def test_user_error_passing_through_hfaults_backward_hook_is_the_scripts(cli, mode):
+    result = cli("diagnose", str(SCRIPTS / "backward_error_train.py"), "--", "--mode", mode)
+    assert result.returncode == ExitCode.SCRIPT_CRASHED, result.stderr
+    assert_one_line_error(result.stderr, "the script raised")
+    assert "internal" not in result.report["run"]["error"]
+
+
 def test_internal_error_exits_4_with_one_line(cli):
     result = cli("diagnose", str(SCRIPTS / "accum_train.py"),
                  env={"HFAULT_DEBUG_RAISE": "report"}, json_report=False)

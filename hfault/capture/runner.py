@@ -49,6 +49,27 @@ def _user_frame(tb: TracebackType | None, script: Path) -> traceback.FrameSummar
     return frames[-1] if frames else None
 
 
+# Hook functions that only delegate to torch: an exception passing through them is the script's.
+_DELEGATES = {("session.py", "backward"), ("session.py", "init"), ("session.py", "scale"),
+              ("loss_input.py", "wrapped")}
+
+
+def raised_in_hfault(tb: TracebackType | None) -> bool:
+    """Whether an exception came from hfault's own code run inside the script (a hook), not from
+    the script: the deepest frame outside torch, the standard library and site-packages is
+    hfault's, and is not a hook that merely delegates to torch."""
+    stdlib = os.path.dirname(os.__file__)
+    for frame in reversed(traceback.extract_tb(tb)):
+        name = os.path.abspath(frame.filename)
+        if name.startswith(_HFAULT_DIR):
+            if name == os.path.abspath(__file__):
+                return False
+            return (os.path.basename(name), frame.name) not in _DELEGATES
+        if not ("site-packages" in name or name.startswith(stdlib) or name.startswith("<")):
+            return False
+    return False
+
+
 def _error(exc: BaseException, script: Path) -> dict[str, object]:
     frame = _user_frame(exc.__traceback__, script)
     frames = [
@@ -87,7 +108,11 @@ def run_script(script: Path, argv: list[str], session: CaptureSession) -> RunOut
         err["message"] = f"the script called sys.exit({exc.code!r})"
         return RunOutcome("crashed", err)
     except BaseException as exc:
-        return RunOutcome("crashed", _error(exc, script))
+        err = _error(exc, script)
+        if raised_in_hfault(exc.__traceback__):
+            err["internal"] = True
+            err["traceback"] = "".join(traceback.format_exception(exc))
+        return RunOutcome("crashed", err)
     finally:
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path

@@ -210,6 +210,8 @@ class CaptureSession:
         if self.max_steps is not None and state.step >= self.max_steps:
             raise StopTraining
         state.backward_calls += 1
+        if state.backward_calls == 3 and os.environ.get("HFAULT_DEBUG_RAISE") == "hook":
+            raise RuntimeError("HFAULT_DEBUG_RAISE=hook: simulated error in hfault's backward hook")
         loss = tensors if isinstance(tensors, torch.Tensor) else None
         if isinstance(tensors, (tuple, list)) and len(tensors) == 1:
             loss = tensors[0]
