@@ -21,18 +21,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from hfault import __version__
+from hfault.capture.process_state import ProcessState
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.curvature import CurvatureSettings, HessianOperator
 from hfault.curvature.hvp import dot64
@@ -50,7 +48,6 @@ from hfault.perturb_stats import Stat, mean_ci, t_quantile
 
 __all__ = ["PerturbOptions", "PerturbResult", "PerturbUsageError", "perturb"]
 
-_HFAULT_DIR = str(Path(__file__).resolve().parent)
 
 
 class PerturbUsageError(Exception):
@@ -89,53 +86,6 @@ class PerturbResult:
     """One line for stderr when the script crashed."""
 
 
-class _ProcessState:
-    """What a script run can change in this process and the next run must not see."""
-
-    def __init__(self) -> None:
-        self.torch_rng = torch.get_rng_state()
-        self.cuda_rng = (
-            torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        )
-        self.py_rng = random.getstate()
-        self.np_rng = np.random.get_state()
-        self.dtype = torch.get_default_dtype()
-        self.grad = torch.is_grad_enabled()
-        self.modules = set(sys.modules)
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.torch_rng)
-        if torch.cuda.is_initialized():
-            if self.cuda_rng is not None:
-                torch.cuda.set_rng_state_all(self.cuda_rng)
-            else:  # CUDA started during the first run: back to its fresh state
-                torch.cuda.manual_seed_all(torch.cuda.initial_seed())
-        random.setstate(self.py_rng)
-        np.random.set_state(self.np_rng)
-        torch.set_default_dtype(self.dtype)
-        torch.set_grad_enabled(self.grad)
-
-    def forget_user_modules(self, folder: Path) -> None:
-        """Drop the modules the script imported from its own folder (re-imported fresh next
-        run, so module-level state starts over); everything else (installed packages, torch
-        lazily importing its submodules, hfault) stays loaded."""
-        root = str(folder.resolve()) + os.sep
-        for name in list(sys.modules):
-            if name in self.modules:
-                continue
-            path = getattr(sys.modules[name], "__file__", None)
-            if path is None:
-                continue
-            path = os.path.abspath(path)
-            if (
-                path.startswith(root)
-                and not path.startswith(_HFAULT_DIR + os.sep)
-                and "site-packages" not in path
-                and "dist-packages" not in path
-            ):
-                del sys.modules[name]
-
-
 @contextlib.contextmanager
 def _silenced(on: bool) -> Iterator[None]:
     if not on:
@@ -168,7 +118,7 @@ def _label(names: Sequence[str]) -> str:
 class _Driver:
     def __init__(self, options: PerturbOptions) -> None:
         self.o = options
-        self.process = _ProcessState()
+        self.process = ProcessState()
         self.units = options.draws // 2 if options.antithetic else options.draws
         self.settings = (
             CurvatureSettings(

@@ -38,6 +38,7 @@ import torch
 import torch.optim.optimizer as optim_mod
 from torch import nn
 
+from hfault.capture.process_state import ProcessState
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.components import find_roots
@@ -506,9 +507,7 @@ def diagnose_and_verify(
     options: DiagnoseOptions, progress: Callable[[str], None] | None = None
 ) -> Verification:
     """Diagnose, then rerun with the mechanical fixes and compare (``verify_fix``)."""
-    from hfault.perturb import _ProcessState  # RNG, dtype, grad mode, the script's modules
-
-    process = _ProcessState()
+    process = ProcessState()
     first = diagnose(options)
     data = first.report.to_dict()
     reason = _why_not(first)
