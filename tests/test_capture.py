@@ -148,3 +148,27 @@ def test_distilbert_attention_projections_are_recognised(cli):
     assert sum(c["numel"] for c in result.report["components"]) == sum(
         p.numel() for p in model.parameters()
     )
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_grad_scale_is_what_the_scripts_clipping_did_to_the_step(cli, tmp_path: Path, accum):
+    """grad_scale = applied/backward gradient norm: clip_grad_norm_(c) with total norm N gives
+    c/(N + 1e-6) on every component (N read from the script itself, over accumulated micro-batch
+    gradients); without clipping it is exactly 1."""
+    out, c = tmp_path / "run.pt", 0.05
+    result = cli("diagnose", str(SCRIPTS / "clip_train.py"), "--no-curvature", "--at", "1,4,9",
+                 "--", "--out", str(out), "--clip", str(c), "--accum", str(accum))
+    assert result.returncode == 0, result.stderr
+    norms = torch.load(out)["norms"]
+    snapshots = [s for s in result.report["snapshots"] if s["step"] in (1, 4, 9)]
+    assert len(snapshots) == 3
+    for snap in snapshots:
+        expected = min(1.0, c / (norms[snap["step"] - 1] + 1e-6))
+        assert expected < 0.5  # the clip is active: the test could not pass with scale 1
+        scales = [m["grad_scale"] for m in snap["metrics"].values()]
+        assert len(scales) == 3  # the three Linear layers
+        assert scales == pytest.approx([expected] * 3, rel=1e-6)
+
+    plain = cli("diagnose", str(SCRIPTS / "clip_train.py"), "--no-curvature", "--at", "1,4,9")
+    for snap in plain.report["snapshots"][:3]:
+        assert {m["grad_scale"] for m in snap["metrics"].values()} == {1.0}

@@ -32,7 +32,7 @@ def test_rules_lists_every_rule_file(cli) -> None:  # type: ignore[no-untyped-de
 def test_rules_explain_prints_condition_thresholds_and_example(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("rules", "explain", "HF201", json_report=False)
     assert result.returncode == ExitCode.OK, result.stderr
-    for text in ("edge of stability", "streak(stability_ratio > ratio)", "1.5", "Example"):
+    for text in ("edge of stability", "streak(effective_ratio > ratio)", "1.5", "Example"):
         assert text in result.stdout
     by_name = cli("rules", "explain", "sharpness-beyond-stability", json_report=False)
     assert by_name.stdout == result.stdout

@@ -42,7 +42,13 @@ from hfault.probes.curvature_probe import (
     gradient_hooks,
     measure_step,
 )
-from hfault.probes.gradients import copy_weights, gradient_stats, update_ratio
+from hfault.probes.gradients import (
+    copy_weights,
+    grad_scale,
+    gradient_stats,
+    raw_grad_sq,
+    update_ratio,
+)
 from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import (
     ActivationWatch,
@@ -121,6 +127,8 @@ class CaptureSession:
         self._components_for: int = -1  # number of optimizers the components were built from
         self._pending_loss = 0.0
         self._pending_seen = False
+        self._loss_scale = 1.0
+        self._raw_grad_sq: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- install / uninstall
     def __enter__(self) -> CaptureSession:
@@ -225,6 +233,7 @@ class CaptureSession:
         if scaler is not None:
             scale = float(scaler.get_scale())
         value = float(loss.detach().float()) / scale
+        self._loss_scale = scale
         self._pending_loss += value
         self._pending_seen = True
         upcoming = state.step + 1
@@ -256,6 +265,10 @@ class CaptureSession:
     def _after_backward(self) -> None:
         if self.nan_watch and self.state.components:
             self._grad_watch.record(self.state.components)
+        if self.state.components and self.schedule.wants(self.state.step + 1):
+            # Gradients as backward left them (accumulated over micro-batches: the last call
+            # wins), unscaled by the AMP loss scale; device tensors, read at the step.
+            self._raw_grad_sq = raw_grad_sq(self.state.components, self._loss_scale)
 
     def _locate_nonfinite_forward(self, step: int, value: float) -> None:
         if any(e.kind in ("activation", "loss") for e in self.state.events):
@@ -301,6 +314,9 @@ class CaptureSession:
             record.metrics[comp.name] = gradient_stats(comp, opt)
             if self.schedule.wants(step):
                 self._before[comp.name] = copy_weights(comp)
+                record.metrics[comp.name]["grad_scale"] = grad_scale(
+                    record.metrics[comp.name]["grad_norm"], self._raw_grad_sq.pop(comp.name, None)
+                )
         self.state.last = record
         self._check_gradients(record, step)
 

@@ -67,3 +67,30 @@ def update_ratio(component: Component, before: Sequence[torch.Tensor]) -> float 
     if base == 0.0:
         return None if delta == 0.0 else math.inf
     return math.sqrt(delta / base)
+
+
+def raw_grad_sq(
+    components: Sequence[Component], loss_scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """‖g_b‖² of each component as backward left it (before the script's clipping), as device
+    tensors: no sync until the step reads them. ``loss_scale`` undoes an AMP GradScaler's scale."""
+    out: dict[str, torch.Tensor] = {}
+    for comp in components:
+        views = [part.view(part.param.grad).detach() for part in comp.parts
+                 if part.param.grad is not None]
+        if views:
+            sq = torch.stack([v.double().pow(2).sum() for v in views]).sum()
+            out[comp.name] = sq / (loss_scale * loss_scale)
+    return out
+
+
+def grad_scale(applied_norm: object, raw_sq: torch.Tensor | None) -> float | None:
+    """‖g applied by the optimizer‖ / ‖g from backward‖: what the script's clipping (or any
+    gradient rescaling) did to the step. 1 = untouched; ``clip_grad_norm_(max_norm=c)`` with a
+    total norm N > c gives c/N on every component. The effective learning rate is lr × this."""
+    if raw_sq is None or not isinstance(applied_norm, (int, float)):
+        return None
+    raw = math.sqrt(float(raw_sq))
+    if not math.isfinite(raw) or not math.isfinite(applied_norm) or raw == 0.0:
+        return None
+    return float(applied_norm) / raw

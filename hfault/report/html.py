@@ -24,7 +24,8 @@ _FIX_VERDICTS = ("fixed", "improved", "unchanged", "worse", "not_applicable")
 _ROLE_ORDER = {"query": 0, "key": 1, "value": 2, "output": 3, "attention-pooling": 4,
                "cross-attention": 5, "other": 6}
 CURVATURE_COLUMNS = (("trace", "tr H"), ("lambda_max", "λmax"),
-                     ("stability_ratio", "r = lr·λ̃/τ"), ("grad_norm", "‖g‖"))
+                     ("stability_ratio", "r = lr·λ̃/τ of the step taken"),
+                     ("grad_norm", "‖g‖"))
 FIRST_ORDER_COLUMNS = (("grad_norm", "‖g‖"), ("update_ratio", "‖Δθ‖/‖θ‖"),
                        ("weight_norm", "‖θ‖"), ("zero_grad_fraction", "zero-grad share"))
 MAX_TIMELINE_ROWS = 40
@@ -99,8 +100,15 @@ class _Context:
         return next((c for c in self.components if c.get("name") == name), {})
 
     def series(self, name: str, metric: str) -> list[tuple[float, float | None]]:
-        return [(s["step"], num((s.get("metrics") or {}).get(name, {}).get(metric)))
-                for s in self.snapshots]
+        out = []
+        for s in self.snapshots:
+            m = (s.get("metrics") or {}).get(name, {})
+            value = num(m.get(metric))
+            scale = num(m.get("grad_scale"))
+            if metric == "stability_ratio" and value is not None and scale is not None:
+                value *= scale  # r of the step taken, after the script's clipping (HF201's r)
+            out.append((s["step"], value))
+        return out
 
     def threshold_lines(self, name: str | None, metric: str) -> list[HLine]:
         """A rule's threshold on the chart of the metric its finding is about."""
@@ -108,7 +116,8 @@ class _Context:
         for f in self.findings:
             ev = f.get("evidence") or {}
             t = num(ev.get("threshold"))
-            if ev.get("metric") == metric and t is not None and math.isfinite(t) and (
+            chart = "stability_ratio" if ev.get("metric") == "effective_ratio" else ev.get("metric")
+            if chart == metric and t is not None and math.isfinite(t) and (
                 name is None or f.get("component") == name
             ):
                 out.append(HLine(t, f"{f['rule']} limit {fmt(t)}", svg.BAD))

@@ -58,6 +58,8 @@ RUN_FEATURES: dict[str, str] = {
 COMPONENT_METRICS: dict[str, str] = {
     "grad_norm": "‖g_b‖ at the step (first micro-batch sum)",
     "grad_rms": "‖g_b‖/√n_b",
+    "grad_scale": "‖g_b‖ the optimizer applied / ‖g_b‖ backward produced: the script's clipping "
+    "or rescaling (1 = untouched, c/N under clip_grad_norm_)",
     "zero_grad_fraction": "share of exactly-zero (or missing) gradient entries",
     "grad_missing": "whether .grad stayed None",
     "update_ratio": "‖Δθ_b‖/‖θ_b‖ of the step's update",
@@ -79,6 +81,9 @@ COMPONENT_FEATURES: dict[str, str] = {
     **{k: f"series: {v}" for k, v in COMPONENT_METRICS.items()},
     "step": "series: the snapshot steps themselves",
     "trace_t": "series: trace/trace_se, the t-statistic of the trace",
+    "effective_ratio": "series: stability_ratio × grad_scale, r of the step actually taken "
+    "(after the script's gradient clipping; = stability_ratio where grad_scale is unmeasured, "
+    "and for Adam-family optimizers, whose m̂/√v̂ divides a steady gradient scale out)",
     "curvature_norm": "series: max(|λmax|, |λmin|) = ‖H_bb‖₂",
     "update_ratio_peers": "series: median update ratio of the other components",
     "grad_rms_peers": "series: median RMS gradient of the other components",
@@ -317,6 +322,11 @@ class Features:
             f["step"] = self.series(self.steps)
             f["trace_t"] = self.series([_ratio(t, se) for t, se in zip(m["trace"], m["trace_se"],
                                                                          strict=True)])
+            f["effective_ratio"] = self.series(
+                [_effective(r, g, p) for r, g, p in zip(
+                    m["stability_ratio"], m["grad_scale"],
+                    self._metric(name, "preconditioned"), strict=True)]
+            )
             f["curvature_norm"] = self.series(
                 [_spectral(a, b) for a, b in zip(m["lambda_max"], m["lambda_min"], strict=True)]
             )
@@ -499,6 +509,16 @@ def _ratio(a: Any, b: Any) -> float | None:
     if a is None or b is None or b == 0 or not math.isfinite(b):
         return None
     return a / b
+
+
+def _effective(ratio: Any, scale: Any, preconditioned: Any = None) -> float | None:
+    """r of the step the optimizer took: under SGD a gradient clipped to c/N of its size moves
+    the weights by lr·c/N, so the linear stability limit applies to that step, not to lr. Adam's
+    m̂/√v̂ divides a steady gradient scale out again, so there clipping changes nothing."""
+    r, g = _num(ratio), _num(scale)
+    if r is None or preconditioned is True:
+        return r
+    return r * g if g is not None and math.isfinite(g) else r
 
 
 def _spectral(lmax: Any, lmin: Any) -> float | None:
