@@ -42,6 +42,7 @@ def test_softmax_attention_entropy_and_logit(cli):
                                                        rel=1e-9)
     assert stats["max_logit"] == pytest.approx(float(logits.max()), rel=1e-9)
     assert stats["heads"] == 1 and stats["keys"] == 5
+    assert stats["mask_offset"] is None  # unmasked
 
 
 def test_sdpa_causal_attention_per_head(cli):
@@ -63,6 +64,7 @@ def test_sdpa_causal_attention_per_head(cli):
     )
     finite = logits[torch.isfinite(logits)]
     assert stats["max_logit"] == pytest.approx(float(finite.max()), rel=1e-5)
+    assert stats["mask_offset"] == 0  # is_causal=True: the causal mask itself
     # curvature still measured on the same step (math SDPA kernel forced)
     assert snap["curvature"]["error"] is None and snap["curvature"]["hvps"] > 0
 
@@ -88,4 +90,40 @@ def test_distilbert_attention_modules_are_named_like_their_components(cli):
     }
     for stats in snap["attention"].values():
         assert stats["heads"] == 2 and 0 < stats["entropy_norm_mean"] <= 1
+        assert stats["mask_offset"] is None  # a padding mask (finfo.min) is not causal-shaped
     assert snap["curvature"]["error"] is None
+
+
+def _masked(keep: torch.Tensor, fill: float = -math.inf) -> torch.Tensor:
+    scores = torch.randn(3, 2, *keep.shape, generator=torch.Generator().manual_seed(0))
+    return scores.masked_fill(~keep, fill)
+
+
+def _ahead(t: int) -> torch.Tensor:
+    i = torch.arange(t)
+    return i[None, :] - i[:, None]
+
+
+@pytest.mark.parametrize(
+    ("name", "scores", "expected"),
+    [
+        ("no mask", torch.randn(3, 2, 6, 6), None),
+        ("causal", _masked(torch.ones(6, 6, dtype=torch.bool).tril()), 0),
+        ("tril diagonal=1", _masked(torch.ones(6, 6, dtype=torch.bool).tril(1)), 1),
+        ("tril diagonal=2", _masked(torch.ones(6, 6, dtype=torch.bool).tril(2)), 2),
+        ("finfo.min fill", _masked(torch.ones(6, 6, dtype=torch.bool).tril(1),
+                                   torch.finfo(torch.float32).min), 1),
+        ("additive -1e4", torch.randn(6, 6) + (_ahead(6) > 1) * -1e4, 1),
+        ("padding", _masked(torch.ones(6, 6, dtype=torch.bool).index_fill(1, torch.tensor([4, 5]),
+                                                                          False)), None),
+        ("sliding window", _masked(_ahead(6).abs() <= 1), None),
+        ("differs across the batch", torch.cat([
+            _masked(torch.ones(6, 6, dtype=torch.bool).tril()),
+            _masked(torch.ones(6, 6, dtype=torch.bool).tril(1))]), None),
+        ("not square (cached keys)", _masked(torch.ones(6, 8, dtype=torch.bool).tril(2)), None),
+    ],
+)
+def test_causal_mask_offset_reads_the_mask_from_the_scores(name, scores, expected):
+    from hfault.probes.attention import causal_mask_offset
+
+    assert causal_mask_offset(scores) == expected, name

@@ -32,6 +32,8 @@ class AttentionStats:
     max_logit: float = -math.inf
     heads: int | None = None
     keys: int = 0
+    mask_offset: int | None = None
+    """k when the mask is causal-shaped, 'key j hidden from query i iff j − i > k' (0 = causal)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,7 @@ class AttentionStats:
             "heads": self.heads,
             "keys": self.keys,
             "calls": self.calls,
+            "mask_offset": self.mask_offset,
         }
 
 
@@ -152,9 +155,36 @@ class AttentionProbe:
                 per_head = heads.squeeze(-1).transpose(0, -2).reshape(heads.shape[-3], -1)
                 stats.heads = per_head.shape[0]
                 stats.head_min = min(stats.head_min, float(per_head.double().mean(1).min()))
+            if stats.mask_offset is None:
+                stats.mask_offset = causal_mask_offset(logits.detach())
             finite = logits.detach()[torch.isfinite(logits.detach())]
             if finite.numel():
                 stats.max_logit = max(stats.max_logit, float(finite.max()))
+
+
+MASKED_LOGIT = -5e3
+"""A score at or below this is masked: -inf, finfo.min (transformers) or an additive -10000 mask
+on top of the real score. Real attention logits stay far above it (HF205 calls 50 saturated),
+and the masked set must also form an exact triangle in every row and head to count."""
+
+
+def causal_mask_offset(logits: torch.Tensor) -> int | None:
+    """The k of a causal-shaped mask in square ``(..., T, T)`` scores: key j is masked from query
+    i exactly when j − i > k, the same in every batch row and head. k = 0 is a causal mask; k ≥ 1
+    lets each position see k positions ahead (``torch.tril(..., diagonal=1)``: a decoder reads
+    its own target). None when there is no such pattern: no mask, padding masks, bidirectional
+    or sliding-window attention, or masks that differ across the batch."""
+    t = logits.shape[-1]
+    if logits.dim() < 2 or logits.shape[-2] != t or t < 3:
+        return None
+    masked = (logits <= MASKED_LOGIT).reshape(-1, t, t)
+    first = masked[0]
+    if not bool(first.any()) or not bool((masked == first).all()):
+        return None
+    idx = torch.arange(t, device=logits.device)
+    ahead = idx[None, :] - idx[:, None]  # j − i
+    k = int(ahead[first].min()) - 1
+    return k if torch.equal(first, ahead > k) else None
 
 
 def _sdpa_logits(

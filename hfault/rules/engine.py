@@ -81,6 +81,10 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
     env.update(component=component, step=step)
     fix, lr_fix = _fix(rule, env, component, features)
     comp = features.by_name.get(component or "")
+    if comp is None and component:
+        # An attention module named as the component: its projections' source is its class.
+        comp = next((c for c in features.components if c.get("attention") == component
+                     and c.get("source")), None)
     location = None
     if lr_fix:
         location = _optimizer_source(features.report, comp)

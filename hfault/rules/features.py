@@ -129,6 +129,8 @@ ATTENTION_FEATURES: dict[str, str] = {
     "entropy_norm_head_min": "series: the lowest head's normalized entropy",
     "entropy_mean": "series: mean attention entropy (nats)",
     "max_logit": "series: largest pre-softmax attention logit",
+    "mask_offset": "series: k of a causal-shaped mask (key j hidden from query i iff j − i > k; "
+    "0 = causal, ≥ 1 = each query sees k keys ahead), none without one",
     "q_curv": "series: ‖H_QQ‖₂ of the module's query projection",
     "k_curv": "series: ‖H_KK‖₂ of its key projection",
     "v_curv": "series: ‖H_VV‖₂ of its value projection",
@@ -454,7 +456,7 @@ class Features:
             f: dict[str, Any] = {
                 key: self.series([decode(st.get(key)) for st in stats])
                 for key in ("entropy_norm_mean", "entropy_norm_head_min", "entropy_mean",
-                            "max_logit")
+                            "max_logit", "mask_offset")
             }
             weakest = q
             last_q, last_k = _last_num(qc.values), _last_num(kc.values)
