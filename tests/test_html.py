@@ -239,6 +239,24 @@ def verify_fix_block(report: dict[str, Any]) -> dict[str, Any]:
             {"component": "blocks.0.attn.k_proj", "metric": "weight_growth", "steps": steps,
              "before": [1.0] * len(steps), "after": [1.1] * len(steps)},
         ],
+        "findings": [
+            {"rule": "HF006", "name": "runaway-weight-growth", "component": "blocks.0.attn.q_proj",
+             "status": "gone", "motivating": True, "severity_before": "error",
+             "severity_after": None, "score_before": 3.2, "score_after": None},
+            {"rule": "HF205", "name": "attention-logit-growth", "component": "blocks.0.attn.q_proj",
+             "status": "weaker", "motivating": True, "severity_before": "warning",
+             "severity_after": "warning", "score_before": 2.0, "score_after": 1.1},
+            {"rule": "HF012", "name": "loss-oscillation", "component": None, "status": "new",
+             "motivating": False, "severity_before": None, "severity_after": "warning",
+             "score_before": None, "score_after": 0.3},
+        ],
+        "edges": [{"source": "blocks.0.attn.q_proj", "target": "blocks.0.attn.k_proj",
+                   "steps": steps,
+                   "kappa": {"before": [0.1] * (len(steps) - 1) + [0.81],
+                             "after": [0.05] * (len(steps) - 1) + [0.12]},
+                   "rho": {"before": [None] * len(steps), "after": [0.3] * len(steps)}}],
+        "skipped": [{"rule": "HF201", "component": "blocks.0.attn.k_proj", "kind": "lower_lr",
+                     "reason": "shares a tensor with <a fixed> component"}],
         "after": rerun,
     }
 
@@ -250,7 +268,14 @@ def test_verify_fix_renders_before_and_after(lr_report):
     section = page[start : page.index("</section>", start) + len("</section>")]
     assert 'class="badge f-fixed"' in section
     assert "&lt;after&gt; the fix &amp; the loss" in section
-    assert section.count("<tr><td><code>HF") == 2 + 1  # two fixes, one finding left
+    # two fixes, three findings compared, one finding left in the rerun
+    assert section.count("<tr><td><code>HF") == 2 + 3 + 1
+    assert 'class="change c-gone">gone</span> · fixed here' in section
+    assert 'class="change c-new">new</span></td>' in section
+    assert "warning → warning" in section and "2 → 1.1" in section
+    assert "0.81 → 0.12" in section  # κ at the last matched step
+    assert "– → 0.3" in section  # ρ unmeasured before
+    assert "shares a tensor with &lt;a fixed&gt; component" in section
     assert "lower_lr" in section and "clip_grad" in section and "0.003" in section
     charts = [s for s in svgs(section) if s.get("class") == "chart"]
     assert len(charts) == 1 + 2  # loss overlay + one per metrics entry

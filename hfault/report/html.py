@@ -351,10 +351,66 @@ def _verify_fix(vf: Any) -> str:
              Series("after", list(zip(steps, after, strict=False)), svg.PALETTE[2])],
             title=title, width=min(max(280, svg.text_width(title, 12) + 70), 560), height=150))
     parts.append(f'<div class="charts">{"".join(charts)}</div>')
+    parts += [_finding_changes(vf.get("findings")), _edge_changes(vf.get("edges")),
+              _skipped(vf.get("skipped"))]
     after = vf.get("after")
     if isinstance(after, Mapping):
         parts.append(_findings_diff(vf, after))
     return "".join(parts)
+
+
+def _arrow(before: Any, after: Any, digits: int = 3) -> str:
+    b, a = num(before), num(after)
+    return (f"{esc(fmt(b, digits) if b is not None else '–')} → "
+            f"{esc(fmt(a, digits) if a is not None else '–')}")
+
+
+def _finding_changes(rows: Any) -> str:
+    """Every finding of either run by (rule, component): gone, weaker, same, stronger or new."""
+    body = "".join(
+        f"<tr><td><code>{esc(d.get('rule'))}</code> {esc(d.get('name') or '')}</td>"
+        f"<td>{_name(d.get('component') or '(run)')}</td>"
+        f"<td><span class=\"change c-{esc(d.get('status'))}\">{esc(d.get('status'))}</span>"
+        f"{' · fixed here' if d.get('motivating') else ''}</td>"
+        f"<td>{esc(d.get('severity_before') or '–')} → {esc(d.get('severity_after') or '–')}"
+        f"</td><td class=num>{_arrow(d.get('score_before'), d.get('score_after'))}</td></tr>"
+        for d in rows or [] if isinstance(d, Mapping))
+    if not body:
+        return ""
+    return ("<h3>Findings, before → after</h3><table><thead><tr><th>rule</th><th>component</th>"
+            "<th>change</th><th>severity</th><th>score</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
+def _last_pair(values: Any) -> tuple[Any, Any]:
+    """(before, after) at the last matched step where both were measured (else the last)."""
+    before = list((values or {}).get("before") or [])
+    after = list((values or {}).get("after") or [])
+    pairs = list(zip(before, after, strict=False))
+    both = [p for p in pairs if num(p[0]) is not None and num(p[1]) is not None]
+    return (both or pairs or [(None, None)])[-1]
+
+
+def _edge_changes(rows: Any) -> str:
+    """κ and ρ of the fixed components' strongest couplings, at the last matched step."""
+    body = "".join(
+        f"<tr><td>{_name(e.get('source'))} — {_name(e.get('target'))}</td>"
+        f"<td class=num>{_arrow(*_last_pair(e.get('kappa')))}</td>"
+        f"<td class=num>{_arrow(*_last_pair(e.get('rho')), digits=2)}</td></tr>"
+        for e in rows or [] if isinstance(e, Mapping))
+    if not body:
+        return ""
+    return ("<h3>Couplings of the fixed components (last matched step)</h3><table><thead><tr>"
+            "<th>edge</th><th>κ before → after</th><th>ρ before → after</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
+def _skipped(rows: Any) -> str:
+    items = "".join(
+        f"<li><code>{esc(x.get('rule'))}</code> {_name(x.get('component'))} "
+        f"({esc(x.get('kind'))}): {esc(x.get('reason'))}</li>"
+        for x in rows or [] if isinstance(x, Mapping))
+    return f"<h3>Fixes not applied</h3><ul>{items}</ul>" if items else ""
 
 
 def _findings_diff(vf: Mapping[str, Any], after: Mapping[str, Any]) -> str:
@@ -711,6 +767,8 @@ text-transform:uppercase;letter-spacing:.05em;font-size:13px;color:#fff;backgrou
 .v-healthy,.f-fixed{background:var(--ok)}.v-suspicious,.f-improved{background:#c77c00}
 .v-faulty,.f-worse{background:var(--err)}.v-crashed{background:#6a1b9a}
 .f-unchanged,.f-not_applicable{background:#6b7580}
+.change{font-weight:600}.c-gone{color:var(--ok)}.c-weaker{color:#2e7d32}
+.c-stronger,.c-new{color:var(--err)}.c-same{color:#6b7580}
 .counts{opacity:.85}.top-comp{font-weight:600}
 .headline{font-size:16px;margin:6px 0 10px;max-width:1100px}
 dl.facts{display:flex;flex-wrap:wrap;gap:6px 22px;margin:0;font-size:12.5px}
