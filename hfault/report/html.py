@@ -375,10 +375,16 @@ def _finding_changes(rows: Any) -> str:
         f"<td>{esc(d.get('severity_before') or '–')} → {esc(d.get('severity_after') or '–')}"
         f"</td><td class=num>{_arrow(d.get('score_before'), d.get('score_after'))}</td></tr>"
         for d in rows or [] if isinstance(d, Mapping))
+    return _titled_table("Findings, before → after",
+                         ("rule", "component", "change", "severity", "score"), body)
+
+
+def _titled_table(title: str, headers: Sequence[str], body: str) -> str:
+    """An h3 and a table of ``body`` rows; nothing when there are no rows."""
     if not body:
         return ""
-    return ("<h3>Findings, before → after</h3><table><thead><tr><th>rule</th><th>component</th>"
-            "<th>change</th><th>severity</th><th>score</th></tr></thead>"
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    return (f"<h3>{esc(title)}</h3><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>")
 
 
@@ -398,11 +404,8 @@ def _edge_changes(rows: Any) -> str:
         f"<td class=num>{_arrow(*_last_pair(e.get('kappa')))}</td>"
         f"<td class=num>{_arrow(*_last_pair(e.get('rho')), digits=2)}</td></tr>"
         for e in rows or [] if isinstance(e, Mapping))
-    if not body:
-        return ""
-    return ("<h3>Couplings of the fixed components (last matched step)</h3><table><thead><tr>"
-            "<th>edge</th><th>κ before → after</th><th>ρ before → after</th></tr></thead>"
-            f"<tbody>{body}</tbody></table>")
+    return _titled_table("Couplings of the fixed components (last matched step)",
+                         ("edge", "κ before → after", "ρ before → after"), body)
 
 
 def _skipped(rows: Any) -> str:
