@@ -354,3 +354,23 @@ def test_headless_chromium_renders_it_without_errors_or_network(chromium, lr_run
         "</main>", '<img src="https://example.invalid/x.png"></main>'), encoding="utf-8")
     _browse(chromium, leaky, tmp_path, "--dump-dom")
     assert _page_requests(tmp_path / "net.json") == ["https://example.invalid/x.png"]
+
+
+def test_an_indefinite_rho_is_flagged_not_shown_as_a_correlation(lr_report):
+    """metrics.md: |ρ| > 1 means the 2×2 Hessian along the gradients is indefinite; both reports
+    say so instead of printing it like a correlation."""
+    from rich.console import Console
+
+    from hfault.report.terminal import render
+
+    graph = next(s["graph"] for s in reversed(lr_report["snapshots"])
+                 if (s.get("graph") or {}).get("edges"))
+    edges = sorted(graph["edges"], key=lambda e: -(e.get("kappa") or 0))
+    edges[0]["rho"], edges[1]["rho"] = -4.8, 0.5
+    console = Console(record=True, width=220)
+    render(lr_report, console)
+    text = console.export_text()
+    assert "-4.8*" in text and "0.5*" not in text
+    assert "indefinite" in text
+    page = to_html(lr_report)
+    assert page.count("(|ρ| &gt; 1: indefinite, not a correlation)") >= 1

@@ -469,9 +469,15 @@ def common_prefix(names: Sequence[str]) -> str:
     return ".".join(parts[0][:shared]) + "." if shared else ""
 
 
+def _indefinite(e: Mapping[str, Any]) -> str:
+    """metrics.md: |ρ| > 1 means the 2×2 Hessian along the gradients is indefinite."""
+    rho = num(e.get("rho"))
+    return " (|ρ| > 1: indefinite, not a correlation)" if rho is not None and abs(rho) > 1 else ""
+
+
 def _edge_tip(e: Mapping[str, Any]) -> str:
     return (f"{e.get('source')} — {e.get('target')}: κ = {fmt(num(e.get('kappa')), 3)} ± "
-            f"{fmt(num(e.get('kappa_se')), 2)}, ρ = {fmt(num(e.get('rho')), 2)}, "
+            f"{fmt(num(e.get('kappa_se')), 2)}, ρ = {fmt(num(e.get('rho')), 2)}{_indefinite(e)}, "
             f"‖H_ab‖_F = {fmt(num(e.get('hfro')), 3)}")
 
 

@@ -239,8 +239,20 @@ def _couplings(graph: Mapping[str, Any], console: Console) -> None:
     for e in edges:
         table.add_row(e["source"], e["target"],
                       f"{_fmt(e.get('kappa'), 2)} ± {_fmt(e.get('kappa_se'), 1)}",
-                      _fmt(e.get("rho"), 2))
+                      _rho(e.get("rho")))
+    if any(_indefinite(e.get("rho")) for e in edges):
+        table.caption = ("ρ* : |ρ| > 1, the 2×2 Hessian along the two gradients is indefinite: "
+                         "a sign of negative curvature, not a correlation")
     console.print(table)
+
+
+def _indefinite(rho: Any) -> bool:
+    return isinstance(rho, (int, float)) and math.isfinite(rho) and abs(rho) > 1
+
+
+def _rho(rho: Any) -> str:
+    """ρ, starred where |ρ| > 1 (metrics.md: indefinite, not a correlation)."""
+    return _fmt(rho, 2) + ("*" if _indefinite(rho) else "")
 
 
 def _attention(snapshot: Mapping[str, Any], console: Console) -> None:
