@@ -169,6 +169,7 @@ def test_grad_scale_is_what_the_scripts_clipping_did_to_the_step(cli, tmp_path: 
         assert len(scales) == 3  # the three Linear layers
         assert scales == pytest.approx([expected] * 3, rel=1e-6)
 
-    plain = cli("diagnose", str(SCRIPTS / "clip_train.py"), "--no-curvature", "--at", "1,4,9")
-    for snap in plain.report["snapshots"][:3]:
-        assert {m["grad_scale"] for m in snap["metrics"].values()} == {1.0}
+    if accum == 1:
+        plain = cli("diagnose", str(SCRIPTS / "clip_train.py"), "--no-curvature", "--at", "1,4,9")
+        for snap in plain.report["snapshots"][:3]:
+            assert {m["grad_scale"] for m in snap["metrics"].values()} == {1.0}
