@@ -169,14 +169,15 @@ and the masked set must also form an exact triangle in every row and head to cou
 
 
 def causal_mask_offset(logits: torch.Tensor) -> int | None:
-    """The k of a causal-shaped mask in square ``(..., T, T)`` scores: key j is masked from query
-    i exactly when j − i > k, the same in every batch row and head. k = 0 is a causal mask; k ≥ 1
-    lets each position see k positions ahead (``torch.tril(..., diagonal=1)``: a decoder reads
-    its own target). None when there is no such pattern: no mask, padding masks, bidirectional
-    or sliding-window attention, or masks that differ across the batch."""
+    """The k of a causal-shaped mask in square ``(batch, [heads,] T, T)`` scores: key j is
+    masked from query i exactly when j − i > k, the same in every batch row and head. k = 0 is
+    a causal mask; k ≥ 1 lets each position see k positions ahead (``torch.tril(...,
+    diagonal=1)``: a decoder reads its own target). None when there is no such pattern: no
+    mask, padding masks, bidirectional or sliding-window attention, or masks that differ across
+    the batch."""
     t = logits.shape[-1]
-    if logits.dim() < 2 or logits.shape[-2] != t or t < 3:
-        return None
+    if logits.dim() < 3 or logits.shape[-2] != t or t < 3:
+        return None  # 2-D softmax inputs are (batch, positions) pooling scores, not query × key
     masked = (logits <= MASKED_LOGIT).reshape(-1, t, t)
     first = masked[0]
     if not bool(first.any()) or not bool((masked == first).all()):
