@@ -323,7 +323,7 @@ def measure(
     coupled = _names_to_idx(op, s.coupling_blocks)
     coupled_set = set(coupled)
     eig_set = set(_names_to_idx(op, s.eig_blocks))
-    setups = stability_setups or {}
+    setups = dict(stability_setups or {})
     notes: list[str] = []
 
     lres: dict[int, LanczosResult] = {}
@@ -334,6 +334,11 @@ def measure(
         c0 = op.hvp_count
         deflation = None
         setup = setups.get(op.blocks[b].name)
+        if setup is not None and setup.moments is not None:
+            grad = op.gradient(b)
+            if setup.rule.l2:  # coupled weight decay is part of the gradient Adam normalizes
+                grad = grad + setup.rule.l2 * op.flatten(b, [p.detach() for p in op.params])
+            setup = setups[op.blocks[b].name] = setup.for_gradient(grad)
         precond = b in eig_set and setup is not None and setup.inv_sqrt_p is not None
         known: list[Tensor] | None = [] if precond else None
         if b in eig_set:

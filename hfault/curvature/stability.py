@@ -10,7 +10,11 @@ The threshold ``τ`` depends on the optimizer's update rule on a 1-D quadratic (
   ``τ = (2 + 2β)/(1 + 2β)``.
 * Adam / AdamW: ``τ = (2 + 2β₁)/(1 - β₁)`` (38 for β₁ = 0.9, Cohen et al. 2022), applied to the
   *preconditioned* ``λ̃ = λmax(P^{-1/2} H_bb P^{-1/2})``, ``P = diag(sqrt(v̂) + ε)``,
-  ``v̂ = exp_avg_sq / (1 - β₂^t)`` (``max_exp_avg_sq`` with amsgrad).
+  ``v̂ = exp_avg_sq / (1 - β₂^t)`` (``max_exp_avg_sq`` with amsgrad). ``v̂`` is that of the
+  step about to be taken: the state read before the step with this step's gradient folded in
+  (``v ← β₂v + (1−β₂)g²``, ``t ← t+1``), exactly Adam's denominator. Read before the step alone,
+  an embedding row that no batch had used yet has ``v̂ = 0`` and ``P^{-1/2} = ε^{-1/2}``, which
+  inflated ``λ̃`` by up to 1e8 on healthy long-tailed vocabularies.
 
 Coupled L2 weight decay (SGD's and Adam's ``weight_decay``) adds ``wd·I`` to the curvature the
 update sees, so it is added (``l2``); AdamW's decoupled decay is not curvature and is ignored.
@@ -21,7 +25,7 @@ and say so in ``note``. Everything here is pure: it reads the optimizer and neve
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +34,7 @@ from torch import Tensor
 from hfault.curvature.blocks import Block
 
 __all__ = [
+    "AdamMoments",
     "StabilityResult",
     "StabilityRule",
     "StabilitySetup",
@@ -56,11 +61,40 @@ class StabilityRule:
 
 
 @dataclass(frozen=True)
+class AdamMoments:
+    """A block's Adam second moment as read before the step (flat, raw ``exp_avg_sq``)."""
+
+    exp_avg_sq: Tensor
+    beta2: float
+    step: float
+    eps: float
+
+    def inv_sqrt_p(self, grad: Tensor | None) -> Tensor:
+        """``(sqrt(v̂) + ε)^{-1/2}`` of the step taken with ``grad`` (``None``: the state as is)."""
+        v, t = self.exp_avg_sq, self.step
+        if grad is not None:
+            g = grad.detach().reshape(-1).to(v)
+            v = self.beta2 * v + (1 - self.beta2) * g * g
+            t += 1
+        return ((v / (1 - self.beta2**t)).sqrt() + self.eps).rsqrt()
+
+
+@dataclass(frozen=True)
 class StabilitySetup:
-    """A block's rule plus its flat ``P^{-1/2}`` diagonal (``None``: not preconditioned)."""
+    """A block's rule plus its flat ``P^{-1/2}`` diagonal (``None``: not preconditioned).
+
+    ``moments`` (Adam without amsgrad) lets ``for_gradient`` fold the step's own gradient into
+    ``P`` once the measurement has computed it."""
 
     rule: StabilityRule
     inv_sqrt_p: Tensor | None = None
+    moments: AdamMoments | None = None
+
+    def for_gradient(self, grad: Tensor) -> StabilitySetup:
+        """The setup of the step taken with ``grad`` (unchanged without Adam moments)."""
+        if self.moments is None:
+            return self
+        return replace(self, inv_sqrt_p=self.moments.inv_sqrt_p(grad))
 
 
 @dataclass(frozen=True)
@@ -140,6 +174,28 @@ def adam_preconditioner(
     return torch.cat(pieces)
 
 
+def adam_moments(
+    block: Block,
+    states: Mapping[int, Mapping[str, Any]],
+    group: Mapping[str, Any],
+) -> AdamMoments | None:
+    """The block's raw ``exp_avg_sq`` before the step, or ``None`` (no state, or amsgrad, whose
+    running maximum cannot be folded with the step's gradient alone)."""
+    if bool(group.get("amsgrad", False)):
+        return None
+    pieces, step = [], 0.0
+    for part in block.parts:
+        st = states.get(part.index)
+        if not st or "exp_avg_sq" not in st or "step" not in st:
+            return None
+        step = _f(st["step"])
+        if step <= 0:
+            return None
+        pieces.append(part.view(st["exp_avg_sq"]).detach().to(torch.float64).reshape(-1))
+    return AdamMoments(torch.cat(pieces), _f(group["betas"][1]), step,
+                       _f(group.get("eps", 1e-8)))
+
+
 def block_stability_setup(
     optimizer: torch.optim.Optimizer | None, block: Block, params: Sequence[Tensor]
 ) -> StabilitySetup:
@@ -174,7 +230,7 @@ def block_stability_setup(
     if d is None:
         rule = StabilityRule(rule.optimizer, rule.lr, rule.tau, False, rule.l2,
                              _join(rule.note, "no Adam state yet: un-preconditioned lambda_max"))
-    return StabilitySetup(rule, d)
+    return StabilitySetup(rule, d, adam_moments(block, states, group) if d is not None else None)
 
 
 def _join(a: str, b: str) -> str:

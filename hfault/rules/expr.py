@@ -278,6 +278,19 @@ def _spikes(x: Any, factor: Any, window: Any) -> int:
     )
 
 
+def _rolling_median(x: Any, window: Any) -> Series:
+    """At each measured point, the median of it and the ``window − 1`` measured points before
+    (the first ``window − 1`` points have none): a level that one noisy batch cannot move."""
+    if not isinstance(x, Series) or not _is_num(window) or not math.isfinite(window):
+        raise ExprError("rolling_median(series, window) needs a series and a finite number")
+    w = max(1, int(window))
+    pairs = [(s, float(v)) for s, v in x.present() if _is_num(v) and math.isfinite(v)]
+    steps = tuple(s for s, _ in pairs[w - 1 :])
+    values = tuple(statistics.median(v for _, v in pairs[i - w + 1 : i + 1])
+                   for i in range(w - 1, len(pairs)))
+    return Series(steps, values)
+
+
 CUSUM_MIN_SIGMA = 0.05
 """Floor of the calibration standard deviation: a flat calibration window (sd ≈ 0) would make any
 wobble an alarm. Series passed through log10 make it a 12% relative change."""
@@ -330,6 +343,8 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "tail": (_tail, "tail(series, frac): the last share of a series"),
     "spikes": (_spikes, "spikes(series, factor, window): values above factor × the median "
                "of the window before them"),
+    "rolling_median": (_rolling_median, "rolling_median(series, window): at each point the "
+                       "median of the last `window` measured values (a level, not a spike)"),
     "cusum_onset": (lambda x, k, h, c: _cusum(x, k, h, c)[0],
                     "cusum_onset(series, k, h, calib): the step where an upward regime change "
                     "began (one-sided CUSUM standardized on the first calib values), or none"),

@@ -97,8 +97,10 @@ def test_preconditioned_lambda_against_dense(make) -> None:
         op = HessianOperator(case.loss_fn(), case.params, case.blocks)
         snap = measure(op, CurvatureSettings(probes=3, lanczos_steps=m, precond_tol=tol),
                        stability_setups=setups, generator=torch.Generator().manual_seed(0))
-        for b in case.blocks:
-            dd = setups[b.name].inv_sqrt_p
+        for i, b in enumerate(case.blocks):
+            setup = setups[b.name]
+            grad = op.gradient(i) + setup.rule.l2 * op.flatten(i, [p.detach() for p in op.params])
+            dd = setup.for_gradient(grad).inv_sqrt_p
             assert dd is not None
             h = d.sub(b, b) + 0.1 * torch.eye(dd.numel(), dtype=torch.float64)
             lam = torch.linalg.eigvalsh(dd[:, None] * h * dd[None, :])

@@ -45,7 +45,9 @@ def _measure(theta, a, opt) -> tuple:
     snap = measure(op, CurvatureSettings(probes=4, lanczos_steps=5, tol=1e-12,
                                              precond_tol=1e-12),
                    stability_setups={"theta": setup})
-    return snap.block("theta"), setup
+    # the setup the measurement used: Adam's P with this step's gradient (coupled L2 included)
+    grad = (a @ theta + setup.rule.l2 * theta).detach()
+    return snap.block("theta"), setup.for_gradient(grad)
 
 
 def test_sgd_ratio_and_suggestion() -> None:
@@ -119,7 +121,11 @@ def test_adam_preconditioned_lambda(amsgrad: bool) -> None:
     opt = _adam_after_steps(torch.optim.Adam, theta, a, amsgrad=amsgrad)
     b, setup = _measure(theta, a, opt)
     st = opt.state[theta]
-    v = st["max_exp_avg_sq" if amsgrad else "exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
+    if amsgrad:  # the running maximum as read before the step
+        v = st["max_exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
+    else:  # this step's gradient g = Aθ folded into v, as Adam's own update does
+        g = (a @ theta).detach()
+        v = (0.999 * st["exp_avg_sq"] + 0.001 * g * g) / (1 - 0.999 ** (float(st["step"]) + 1))
     d = (v.sqrt() + 1e-8).rsqrt()
     torch.testing.assert_close(setup.inv_sqrt_p, d, rtol=1e-12, atol=0)
     want = float(torch.linalg.eigvalsh(d[:, None] * a * d[None, :])[-1])
@@ -176,3 +182,31 @@ def test_sliced_preconditioner() -> None:
     assert d is not None
     want = (w[1:3].reshape(-1) / (1 - 0.25)).sqrt().rsqrt()
     torch.testing.assert_close(d, want)
+
+
+def test_adam_preconditioner_of_the_step_taken_matches_torch_adam() -> None:
+    """P folded with the step's gradient is exactly the denominator torch's Adam divides by, and
+    a row no gradient has reached yet (v = 0, an unused embedding row) is not inflated to ε^-1/2."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    opt = torch.optim.Adam([w], lr=0.1, betas=(0.9, 0.99), eps=1e-8)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (w[1:] ** 2).sum()  # row 0 never gets a gradient: its v stays 0
+        loss.backward()
+        opt.step()
+    g = torch.zeros_like(w)
+    g[0] = torch.tensor([0.5, -1.0, 2.0])  # row 0's first gradient
+    g[1:] = 2 * w.detach()[1:]
+    block = Block("w", (BlockPart(0),))
+    group = opt.param_groups[0]
+    setup = block_stability_setup(opt, block, [w]).for_gradient(g.reshape(-1))
+    stale = adam_preconditioner(block, {0: opt.state[w]}, group)
+    assert setup.inv_sqrt_p is not None and stale is not None
+    assert float(stale[:3].max()) == pytest.approx(1e4)  # eps^-1/2: the old inflation
+    w.grad = g.clone()
+    opt.step()
+    st = opt.state[w]
+    denom = (st["exp_avg_sq"] / (1 - 0.99 ** float(st["step"]))).sqrt() + 1e-8
+    torch.testing.assert_close(setup.inv_sqrt_p, denom.reshape(-1).rsqrt(), rtol=1e-12, atol=0)
+    assert float(setup.inv_sqrt_p[:3].max()) < 10

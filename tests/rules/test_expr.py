@@ -435,7 +435,7 @@ def test_function_table_is_the_documented_set() -> None:
         "last", "first", "max", "min", "mean", "median", "count", "any", "all", "streak",
         "step_of_max", "step_of_min", "first_step", "last_step", "where", "exists", "isfinite",
         "abs", "log10", "log2", "sqrt", "mean_first", "mean_last", "tail", "spikes",
-        "cusum_onset", "cusum_alarm", "cusum_max",
+        "cusum_onset", "cusum_alarm", "cusum_max", "rolling_median",
     }
     assert set(FUNCTIONS) == expected
     assert all(doc for _, doc in FUNCTIONS.values())
@@ -621,3 +621,12 @@ def test_aggregate_without_arguments_is_an_expr_error(source: str) -> None:
 def test_non_finite_fraction_or_window_is_an_expr_error(source: str) -> None:
     with pytest.raises(ExprError):
         ev(source, s=S, inf=INF, nan=NAN)
+
+
+def test_rolling_median_is_a_level_that_one_spike_cannot_move() -> None:
+    x = Series((1, 2, 3, 4, 5, 6), (1.0, 9.0, 1.0, 1.0, None, 5.0))
+    got = ev("rolling_median(x, 3)", x=x)
+    assert got.steps == (3, 4, 6) and got.values == (1.0, 1.0, 1.0)
+    assert ev("max(rolling_median(x, 1))", x=x) == 9.0
+    with pytest.raises(ExprError):
+        ev("rolling_median(1, 3)")
