@@ -67,6 +67,8 @@ class Component:
     access: str = ""
     """Python expression, on the root module ``model``, for the parameters to put in a param group
     (a fused tensor's slice cannot be split off: it names the whole fused module)."""
+    init: dict[str, object] | None = None
+    """Initialization statistics read before the first update (``probes.init_scale``)."""
 
     @property
     def numel(self) -> int:
@@ -85,6 +87,7 @@ class Component:
             "optimizer": self.optimizer,
             "parameters": [_part_label(p) for p in self.parts],
             "access": self.access,
+            "init": self.init,
         }
 
 

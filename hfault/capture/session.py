@@ -49,6 +49,7 @@ from hfault.probes.gradients import (
     raw_grad_sq,
     update_ratio,
 )
+from hfault.probes.init_scale import init_statistics
 from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import (
     ActivationWatch,
@@ -420,6 +421,9 @@ class CaptureSession:
         # Report components in forward order (where a fault propagates from), not the
         # optimizers' param-group order.
         position = {mid: i for i, mid in enumerate(self.state.modules)}
+        known = {c.name: c.init for c in self.state.components}
+        for comp in components:  # read once, before the component's first update
+            comp.init = known[comp.name] if comp.name in known else init_statistics(comp)
         self.state.components = sorted(
             components,
             key=lambda c: position.get(id(c.module), len(position)) if c.module else len(position),

@@ -101,6 +101,12 @@ COMPONENT_FEATURES: dict[str, str] = {
     "module_type": "class name of the module that owns the parameters",
     "source": "file:line of the class that defines the component's module",
     "init_rms": "weight RMS at the first snapshot",
+    "init_scale": "rms(W)·√fan_in of the largest ≥2-D weight before the first update (about "
+    "0.2–1.4 for standard initializers; none for embeddings, biases, norm gains, scalars)",
+    "init_scale_peers": "median init_scale of the other components",
+    "init_fan_in": "fan-in of that weight",
+    "init_mean_ratio": "|mean(W)|/std(W) of that weight before the first update (≈ 1/√numel "
+    "for a zero-mean initializer)",
     "weight_growth": "‖θ_b‖ at the last snapshot / at the first",
     "weight_growth_peers": "median weight growth of the other components (init RMS ≥ 1e-3)",
     "grad_rms_growth": "RMS gradient at the last snapshot / at the first (≥ 3 snapshots)",
@@ -350,7 +356,13 @@ class Features:
                 growth[n][0] for n in others
                 if growth[n][1] is not None and growth[n][1] >= _MIN_PEER_INIT_RMS
             ]
+            init = comp.get("init") or {}
             f.update(
+                init_scale=_num(init.get("scale")),
+                init_scale_peers=_median(
+                    _num((self.by_name[n].get("init") or {}).get("scale")) for n in others),
+                init_mean_ratio=_num(init.get("mean_ratio")),
+                init_fan_in=_num(init.get("fan_in")),
                 name=name,
                 role=comp["role"],
                 block_type=kind,

@@ -68,6 +68,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
             "optimizer": 0,
             "parameters": ["weight"],
             "access": f'list(model.get_submodule("{comp["name"]}").parameters())',
+            "init": comp.get("init"),
         })
     snapshots = []
     curvature_error = spec.get("curvature_error")

@@ -1,0 +1,48 @@
+"""How a component's weight was initialized, in units that do not depend on the architecture.
+
+A weight matrix ``W`` with fan-in ``n`` maps unit-variance inputs to outputs of RMS about
+``rms(W)·√n``; every standard initializer keeps that near 1 (PyTorch's default Linear/Conv init
+gives 1/√3 ≈ 0.58, Kaiming and Xavier ≤ √2, transformers' N(0, 0.02) about 0.16 at width 64 and
+0.55 at 768). A layer initialized 50× too large sits at 8-30, far outside that band, whatever the
+width, the framework or the optimizer. A mean shift is caught by ``|mean(W)|/std(W)``, which is
+about 1/√numel for any zero-mean initializer. Read once, before the first update: these are
+properties of the initialization, not of training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from hfault.components import Component
+
+_TRANSPOSED = {"Conv1D"}  # transformers' GPT-2 Conv1D stores (in, out)
+_NOT_A_MAP = {"Embedding", "EmbeddingBag"}  # a lookup table: no fan-in to scale against
+
+
+def init_statistics(component: Component) -> dict[str, Any] | None:
+    """``{"scale", "mean_ratio", "fan_in", "shape"}`` of the component's largest ≥2-D weight, or
+    ``None`` when it has none (biases, norm gains, scalars) or it is an embedding table."""
+    if component.module_type in _NOT_A_MAP:
+        return None
+    parts = [p for p in component.parts if p.param.dim() >= 2]
+    if not parts:
+        return None
+    part = max(parts, key=lambda p: p.numel)
+    with torch.no_grad():
+        w = part.view(part.param.detach()).to(torch.float64)
+        if w.numel() < 2 or not bool(torch.isfinite(w).all()):
+            return None
+        shape = tuple(w.shape)
+        fan_in = shape[0] if component.module_type in _TRANSPOSED else w.numel() // shape[0]
+        rms = float(w.square().mean().sqrt())
+        std = float(w.std())
+        mean = float(w.mean())
+    return {
+        "scale": rms * math.sqrt(fan_in),
+        "mean_ratio": abs(mean) / std if std > 0 else None,
+        "fan_in": int(fan_in),
+        "shape": list(shape),
+    }
