@@ -374,3 +374,26 @@ def test_an_indefinite_rho_is_flagged_not_shown_as_a_correlation(lr_report):
     assert "indefinite" in text
     page = to_html(lr_report)
     assert page.count("(|ρ| &gt; 1: indefinite, not a correlation)") >= 1
+
+
+def test_html_plots_the_same_effective_ratio_the_rules_read() -> None:
+    """Clipped Adam: the rules' r ignores grad_scale (m̂/√v̂ divides it out); the HTML chart
+    once multiplied it in and drew r = 0.62 under HF201's line while the finding said 3.1."""
+    from hfault.report.html import _Context
+    from hfault.rules.features import Features
+
+    metrics = {"stability_ratio": 3.1, "grad_scale": 0.2, "preconditioned": True}
+    sgd = {"stability_ratio": 3.1, "grad_scale": 0.2, "preconditioned": False}
+    report = {
+        "components": [{"name": "adam_q", "role": "query", "numel": 100},
+                       {"name": "sgd_q", "role": "query", "numel": 100}],
+        "snapshots": [{"step": 5, "metrics": {"adam_q": metrics, "sgd_q": sgd}}],
+        "findings": [],
+    }
+    ctx = _Context.of(report)
+    features = Features(report)
+    for name in ("adam_q", "sgd_q"):
+        rules_r = features.component_features(name)["effective_ratio"].values
+        assert [v for _, v in ctx.series(name, "stability_ratio")] == list(rules_r)
+    assert ctx.series("adam_q", "stability_ratio") == [(5, 3.1)]
+    assert ctx.series("sgd_q", "stability_ratio")[0][1] == pytest.approx(0.62)

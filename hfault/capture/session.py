@@ -434,6 +434,9 @@ class CaptureSession:
         """id(module) -> name relative to its root, for every module seen running."""
         seen = list(self.state.modules.values())
         params = [p for c in self.state.components for p in (part.param for part in c.parts)]
+        if not params:  # before the first backward: name by what the optimizers hold
+            params = [p for opt in self.state.optimizers for g in opt.param_groups
+                      for p in g["params"]]
         roots = find_roots(seen, params)
         names: dict[int, str] = {}
         for root, prefix in zip(roots, root_prefixes(roots), strict=True):

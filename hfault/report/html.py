@@ -18,6 +18,7 @@ from typing import Any
 
 from hfault.report import svg
 from hfault.report.svg import HLine, Mark, Series, esc, fmt, num
+from hfault.rules.features import effective_ratio
 
 _VERDICTS = ("healthy", "suspicious", "faulty", "crashed")
 _FIX_VERDICTS = ("fixed", "improved", "unchanged", "worse", "not_applicable")
@@ -104,9 +105,8 @@ class _Context:
         for s in self.snapshots:
             m = (s.get("metrics") or {}).get(name, {})
             value = num(m.get(metric))
-            scale = num(m.get("grad_scale"))
-            if metric == "stability_ratio" and value is not None and scale is not None:
-                value *= scale  # r of the step taken, after the script's clipping (HF201's r)
+            if metric == "stability_ratio":  # r of the step taken: the very number HF201 reads
+                value = effective_ratio(value, m.get("grad_scale"), m.get("preconditioned"))
             out.append((s["step"], value))
         return out
 

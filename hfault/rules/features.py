@@ -29,6 +29,8 @@ RUN_FEATURES: dict[str, str] = {
     "steps": "optimizer steps seen",
     "optimizer": "class name of the (first) optimizer",
     "base_lr": "the largest learning rate an optimizer was created with",
+    "update_ratio_median": "series: the median update ratio ‖Δθ‖/‖θ‖ over the components of "
+    "at least 16 parameters (the whole model's step size relative to its weights)",
     "measured_steps": "number of snapshots",
     "loss": "series: the loss at every step (its own steps, not the snapshots')",
     "loss_points": "number of finite loss values",
@@ -247,6 +249,12 @@ class Features:
             "loss_points": len(finite),
             "loss_all_finite": len(finite) == len(losses),
         }
+        big = [c["name"] for c in self.components if int(c.get("numel") or 0) >= 16]
+        out["update_ratio_median"] = self.series([
+            _median(_num(decode(snap["metrics"].get(name, {}).get("update_ratio")))
+                    for name in big)
+            for snap in self.snapshots
+        ])
         out.update(self._nonfinite())
         out.update(self._curvature_errors())
         return out
@@ -334,7 +342,7 @@ class Features:
             f["trace_t"] = self.series([_ratio(t, se) for t, se in zip(m["trace"], m["trace_se"],
                                                                          strict=True)])
             f["effective_ratio"] = self.series(
-                [_effective(r, g, p) for r, g, p in zip(
+                [effective_ratio(r, g, p) for r, g, p in zip(
                     m["stability_ratio"], m["grad_scale"],
                     self._metric(name, "preconditioned"), strict=True)]
             )
@@ -528,7 +536,7 @@ def _ratio(a: Any, b: Any) -> float | None:
     return a / b
 
 
-def _effective(ratio: Any, scale: Any, preconditioned: Any = None) -> float | None:
+def effective_ratio(ratio: Any, scale: Any, preconditioned: Any = None) -> float | None:
     """r of the step the optimizer took: under SGD a gradient clipped to c/N of its size moves
     the weights by lr·c/N, so the linear stability limit applies to that step, not to lr. Adam's
     m̂/√v̂ divides a steady gradient scale out again, so there clipping changes nothing."""
