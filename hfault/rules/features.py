@@ -31,6 +31,9 @@ RUN_FEATURES: dict[str, str] = {
     "base_lr": "the largest learning rate an optimizer was created with",
     "update_ratio_median": "series: the median update ratio ‖Δθ‖/‖θ‖ over the components of "
     "at least 16 parameters (the whole model's step size relative to its weights)",
+    "weight_growth_median": "median weight growth (last/first snapshot) over the components of "
+    "at least 16 parameters with init RMS ≥ 1e-3: how far the whole model moved",
+    "components_judged": "number of components in weight_growth_median",
     "measured_steps": "number of snapshots",
     "loss": "series: the loss at every step (its own steps, not the snapshots')",
     "loss_points": "number of finite loss values",
@@ -107,6 +110,8 @@ COMPONENT_FEATURES: dict[str, str] = {
     "0.2–1.4 for standard initializers; none for embeddings, biases, norm gains, scalars)",
     "init_scale_peers": "median init_scale of the other components",
     "init_fan_in": "fan-in of that weight",
+    "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
+    "1 = last (the report lists components in forward order)",
     "init_mean_ratio": "|mean(W)|/std(W) of that weight before the first update (≈ 1/√numel "
     "for a zero-mean initializer)",
     "weight_growth": "‖θ_b‖ at the last snapshot / at the first",
@@ -255,6 +260,15 @@ class Features:
                     for name in big)
             for snap in self.snapshots
         ])
+        growths = []
+        for comp in self.components:
+            if int(comp.get("numel") or 0) < 16:
+                continue
+            g, rms = self._growth(comp["name"], self._metric(comp["name"], "weight_norm"))
+            if g is not None and rms is not None and rms >= _MIN_PEER_INIT_RMS:
+                growths.append(g)
+        out["weight_growth_median"] = _median(growths)
+        out["components_judged"] = len(growths)
         out.update(self._nonfinite())
         out.update(self._curvature_errors())
         return out
@@ -332,7 +346,8 @@ class Features:
         }
         growth = {name: self._growth(name, m["weight_norm"]) for name, m in raw.items()}
         out: dict[str, dict[str, Any]] = {}
-        for comp in self.components:
+        last = max(1, len(self.components) - 1)
+        for index, comp in enumerate(self.components):
             name, m = comp["name"], raw[comp["name"]]
             others = [n for n in raw if n != name]
             kind = self._block_type(comp)
@@ -371,6 +386,7 @@ class Features:
                     _num((self.by_name[n].get("init") or {}).get("scale")) for n in others),
                 init_mean_ratio=_num(init.get("mean_ratio")),
                 init_fan_in=_num(init.get("fan_in")),
+                forward_position=index / last,
                 name=name,
                 role=comp["role"],
                 block_type=kind,
