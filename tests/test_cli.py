@@ -111,6 +111,7 @@ def test_nothing_to_diagnose_is_a_clear_usage_error(cli, script, what):
     assert_one_line_error(result.stderr, what)
     assert result.report["run"]["status"] == "completed"
     assert any("nothing to diagnose" in note for note in result.report["notes"])
+    assert result.report["summary"]["verdict"] == "not_diagnosed"  # never "healthy"
 
 
 def test_script_crash_exits_3_with_partial_report(cli):

@@ -190,8 +190,7 @@ class CaptureSession:
         self._close_window()
         self._watch.clear()
         self._grad_watch.clear()
-        order = self.forward_order() if self.state.components else {}
-        output = max(order, key=lambda n: order[n]) if order else None
+        output = self.output_component()
         self.state.loss_inputs = [
             {**e.to_dict(), "output_component": output} for e in self._loss_watch.flagged()
         ]
@@ -448,6 +447,17 @@ class CaptureSession:
                 full = f"{type(other).__name__}.{path}" if path else type(other).__name__
                 names.setdefault(id(module), full)
         return names
+
+    def output_component(self) -> str | None:
+        """The component whose parameters the last module with parameters in the forward used:
+        the output layer. A head tied to the embedding (GPT-2's lm_head) runs last but owns no
+        component of its own; its weight belongs to the embedding's, which is named then."""
+        owner = {id(part.param): c.name for c in self.state.components for part in c.parts}
+        for module in reversed(list(self.state.modules.values())):
+            for p in module.parameters(recurse=False):
+                if id(p) in owner:
+                    return owner[id(p)]
+        return None
 
     def forward_order(self) -> dict[str, int]:
         """Component name -> index of its module's first forward call."""

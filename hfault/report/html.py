@@ -20,7 +20,7 @@ from hfault.report import svg
 from hfault.report.svg import HLine, Mark, Series, esc, fmt, num
 from hfault.rules.features import effective_ratio
 
-_VERDICTS = ("healthy", "suspicious", "faulty", "crashed")
+_VERDICTS = ("healthy", "suspicious", "faulty", "crashed", "not_diagnosed")
 _FIX_VERDICTS = ("fixed", "improved", "unchanged", "worse", "not_applicable")
 _ROLE_ORDER = {"query": 0, "key": 1, "value": 2, "output": 3, "attention-pooling": 4,
                "cross-attention": 5, "other": 6}
@@ -773,7 +773,7 @@ header.top code{color:#fff}
 .verdict-line{display:flex;flex-wrap:wrap;align-items:center;gap:14px;margin:10px 0 4px}
 .badge{display:inline-block;padding:3px 12px;border-radius:14px;font-weight:700;
 text-transform:uppercase;letter-spacing:.05em;font-size:13px;color:#fff;background:#777}
-.v-healthy,.f-fixed{background:var(--ok)}.v-suspicious,.f-improved{background:#c77c00}
+.v-healthy,.f-fixed{background:var(--ok)}.v-not_diagnosed{background:#7a4a9a}.v-suspicious,.f-improved{background:#c77c00}
 .v-faulty,.f-worse{background:var(--err)}.v-crashed{background:#6a1b9a}
 .f-unchanged,.f-not_applicable{background:#6b7580}
 .change{font-weight:600}.c-gone{color:var(--ok)}.c-weaker{color:#2e7d32}

@@ -160,6 +160,8 @@ class Report:
     def verdict(self) -> str:
         if self.run.status == "crashed":
             head = "crashed"
+        elif self.run.steps == 0 and not any(f.severity != "info" for f in self.findings):
+            head = "not_diagnosed"  # no optimizer step was seen: never a "healthy" banner
         elif not self.findings or all(f.severity == "info" for f in self.findings):
             head = "healthy"
         elif any(f.severity == "error" for f in self.findings):

@@ -22,6 +22,7 @@ _VERDICT_STYLE = {
     "suspicious": "bold yellow",
     "faulty": "bold red",
     "crashed": "bold red",
+    "not_diagnosed": "bold magenta",
 }
 MAX_COMPONENT_ROWS = 40
 MAX_SNIPPETS = 3
@@ -50,7 +51,7 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     console.print(Rule("[bold]hfault report"))
     verdict, counts = summary["verdict"], summary["counts"]
     head = Text()
-    head.append(f"{verdict.upper()}", style=_VERDICT_STYLE.get(verdict, "bold"))
+    head.append(verdict.replace("_", " ").upper(), style=_VERDICT_STYLE.get(verdict, "bold"))
     head.append(
         f"  {counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info"
     )

@@ -160,6 +160,8 @@ ATTENTION_FEATURES: dict[str, str] = {
     "k_weight_growth": "weight growth of the key projection",
     "fastest_qk": "of query and key, the one whose weights grew more (else the query)",
     "keys": "number of keys attended over (last measured)",
+    "max_logit_peers": "median of the other attention modules' last max_logit (none without "
+    "other attention modules)",
 }
 
 VOCABULARY: dict[str, dict[str, str]] = {
@@ -475,6 +477,11 @@ class Features:
                 if module not in modules:
                     modules.append(module)
         comps = self._all_components()
+        last_logit = {
+            m: _last_num(decode((s.get("attention") or {}).get(m, {}).get("max_logit"))
+                         for s in self.snapshots)
+            for m in modules
+        }
         subjects = []
         for module in modules:
             stats = [(s.get("attention") or {}).get(module, {}) for s in self.snapshots]
@@ -522,6 +529,7 @@ class Features:
                 q_weight_growth=qg,
                 k_weight_growth=kg,
                 fastest_qk=fastest or weakest or module,
+                max_logit_peers=_median(v for m, v in last_logit.items() if m != module),
             )
             subjects.append(Subject("attention", module, {**self.run, **f},
                                     component=weakest or module))
