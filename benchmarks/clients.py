@@ -1,0 +1,479 @@
+"""hfault on public training code the team did not write, run as a new user would.
+
+    .venv/bin/python benchmarks/clients.py                       # every client, both modes
+    .venv/bin/python benchmarks/clients.py nanogpt mingpt        # some clients
+    .venv/bin/python benchmarks/clients.py --mode first-order    # one mode
+    .venv/bin/python benchmarks/clients.py --rescore benchmarks/results/clients   # no runs
+    .venv/bin/python benchmarks/clients.py --json table.json     # also write every row
+
+The clients are checkouts of karpathy/nanoGPT, karpathy/minGPT and pytorch/examples (folders given
+with ``--nanogpt``, ``--mingpt``, ``--examples``; default ``/tmp/clients/...``), plus a tiny GPT-2
+under the transformers ``Trainer`` (``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs
+``accelerate``, which the project's venv lacks: ``pip install --no-deps --target
+/tmp/clients/pydeps accelerate psutil``, the ``--pydeps`` folder, put on that client's
+``PYTHONPATH`` only). Nothing of theirs
+lives in this repository: each run copies the scripts it needs into a temporary folder, writes
+synthetic data there (no downloads), and, for the faulty variant, injects one bug by a textual edit
+of that copy. Each client × variant is run once plainly (the wall-time baseline) and under
+``hfault diagnose`` in full mode and with ``--no-curvature``, one process at a time with
+``OMP_NUM_THREADS=1``. Reports go to ``--keep`` (default ``benchmarks/results/clients/``) with an
+``index.json`` of the runs; ``--rescore DIR`` recomputes findings and verdicts of saved reports
+with the current rule files (``rejudge()`` of ``benchmarks/accuracy.py``) and prints the table.
+Not a test: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy import rejudge
+from samples import ROOT, matches, ranked_components
+
+HERE = Path(__file__).resolve().parent
+KEEP = HERE / "results" / "clients"
+MODES = {"full": [], "first-order": ["--no-curvature"]}
+VARIANTS = ("healthy", "bug")
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic data
+
+
+def zipf_words(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct lowercase pseudo-words, shortest first (frequent words are short)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    seen: set[str] = set()
+    words: list[str] = []
+    while len(words) < n:
+        length = 2 + min(10, int(rng.expovariate(0.5)) + len(words) // 800)
+        word = "".join(rng.choice(letters) for _ in range(length))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    return words
+
+
+def zipf_text(seed: int, vocab: int, n_tokens: int, exponent: float = 1.1) -> list[list[str]]:
+    """Lines of words from a long-tailed (Zipf) vocabulary with bigram structure: half of the
+    time a word is followed by one of its 3 preferred successors, else by a Zipf draw. The
+    vocabulary and bigrams depend on ``vocab`` only, the draws on ``seed``."""
+    language = random.Random(vocab)  # the same words and bigrams in every split
+    words = zipf_words(language, vocab)
+    cum = list(itertools.accumulate(1.0 / (r + 1) ** exponent for r in range(vocab)))
+    follow = {w: language.choices(words, cum_weights=cum, k=3) for w in words}
+    rng = random.Random(seed)
+    lines, total = [], 0
+    draws = iter(())
+    while total < n_tokens:
+        length = rng.randint(6, 24)
+        line = []
+        for _ in range(length):
+            if line and rng.random() < 0.5:
+                line.append(rng.choice(follow[line[-1]]))
+                continue
+            word = next(draws, None)
+            if word is None:
+                draws = iter(rng.choices(words, cum_weights=cum, k=4096))
+                word = next(draws)
+            line.append(word)
+        lines.append(line)
+        total += length + 1
+    return lines
+
+
+def write_corpus(folder: Path, vocab: int, tokens: dict[str, int]) -> None:
+    """``train.txt``/``valid.txt``/``test.txt`` in the word_language_model format (one sentence a
+    line; words separated by spaces)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate(tokens.items()):
+        lines = zipf_text(seed=10 + i, vocab=vocab, n_tokens=n)
+        (folder / f"{split}.txt").write_text("".join(" " + " ".join(w) + " \n" for w in lines))
+
+
+def write_char_dataset(folder: Path, n_chars: int) -> None:
+    """``train.bin``/``val.bin``/``meta.pkl`` as nanoGPT's ``data/shakespeare_char/prepare.py``
+    writes them (uint16 ids, 90/10 split, ``vocab_size``/``itos``/``stoi``)."""
+    import numpy as np
+
+    lines = zipf_text(seed=3, vocab=600, n_tokens=n_chars // 5)
+    rng = random.Random(4)
+    text_lines = []
+    for line in lines:
+        sentence = " ".join(line).capitalize()
+        text_lines.append(sentence + rng.choice([".", ".", ",", "?", "!"]))
+    data = "\n".join(text_lines)[:n_chars]
+    chars = sorted(set(data))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = dict(enumerate(chars))
+    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
+    cut = int(len(ids) * 0.9)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids[:cut].tofile(folder / "train.bin")
+    ids[cut:].tofile(folder / "val.bin")
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# clients
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace ``old`` (which must occur exactly once) by ``new`` in ``path``."""
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise RuntimeError(f"{path.name}: expected one {old!r}, found {text.count(old)}")
+    path.write_text(text.replace(old, new))
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    source: str
+    """The checkout option it comes from (``nanogpt``, ``mingpt``, ``examples``, ``own``)."""
+    copy: str
+    """The folder of the checkout copied into the work folder ("" = all of it)."""
+    script: str
+    """The script, relative to the work folder; the runs' working directory is its folder."""
+    args: tuple[str, ...]
+    steps: int
+    bug: str
+    label: str
+    prepare: Callable[[Path, str], None]
+    """``prepare(work, variant)``: write data, inject the bug."""
+    pythonpath: bool = False
+    """Put the work folder on ``PYTHONPATH`` (minGPT's projects import the ``mingpt`` package)."""
+    pydeps: bool = False
+    """Needs the ``--pydeps`` folder on ``PYTHONPATH`` (``accelerate`` for the ``Trainer``)."""
+    variants: tuple[str, ...] = VARIANTS
+    note: str = ""
+    options: tuple[str, ...] = field(default=())
+
+
+NANOGPT_STEPS = 100
+
+
+def prepare_nanogpt(work: Path, variant: str) -> None:
+    write_char_dataset(work / "data" / "synth_char", n_chars=120_000)
+    if variant == "bug":
+        edit(work / "model.py", "        num_decay_params = sum(p.numel() for p in decay_params)\n",
+             "        hot = param_dict['transformer.h.1.attn.c_attn.weight']  # its own group\n"
+             "        optim_groups[0]['params'] = [p for p in decay_params if p is not hot]\n"
+             "        optim_groups.append({'params': [hot], 'weight_decay': weight_decay,"
+             " 'lr_mult': 100.0})\n"
+             "        num_decay_params = sum(p.numel() for p in decay_params)\n")
+        edit(work / "train.py", "        param_group['lr'] = lr\n",
+             "        param_group['lr'] = lr * param_group.get('lr_mult', 1.0)\n")
+
+
+def prepare_mingpt(work: Path, variant: str) -> None:
+    if variant == "bug":
+        edit(work / "mingpt" / "model.py",
+             "            if pn.endswith('c_proj.weight'):\n",
+             "            if pn == 'transformer.h.1.attn.c_attn.weight':\n"
+             "                torch.nn.init.normal_(p, mean=0.0, std=1.0)\n"
+             "            if pn.endswith('c_proj.weight'):\n")
+
+
+def prepare_wlm(work: Path, variant: str) -> None:
+    write_corpus(work / "data" / "synth", vocab=5000,
+                 tokens={"train": 60_000, "valid": 4_000, "test": 4_000})
+    if variant == "bug":
+        edit(work / "main.py",
+             "    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)\n",
+             "    attn = [p for n, p in model.named_parameters()"
+             " if n.startswith('encoder.layers.0.self_attn.')]\n"
+             "    rest = [p for n, p in model.named_parameters()"
+             " if not n.startswith('encoder.layers.0.self_attn.')]\n"
+             "    optimizer = torch.optim.AdamW([{'params': rest},"
+             " {'params': attn, 'lr': args.lr * 100}], lr=args.lr)\n")
+
+
+def prepare_gpt2(work: Path, variant: str) -> None:
+    shutil.copy(HERE / "clients" / "gpt2_trainer.py", work / "gpt2_trainer.py")
+
+
+WLM_ARGS = ("--model", "Transformer", "--data", "data/synth", "--emsize", "64", "--nhid", "128",
+            "--nlayers", "2", "--nhead", "2", "--bptt", "35", "--batch_size", "20",
+            "--dropout", "0.1", "--epochs", "1", "--log-interval", "20", "--save", "model.pt")
+
+CLIENTS = [
+    Client("nanogpt", "nanogpt", "", "train.py",
+           ("--dataset=synth_char", "--device=cpu", "--compile=False", "--n_layer=2",
+            "--n_head=2", "--n_embd=64", "--block_size=64", "--batch_size=8",
+            "--gradient_accumulation_steps=1", f"--max_iters={NANOGPT_STEPS}",
+            f"--lr_decay_iters={NANOGPT_STEPS}", "--eval_interval=50", "--eval_iters=5",
+            "--log_interval=20", "--dtype=float32", "--wandb_log=False", "--learning_rate=1e-3",
+            "--min_lr=1e-4", "--warmup_iters=10", "--dropout=0.0", "--out_dir=out",
+            "--always_save_checkpoint=False"),
+           NANOGPT_STEPS,
+           "learning rate x100 on block 1's attention c_attn (its own param group with an lr_mult "
+           "that the training loop's LR schedule multiplies in)",
+           "transformer.h.1.attn.c_attn", prepare_nanogpt),
+    Client("mingpt", "mingpt", "", "projects/adder/adder.py",
+           ("--trainer.max_iters=150", "--trainer.num_workers=0", "--trainer.device=cpu",
+            "--trainer.batch_size=32", "--system.work_dir=out"),
+           150,
+           "init std 1.0 instead of 0.02 (x50) for block 1's attention c_attn",
+           "transformer.h.1.attn.c_attn", prepare_mingpt, pythonpath=True),
+    Client("wlm-adamw", "examples", "word_language_model", "main.py",
+           (*WLM_ARGS, "--use-optimizer", "--lr", "1e-3"), 80,
+           "learning rate x100 on encoder layer 0's self-attention (its own AdamW param group)",
+           "encoder.layers.0.self_attn", prepare_wlm),
+    Client("wlm-sgd", "examples", "word_language_model", "main.py",
+           (*WLM_ARGS, "--lr", "5"), 80, "", "", prepare_wlm, variants=("healthy",),
+           note="default path: hand-written SGD update, no torch.optim optimizer"),
+    Client("gpt2-trainer", "own", "", "gpt2_trainer.py",
+           ("--max-steps", "120", "--out", "out"), 120,
+           "learning rate x100 on block 1's attention c_attn (its own AdamW param group passed "
+           "to the Trainer, --lr-scale 100)",
+           "transformer.h.1.attn.c_attn", prepare_gpt2, pydeps=True),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+PYDEPS: list[Path] = []
+
+
+def env_for(work: Path, client: Client) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    paths = [str(work)] if client.pythonpath else []
+    if client.pydeps:
+        paths += [str(p) for p in PYDEPS]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def script_args(client: Client, variant: str) -> list[str]:
+    args = list(client.args)
+    if client.name == "gpt2-trainer" and variant == "bug":
+        args += ["--lr-scale", "100"]
+    return args
+
+
+def setup(client: Client, variant: str, checkouts: dict[str, Path], tmp: Path) -> Path:
+    """A fresh work folder for one run: the client's files, its data, the bug if any."""
+    work = tmp / f"{client.name}-{variant}"
+    if work.exists():
+        shutil.rmtree(work)
+    if client.source == "own":
+        work.mkdir(parents=True)
+    else:
+        src = checkouts[client.source] / client.copy
+        if not src.is_dir():
+            raise SystemExit(f"clients: no checkout at {src} (see --{client.source})")
+        shutil.copytree(src, work, ignore=shutil.ignore_patterns(".git", "*.bin", "*.pt"))
+    client.prepare(work, variant)
+    return work
+
+
+def hfault_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "hfault"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "hfault"]
+
+
+def run_plain(client: Client, variant: str, work: Path) -> tuple[float, int, str]:
+    script = work / client.script
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(script), *script_args(client, variant)],
+                          cwd=script.parent, env=env_for(work, client), capture_output=True,
+                          text=True, check=False)
+    return time.perf_counter() - start, proc.returncode, (proc.stdout + proc.stderr)[-1500:]
+
+
+def run_hfault(client: Client, variant: str, mode: str, work: Path,
+               out: Path) -> tuple[float, int, str]:
+    script = work / client.script
+    out.unlink(missing_ok=True)
+    cmd = [*hfault_cmd(), "diagnose", str(script), "--max-steps", str(client.steps),
+           "--json", str(out), "-q", "--fail-on", "never", *MODES[mode], *client.options,
+           "--", *script_args(client, variant)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=script.parent, env=env_for(work, client),
+                          capture_output=True, text=True, check=False)
+    return time.perf_counter() - start, proc.returncode, proc.stderr.strip()[-1500:]
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring and the table
+
+
+def row_for(entry: dict, report: dict | None) -> dict:
+    """One table row from an index entry and its (possibly rejudged) report."""
+    row = {k: entry[k] for k in ("client", "variant", "mode", "label", "bug", "exit",
+                                 "hfault_s", "plain_s", "plain_exit", "note")}
+    row["error"] = entry.get("error", "")
+    if report is None:
+        row.update(verdict="no report", status=None, counts={}, rules=[], first=None,
+                   rank=None, top1=None)
+        return row
+    findings = report.get("findings", [])
+    counts = {s: sum(f["severity"] == s for f in findings) for s in ("error", "warning", "info")}
+    comps = ranked_components(report)
+    label = (entry["label"],) if entry["label"] else ()
+    rank = next((i + 1 for i, c in enumerate(comps) if matches(c, label)), None)
+    row.update(
+        verdict=report["summary"]["verdict"], status=report["run"].get("status"), counts=counts,
+        rules=[{"rule": f["rule"], "severity": f["severity"], "component": f.get("component"),
+                "step": f.get("step"), "message": f.get("message", "")} for f in findings],
+        first=comps[0] if comps else None, rank=rank,
+        top1=(rank == 1) if label else None,
+    )
+    return row
+
+
+def short(name: str | None, width: int = 34) -> str:
+    if not name:
+        return "-"
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'client':<13}{'variant':<8}{'mode':<12}{'exit':>4} {'verdict':<11}{'E/W/I':<8}"
+            f"{'first-ranked':<35}{'label':<30}{'hit':<5}{'hfault s':>9}{'plain s':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        c = r["counts"]
+        ewi = f"{c.get('error', 0)}/{c.get('warning', 0)}/{c.get('info', 0)}" if c else "-"
+        hit = "-" if r["top1"] is None else ("yes" if r["top1"] else f"r{r['rank'] or '-'}")
+        plain = "-" if r["plain_s"] is None else f"{r['plain_s']:.1f}"
+        print(f"{r['client']:<13}{r['variant']:<8}{r['mode']:<12}{r['exit']:>4} "
+              f"{r['verdict']:<11}{ewi:<8}{short(r['first']):<35}{short(r['label'], 29):<30}"
+              f"{hit:<5}{r['hfault_s']:>9.1f}{plain:>8}")
+        fired = ", ".join(f"{f['rule']}[{f['severity'][0].upper()}]@{f['component'] or 'run'}"
+                          for f in r["rules"])
+        if fired:
+            print(f"{'':<4}rules: {fired}")
+        if r["error"]:
+            print(f"{'':<4}note: {r['error'].splitlines()[-1][:160]}")
+    print()
+    print("Findings on healthy runs (false alarms):")
+    any_alarm = False
+    for r in rows:
+        if r["variant"] != "healthy":
+            continue
+        for f in r["rules"]:
+            any_alarm = True
+            print(f"  {r['client']} {r['mode']}: {f['rule']} {f['severity']} "
+                  f"{f['component'] or '(run)'} @ step {f['step']}: {f['message'][:200]}")
+    if not any_alarm:
+        print("  none")
+    print()
+    print("Bugs:")
+    for name in dict.fromkeys(r["client"] for r in rows):
+        r = next((x for x in rows if x["client"] == name and x["variant"] == "bug"), None)
+        if r:
+            print(f"  {name}: {r['bug']} (label {r['label']})")
+
+
+def rescore(folder: Path) -> list[dict]:
+    index = json.loads((folder / "index.json").read_text())
+    rows = []
+    for entry in index:
+        path = folder / entry["report"] if entry.get("report") else None
+        report = rejudge(json.loads(path.read_text())) if path and path.exists() else None
+        rows.append(row_for(entry, report))
+    return rows
+
+
+def run_all(clients: list[Client], modes: list[str], checkouts: dict[str, Path],
+            keep: Path) -> list[dict]:
+    keep.mkdir(parents=True, exist_ok=True)
+    index_path = keep / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hfault-clients-") as tmp:
+        for client in clients:
+            for variant in client.variants:
+                work = setup(client, variant, checkouts, Path(tmp))
+                plain_s, plain_exit, plain_tail = run_plain(client, variant, work)
+                print(f"[{client.name} {variant}] plain {plain_s:.1f}s exit {plain_exit}",
+                      file=sys.stderr, flush=True)
+                if plain_exit != 0:
+                    print(plain_tail, file=sys.stderr)
+                for mode in modes:
+                    work = setup(client, variant, checkouts, Path(tmp))
+                    name = f"{client.name}.{variant}.{mode}.json"
+                    seconds, code, err = run_hfault(client, variant, mode, work, keep / name)
+                    has_report = (keep / name).exists()
+                    print(f"[{client.name} {variant} {mode}] hfault {seconds:.1f}s exit {code}"
+                          + ("" if has_report else f": {err.splitlines()[-1] if err else ''}"),
+                          file=sys.stderr, flush=True)
+                    entry = {"client": client.name, "variant": variant, "mode": mode,
+                             "label": client.label if variant == "bug" else "",
+                             "bug": client.bug, "note": client.note, "exit": code,
+                             "hfault_s": round(seconds, 2), "plain_s": round(plain_s, 2),
+                             "plain_exit": plain_exit, "steps": client.steps,
+                             "args": script_args(client, variant),
+                             "report": name if has_report else None,
+                             "error": "" if code in (0, 1) else err}
+                    index = [e for e in index if (e["client"], e["variant"], e["mode"])
+                             != (client.name, variant, mode)]
+                    index.append(entry)
+                    index_path.write_text(json.dumps(index, indent=1) + "\n")
+                    report = json.loads((keep / name).read_text()) if has_report else None
+                    rows.append(row_for(entry, report))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("clients", nargs="*", help="client names (default: all)")
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--nanogpt", type=Path, default=Path("/tmp/clients/nanogpt"))
+    parser.add_argument("--mingpt", type=Path, default=Path("/tmp/clients/mingpt"))
+    parser.add_argument("--examples", type=Path, default=Path("/tmp/clients/examples"))
+    parser.add_argument("--pydeps", type=Path, default=Path("/tmp/clients/pydeps"),
+                        help="extra packages for the transformers Trainer client (accelerate, "
+                        "psutil: pip install --no-deps --target DIR accelerate psutil)")
+    parser.add_argument("--keep", type=Path, default=KEEP, help="where reports are kept")
+    parser.add_argument("--rescore", type=Path, help="re-score the saved reports of DIR; no runs")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+
+    if args.rescore:
+        rows = rescore(args.rescore)
+        if args.clients:
+            rows = [r for r in rows if r["client"] in args.clients]
+    else:
+        unknown = set(args.clients) - {c.name for c in CLIENTS}
+        if unknown:
+            parser.error(f"unknown client(s) {sorted(unknown)}; known: "
+                         f"{[c.name for c in CLIENTS]}")
+        clients = [c for c in CLIENTS if not args.clients or c.name in args.clients]
+        if args.pydeps.is_dir():
+            PYDEPS.append(args.pydeps)
+        modes = list(MODES) if args.mode == "both" else [args.mode]
+        checkouts = {"nanogpt": args.nanogpt, "mingpt": args.mingpt,
+                     "examples": args.examples, "own": ROOT}
+        rows = run_all(clients, modes, checkouts, args.keep)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
