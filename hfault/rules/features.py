@@ -29,8 +29,6 @@ RUN_FEATURES: dict[str, str] = {
     "steps": "optimizer steps seen",
     "optimizer": "class name of the (first) optimizer",
     "base_lr": "the largest learning rate an optimizer was created with",
-    "update_ratio_median": "series: the median update ratio ‖Δθ‖/‖θ‖ over the components of "
-    "at least 16 parameters (the whole model's step size relative to its weights)",
     "weight_growth_median": "median weight growth (last/first snapshot) over the components of "
     "at least 16 parameters with init RMS ≥ 1e-3: how far the whole model moved",
     "components_judged": "number of components in weight_growth_median",
@@ -256,12 +254,6 @@ class Features:
             "loss_points": len(finite),
             "loss_all_finite": len(finite) == len(losses),
         }
-        big = [c["name"] for c in self.components if int(c.get("numel") or 0) >= 16]
-        out["update_ratio_median"] = self.series([
-            _median(_num(decode(snap["metrics"].get(name, {}).get("update_ratio")))
-                    for name in big)
-            for snap in self.snapshots
-        ])
         growths = []
         for comp in self.components:
             if int(comp.get("numel") or 0) < 16:
