@@ -334,7 +334,7 @@ def measure(
         c0 = op.hvp_count
         deflation = None
         setup = setups.get(op.blocks[b].name)
-        if setup is not None and setup.moments is not None:
+        if setup is not None and setup.moments is not None and setup.moments.foldable:
             grad = op.gradient(b)
             if setup.rule.l2:  # coupled weight decay is part of the gradient Adam normalizes
                 grad = grad + setup.rule.l2 * op.flatten(b, [p.detach() for p in op.params])

@@ -62,20 +62,25 @@ class StabilityRule:
 
 @dataclass(frozen=True)
 class AdamMoments:
-    """A block's Adam second moment as read before the step (flat, raw ``exp_avg_sq``)."""
+    """A block's Adam second moment as read before the step (flat, raw: ``exp_avg_sq``, or
+    ``max_exp_avg_sq`` with amsgrad) with each entry's step count."""
 
-    exp_avg_sq: Tensor
+    v: Tensor
+    steps: Tensor
     beta2: float
-    step: float
     eps: float
+    foldable: bool
+    """Whether the step's gradient can be folded in (not with amsgrad: its running maximum
+    needs ``exp_avg_sq`` too)."""
 
     def inv_sqrt_p(self, grad: Tensor | None) -> Tensor:
-        """``(sqrt(v̂) + ε)^{-1/2}`` of the step taken with ``grad`` (``None``: the state as is)."""
-        v, t = self.exp_avg_sq, self.step
-        if grad is not None:
+        """``(sqrt(v̂) + ε)^{-1/2}`` of the step taken with ``grad`` (``None``, or amsgrad: the
+        state as read)."""
+        v, t = self.v, self.steps
+        if grad is not None and self.foldable:
             g = grad.detach().reshape(-1).to(v)
             v = self.beta2 * v + (1 - self.beta2) * g * g
-            t += 1
+            t = t + 1
         return ((v / (1 - self.beta2**t)).sqrt() + self.eps).rsqrt()
 
 
@@ -91,8 +96,8 @@ class StabilitySetup:
     moments: AdamMoments | None = None
 
     def for_gradient(self, grad: Tensor) -> StabilitySetup:
-        """The setup of the step taken with ``grad`` (unchanged without Adam moments)."""
-        if self.moments is None:
+        """The setup of the step taken with ``grad`` (unchanged without foldable Adam moments)."""
+        if self.moments is None or not self.moments.foldable:
             return self
         return replace(self, inv_sqrt_p=self.moments.inv_sqrt_p(grad))
 
@@ -153,25 +158,13 @@ def adam_preconditioner(
     states: Mapping[int, Mapping[str, Any]],
     group: Mapping[str, Any],
 ) -> Tensor | None:
-    """Flat ``P^{-1/2} = (sqrt(v̂) + ε)^{-1/2}`` over ``block``, or ``None`` without Adam state.
+    """Flat ``P^{-1/2} = (sqrt(v̂) + ε)^{-1/2}`` over ``block`` as the state reads before the
+    step, or ``None`` without Adam state.
 
     ``states[i]`` is ``optimizer.state[params[i]]`` for each part's param index ``i``.
     """
-    beta2 = _f(group["betas"][1])
-    eps = _f(group.get("eps", 1e-8))
-    amsgrad = bool(group.get("amsgrad", False))
-    pieces = []
-    for part in block.parts:
-        st = states.get(part.index)
-        key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
-        if not st or key not in st or "step" not in st:
-            return None
-        step = _f(st["step"])
-        if step <= 0:
-            return None
-        v_hat = part.view(st[key]).detach().to(torch.float64) / (1 - beta2**step)
-        pieces.append((v_hat.sqrt() + eps).rsqrt().reshape(-1))
-    return torch.cat(pieces)
+    moments = adam_moments(block, states, group)
+    return moments.inv_sqrt_p(None) if moments is not None else None
 
 
 def adam_moments(
@@ -179,21 +172,22 @@ def adam_moments(
     states: Mapping[int, Mapping[str, Any]],
     group: Mapping[str, Any],
 ) -> AdamMoments | None:
-    """The block's raw ``exp_avg_sq`` before the step, or ``None`` (no state, or amsgrad, whose
-    running maximum cannot be folded with the step's gradient alone)."""
-    if bool(group.get("amsgrad", False)):
-        return None
-    pieces, step = [], 0.0
+    """The block's raw second moment and step counts before the step, or ``None`` without state."""
+    amsgrad = bool(group.get("amsgrad", False))
+    key = "max_exp_avg_sq" if amsgrad else "exp_avg_sq"
+    vs, steps = [], []
     for part in block.parts:
         st = states.get(part.index)
-        if not st or "exp_avg_sq" not in st or "step" not in st:
+        if not st or key not in st or "step" not in st:
             return None
         step = _f(st["step"])
         if step <= 0:
             return None
-        pieces.append(part.view(st["exp_avg_sq"]).detach().to(torch.float64).reshape(-1))
-    return AdamMoments(torch.cat(pieces), _f(group["betas"][1]), step,
-                       _f(group.get("eps", 1e-8)))
+        v = part.view(st[key]).detach().to(torch.float64).reshape(-1)
+        vs.append(v)
+        steps.append(torch.full_like(v, step))
+    return AdamMoments(torch.cat(vs), torch.cat(steps), _f(group["betas"][1]),
+                       _f(group.get("eps", 1e-8)), foldable=not amsgrad)
 
 
 def block_stability_setup(
@@ -226,11 +220,12 @@ def block_stability_setup(
     states = {
         part.index: optimizer.state.get(params[part.index], {}) for part in block.parts
     }
-    d = adam_preconditioner(block, states, group)
-    if d is None:
+    moments = adam_moments(block, states, group)
+    if moments is None:
         rule = StabilityRule(rule.optimizer, rule.lr, rule.tau, False, rule.l2,
                              _join(rule.note, "no Adam state yet: un-preconditioned lambda_max"))
-    return StabilitySetup(rule, d, adam_moments(block, states, group) if d is not None else None)
+        return StabilitySetup(rule)
+    return StabilitySetup(rule, moments.inv_sqrt_p(None), moments)
 
 
 def _join(a: str, b: str) -> str:
