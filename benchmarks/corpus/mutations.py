@@ -425,30 +425,26 @@ def lr_up(mut: Mutation) -> None:
     _module_op(mut, apply, rewrite)
 
 
-def init_scale(mut: Mutation) -> None:
+def _edit_weights(mut: Mutation, edit: Callable[[nn.Parameter], None], what: str) -> None:
+    """Apply ``edit`` in place to every >=2-D parameter of the target at optimizer creation."""
     def apply(module: nn.Module, opt: torch.optim.Optimizer) -> str:
         ws = _weights(module)
         if not ws:
             raise MutationError(f"target {mut.target!r} has no >=2-D parameter")
         with torch.no_grad():
             for p in ws:
-                p.mul_(mut.factor)
-        return f"{len(ws)} weights of {mut.target!r} x {mut.factor:g}"
+                edit(p)
+        return f"{len(ws)} weights of {mut.target!r}: {what}"
 
     _module_op(mut, apply)
+
+
+def init_scale(mut: Mutation) -> None:
+    _edit_weights(mut, lambda p: p.mul_(mut.factor), f"x {mut.factor:g}")
 
 
 def init_mean(mut: Mutation) -> None:
-    def apply(module: nn.Module, opt: torch.optim.Optimizer) -> str:
-        ws = _weights(module)
-        if not ws:
-            raise MutationError(f"target {mut.target!r} has no >=2-D parameter")
-        with torch.no_grad():
-            for p in ws:
-                p.add_(mut.factor * p.std())
-        return f"{mut.factor:g} x std added to {len(ws)} weights of {mut.target!r}"
-
-    _module_op(mut, apply)
+    _edit_weights(mut, lambda p: p.add_(mut.factor * p.std()), f"+ {mut.factor:g} x std")
 
 
 def freeze(mut: Mutation) -> None:
