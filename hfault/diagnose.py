@@ -144,6 +144,7 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         findings=[],
         numerics=[e.to_dict() for e in state.events],
         loss_inputs=list(state.loss_inputs),
+        frozen=list(state.frozen),
         notes=notes,
         tool_version=__version__,
     )

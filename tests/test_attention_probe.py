@@ -32,8 +32,10 @@ def test_softmax_attention_entropy_and_logit(cli):
     model, x, _ = _load("exact_train").build()
     attn = model.attn
     with torch.no_grad():
-        logits = attn.q_proj(x) @ attn.k_proj(x).transpose(-2, -1) / math.sqrt(4)
+        q, k = attn.q_proj(x), attn.k_proj(x)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(4)
         entropy = _entropy(logits.softmax(-1))
+        rms = q.square().mean().sqrt() * k.square().mean().sqrt()
     result = cli("diagnose", str(SCRIPTS / "exact_train.py"), "--at", "1", "--no-curvature",
                  "--", "--steps", "2")
     stats = result.report["snapshots"][0]["attention"]["attn"]
@@ -43,6 +45,13 @@ def test_softmax_attention_entropy_and_logit(cli):
     assert stats["max_logit"] == pytest.approx(float(logits.max()), rel=1e-9)
     assert stats["heads"] == 1 and stats["keys"] == 5
     assert stats["mask_offset"] is None  # unmasked
+    assert stats["masked_share"] == 0.0
+    assert stats["logit_std"] == pytest.approx(float(logits.std(-1).mean()), rel=1e-6)
+    # the spread per unit of query and key size: the scale the scores were given (here 1/√4
+    # after the product), whatever the size of the module's input
+    gain = float(logits.std(-1).mean() / (rms * math.sqrt(4)))
+    assert stats["logit_gain"] == pytest.approx(gain, rel=1e-5)
+    assert stats["softmax_axes"] == [] and stats["axis_fault"] is None
 
 
 def test_sdpa_causal_attention_per_head(cli):
@@ -65,6 +74,12 @@ def test_sdpa_causal_attention_per_head(cli):
     finite = logits[torch.isfinite(logits)]
     assert stats["max_logit"] == pytest.approx(float(finite.max()), rel=1e-5)
     assert stats["mask_offset"] == 0  # is_causal=True: the causal mask itself
+    assert stats["masked_share"] == pytest.approx(15 / 36)  # the strict upper triangle of 6 × 6
+    rows = [logits[..., i, : i + 1] for i in range(1, 6)]  # a row with one key has no spread
+    spread = torch.cat([r.std(-1).flatten() for r in rows])
+    assert stats["logit_std"] == pytest.approx(float(spread.mean()), rel=1e-5)
+    rms = float(q.square().mean().sqrt() * k.square().mean().sqrt())
+    assert stats["logit_gain"] == pytest.approx(float(spread.mean()) / (rms * 2.0), rel=1e-5)
     # curvature still measured on the same step (math SDPA kernel forced)
     assert snap["curvature"]["error"] is None and snap["curvature"]["hvps"] > 0
 
@@ -128,3 +143,88 @@ def test_causal_mask_offset_reads_the_mask_from_the_scores(name, scores, expecte
     from hfault.probes.attention import causal_mask_offset
 
     assert causal_mask_offset(scores) == expected, name
+
+
+class _Attention(torch.nn.Module):
+    """Single-head self-attention whose softmax axis is a constructor argument."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.q_proj = torch.nn.Linear(4, 4)
+        self.k_proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q_proj(x) @ self.k_proj(x).transpose(-2, -1)
+        return scores.softmax(dim=self.dim) @ x
+
+
+@pytest.mark.parametrize("dim, recorded", [(-1, []), (-2, [{"shape": [3, 5, 5], "dim": 1}]),
+                                           (1, [{"shape": [3, 5, 5], "dim": 1}])])
+def test_probe_records_softmax_over_other_axes(dim, recorded):
+    from hfault.components import is_attention_module
+    from hfault.probes.attention import AttentionProbe
+
+    torch.manual_seed(0)
+    attn = _Attention(dim)
+    probe = AttentionProbe(is_attention_module)
+    probe.start()
+    try:
+        attn(torch.randn(3, 5, 4))
+    finally:
+        probe.stop()
+    (stats,) = probe.stats.values()
+    assert stats.to_dict()["softmax_axes"] == recorded
+    assert (stats.rows > 0) == (dim == -1)  # entropy and logits only from key-axis softmaxes
+
+
+@pytest.mark.parametrize(
+    "shape, dim, batch, fault",
+    [
+        ((8, 4, 12, 12), 3, 8, None),  # not called for the last axis, and fine anyway
+        ((8, 4, 12, 12), 2, 8, "the queries"),
+        ((8, 4, 12, 10), 2, 8, "the queries"),  # cross-attention: 4-D is enough
+        ((8, 4, 12, 12), 1, 8, "not the key axis"),
+        ((32, 12, 12), 1, 32, "the queries"),  # (batch·heads, T, T)
+        ((32, 12, 1), 1, 32, None),  # (batch, positions, 1) pooling scores over positions
+        ((32, 12, 3), 1, 32, None),  # (batch, positions, heads) multi-head pooling
+        ((32, 12, 1), 2, 32, "size 1"),  # pooling scores normalized over their singleton
+        ((32, 1, 12), 1, 32, "size 1"),
+        ((32, 60), 0, 32, "the batch"),
+        ((60, 32), 0, 32, None),  # seq-first (positions, batch) pooling over positions
+        ((32, 60), 0, None, None),  # batch unknown: no call
+        ((32, 32), 0, 32, None),  # ambiguous square
+    ],
+)
+def test_axis_fault_names_only_layouts_that_cannot_be_deliberate(shape, dim, batch, fault):
+    from hfault.probes.attention import axis_fault
+
+    found = axis_fault(shape, dim, batch)
+    if fault is None:
+        assert found is None
+    else:
+        assert found is not None and fault in found, found
+
+
+def test_row_spread_ignores_masked_entries():
+    from hfault.probes.attention import row_spread
+
+    scores = torch.tensor([[1.0, 3.0, -math.inf], [2.0, -1e9, 4.0], [5.0, -math.inf, -math.inf]])
+    total, rows, masked = row_spread(scores)
+    assert rows == 2 and masked == 4  # the third row has one unmasked entry: no spread
+    assert total == pytest.approx(2 * math.sqrt(2.0))
+
+
+def test_attention_faults_are_named_on_their_modules(cli):
+    """One real decoder, one fault per layer; its healthy twin gets no finding at all."""
+    script = str(SCRIPTS / "attention_faults_train.py")
+    faulty = cli("diagnose", script, "--no-curvature")
+    errors = {(f["rule"], f["component"]) for f in faulty.report["findings"]
+              if f["severity"] == "error"}
+    assert errors == {("HF208", "blocks.0.attn"), ("HF211", "blocks.1.attn"),
+                      ("HF209", "blocks.2.attn"), ("HF015", "pos")}
+    layer0 = faulty.report["snapshots"][0]["attention"]["blocks.0.attn"]
+    layer3 = faulty.report["snapshots"][0]["attention"]["blocks.3.attn"]
+    assert layer0["logit_gain"] / layer3["logit_gain"] == pytest.approx(32, rel=0.2)  # √d·√d
+    healthy = cli("diagnose", script, "--no-curvature", "--", "--healthy")
+    assert healthy.report["findings"] == []

@@ -82,6 +82,10 @@ def test_frozen_and_unoptimized_parameters_are_not_components(cli):
     assert last["body"]["lr"] == pytest.approx(1e-3)
     assert last["head"]["lr"] == pytest.approx(1e-2)
     assert result.component("body")["numel"] == 8 * 8 + 8
+    # the frozen embedding is listed, too small (80 entries) to judge whether it was trained
+    assert result.report["frozen"] == [{"module": "embed", "type": "Embedding", "numel": 80,
+                                        "in_optimizer": False, "kurtosis": None,
+                                        "untrained": None}]
 
 
 def test_two_optimizers_on_one_model_share_the_step_count(cli):

@@ -34,7 +34,7 @@ from hfault.components import (
     is_attention_module,
     root_prefixes,
 )
-from hfault.probes.attention import AttentionProbe
+from hfault.probes.attention import AttentionProbe, axis_fault
 from hfault.probes.curvature_probe import (
     CurvatureConfig,
     CurvatureRecord,
@@ -42,6 +42,7 @@ from hfault.probes.curvature_probe import (
     gradient_hooks,
     measure_step,
 )
+from hfault.probes.frozen import frozen_modules
 from hfault.probes.gradients import (
     copy_weights,
     grad_scale,
@@ -93,6 +94,9 @@ class CaptureState:
     notes: list[str] = field(default_factory=list)
     loss_inputs: list[dict[str, Any]] = field(default_factory=list)
     """Losses fed the wrong kind of values (probabilities into cross_entropy...)."""
+    frozen: list[dict[str, Any]] = field(default_factory=list)
+    """Modules of the trained model with every parameter frozen (read when components are
+    built)."""
     device: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -368,7 +372,13 @@ class CaptureSession:
             parent, _, leaf = name.rpartition(".")
             if leaf == "self" and parent:
                 name = parent  # BERT/ViT: attention.self belongs to attention
-            out[name] = stats.to_dict()
+            record = stats.to_dict()
+            faults = [axis_fault(a["shape"], a["dim"], self._loss_watch.batch)
+                      for a in record["softmax_axes"]]
+            record["axis_fault"] = next((f for f in faults if f), None)
+            record["batch"] = self._loss_watch.batch
+            record["type"] = type(modules[mid]).__name__
+            out[name] = record
         self.state.attention[step] = out
 
     def _check_gradients(self, record: StepRecord, step: int) -> None:
@@ -428,6 +438,17 @@ class CaptureSession:
             key=lambda c: position.get(id(c.module), len(position)) if c.module else len(position),
         )
         self._components_for = n
+        params = [part.param for c in components for part in c.parts]
+        roots = find_roots(list(self.state.modules.values()), params)
+        optimized = {id(p) for opt in self.state.optimizers for g in opt.param_groups
+                     for p in g["params"]}
+        frozen = frozen_modules(roots, root_prefixes(roots), optimized)
+        order = {id(m): i for i, m in enumerate(self.state.modules.values())}
+        named = {(prefix + path) if path else prefix.rstrip("."): id(m)
+                 for root, prefix in zip(roots, root_prefixes(roots), strict=True)
+                 for path, m in root.named_modules()}
+        self.state.frozen = sorted(
+            frozen, key=lambda e: order.get(named.get(e["module"], -1), len(order)))
 
     def module_names(self) -> dict[int, str]:
         """id(module) -> name relative to its root, for every module seen running."""

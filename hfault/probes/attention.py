@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +34,15 @@ class AttentionStats:
     keys: int = 0
     mask_offset: int | None = None
     """k when the mask is causal-shaped, 'key j hidden from query i iff j − i > k' (0 = causal)."""
+    std_sum: float = 0.0
+    std_rows: int = 0
+    masked: int = 0
+    entries: int = 0
+    gain_sum: float = 0.0
+    gain_calls: int = 0
+    inner: int | None = None
+    axes: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
+    """(shape, dim) of each distinct softmax this module took over an axis other than its last."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +54,11 @@ class AttentionStats:
             "keys": self.keys,
             "calls": self.calls,
             "mask_offset": self.mask_offset,
+            "logit_std": self.std_sum / self.std_rows if self.std_rows else None,
+            "masked_share": self.masked / self.entries if self.entries else None,
+            "logit_gain": self.gain_sum / self.gain_calls if self.gain_calls else None,
+            "inner": self.inner,
+            "softmax_axes": [{"shape": list(shape), "dim": dim} for shape, dim in self.axes],
         }
 
 
@@ -70,6 +84,9 @@ class AttentionProbe:
         self._stack: list[nn.Module] = []
         self._restore: list[Callable[[], None]] = []
         self._handles: list[Any] = []
+        self._operands: dict[int, tuple[float, float, int]] = {}
+        """Per attention module: RMS of the two operands of its latest matrix product and the
+        inner size (the scores are the product that precedes the softmax)."""
 
     # ------------------------------------------------------------------ window
     def start(self) -> None:
@@ -85,6 +102,11 @@ class AttentionProbe:
         self._patch(torch, "softmax", self._wrap_softmax)
         self._patch(torch.Tensor, "softmax", self._wrap_softmax)
         self._patch(F, "scaled_dot_product_attention", self._wrap_sdpa)
+        self._operands = {}
+        self._patch(torch, "matmul", lambda o: self._wrap_product(o, 0))
+        self._patch(torch.Tensor, "__matmul__", lambda o: self._wrap_product(o, 0))
+        self._patch(torch, "bmm", lambda o: self._wrap_product(o, 0))
+        self._patch(torch, "baddbmm", lambda o: self._wrap_product(o, 1))
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -114,12 +136,33 @@ class AttentionProbe:
         def softmax(logits: Any, *args: Any, **kwargs: Any) -> Any:
             out = original(logits, *args, **kwargs)
             if probe._stack and torch.is_grad_enabled() and isinstance(out, torch.Tensor):
-                dim = kwargs.get("dim", args[0] if args else -1)
-                if dim in (-1, out.dim() - 1):
-                    probe._record(logits, out)
+                dim = kwargs.get("dim", args[0] if args else None)
+                if dim is None:  # F.softmax's implicit dim (deprecated, still used)
+                    dim = 0 if out.dim() in (0, 1, 3) else 1
+                if isinstance(dim, int) and out.dim() > 0:
+                    last = dim % out.dim() == out.dim() - 1
+                    if last and out.shape[-1] > 1:
+                        probe._record(logits, out)
+                    else:
+                        probe._record_axis(out, dim % out.dim())
             return out
 
         return softmax
+
+    def _wrap_product(self, original: Callable[..., Any], first: int) -> Callable[..., Any]:
+        probe = self
+
+        def product(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            if probe._stack and torch.is_grad_enabled() and len(args) >= first + 2:
+                a, b = args[first], args[first + 1]
+                if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() >= 2:
+                    with torch.no_grad():
+                        probe._operands[id(probe._stack[-1])] = (
+                            _rms(a), _rms(b), int(a.shape[-1]))
+            return out
+
+        return product
 
     def _wrap_sdpa(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
@@ -129,10 +172,20 @@ class AttentionProbe:
             if probe._stack and torch.is_grad_enabled():
                 with torch.no_grad():
                     logits = _sdpa_logits(query, key, *args, **kwargs)
+                    probe._operands[id(probe._stack[-1])] = (
+                        _rms(query), _rms(key), int(query.shape[-1]))
                     probe._record(logits, logits.softmax(-1))
             return out
 
         return sdpa
+
+    def _record_axis(self, probs: torch.Tensor, dim: int) -> None:
+        module = self._stack[-1]
+        stats = self.stats.setdefault(id(module), AttentionStats())
+        self.modules[id(module)] = module
+        entry = (tuple(probs.shape), dim)
+        if entry not in stats.axes and len(stats.axes) < 4:
+            stats.axes.append(entry)
 
     def _record(self, logits: torch.Tensor, probs: torch.Tensor) -> None:
         module = self._stack[-1]
@@ -160,12 +213,70 @@ class AttentionProbe:
             finite = logits.detach()[torch.isfinite(logits.detach())]
             if finite.numel():
                 stats.max_logit = max(stats.max_logit, float(finite.max()))
+            spread, rows, masked = row_spread(logits.detach())
+            stats.std_sum += spread
+            stats.std_rows += rows
+            operands = self._operands.pop(id(module), None)
+            if operands is not None and rows:
+                ra, rb, inner = operands
+                if ra > 0 and rb > 0:
+                    stats.gain_sum += spread / rows / (ra * rb * math.sqrt(inner))
+                    stats.gain_calls += 1
+                    stats.inner = inner
+            stats.masked += masked
+            stats.entries += logits.numel()
 
 
 MASKED_LOGIT = -5e3
 """A score at or below this is masked: -inf, finfo.min (transformers) or an additive -10000 mask
 on top of the real score. Real attention logits stay far above it (HF205 calls 50 saturated),
 and the masked set must also form an exact triangle in every row and head to count."""
+
+
+def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None) -> str | None:
+    """Why a softmax an attention module took over ``dim`` (not the last) of ``shape`` is wrong,
+    or None when the layout may be deliberate (``(batch, positions, 1)`` pooling scores normalized
+    over positions, seq-first ``(positions, batch)`` scores over dim 0). ``batch`` is the batch
+    size the loss saw this step, when known."""
+    shape = tuple(int(n) for n in shape)
+    nd = len(shape)
+    if not 0 <= dim < nd:
+        return None
+    where = f"dim {dim} of a {tuple(shape)} tensor"
+    if shape[dim] == 1:
+        return f"softmax over {where}, an axis of size 1: every weight is exactly 1"
+    if dim == nd - 1:
+        return None  # the keys
+    if nd >= 4 or (nd == 3 and shape[-1] == shape[-2] and shape[-1] > 1):
+        if dim == nd - 2:
+            return (f"softmax over {where}, the queries: each key's weights sum to 1 across the "
+                    "queries, instead of each query's weights across the keys")
+        return (f"softmax over {where}, not the key axis (the last): the weights mix "
+                "heads or samples")
+    if nd == 2 and dim == 0 and batch is not None and shape[0] == batch and shape[1] != batch:
+        return (f"softmax over {where}, the batch (the loss sees {batch} samples): each sample's "
+                "weights depend on the other samples of the batch")
+    return None
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().square().mean().sqrt())
+
+
+def row_spread(logits: torch.Tensor) -> tuple[float, int, int]:
+    """(sum over rows of the standard deviation of a row's unmasked logits, rows with at least
+    two unmasked entries, masked entries). The softmax ignores a row's mean, so its spread is
+    what sets how sharp the weights are: 1/√d scaling keeps it near 1 at initialization."""
+    x = logits.double() if logits.dtype == torch.float64 else logits.float()
+    keep = torch.isfinite(x) & (x > MASKED_LOGIT)
+    n = keep.sum(-1)
+    safe = torch.where(keep, x, torch.zeros_like(x))
+    mean = safe.sum(-1) / n.clamp_min(1)
+    var = (torch.where(keep, x - mean.unsqueeze(-1), torch.zeros_like(x)) ** 2).sum(-1)
+    var = var / (n - 1).clamp_min(1)
+    ok = n >= 2
+    masked = int(logits.numel() - int(keep.sum()))
+    return float(var.sqrt()[ok].sum()), int(ok.sum()), masked
 
 
 def causal_mask_offset(logits: torch.Tensor) -> int | None:

@@ -57,6 +57,9 @@ class LossInputWatch:
         self._step = step
         self.events: dict[str, LossInputEvent] = {}
         self._calls: dict[str, int] = {}
+        self.batch: int | None = None
+        """Leading size of the last loss input (its samples, or samples × positions when the
+        script flattens them): shapes only, no host sync."""
         self._restore: list[Callable[[], None]] = []
 
     def install(self) -> None:
@@ -77,6 +80,8 @@ class LossInputWatch:
 
         def wrapped(input: Any, *args: Any, **kwargs: Any) -> Any:
             calls = self._calls.get(name, 0)
+            if isinstance(input, torch.Tensor) and input.dim() >= 2:
+                self.batch = int(input.shape[0])
             if calls < CHECKED_CALLS and isinstance(input, torch.Tensor):
                 self._calls[name] = calls + 1
                 event = self.events.setdefault(name, LossInputEvent(name, kind, self._step()))

@@ -147,6 +147,8 @@ class Report:
     findings: list[Finding]
     numerics: list[dict[str, Any]] = field(default_factory=list)
     loss_inputs: list[dict[str, Any]] = field(default_factory=list)
+    frozen: list[dict[str, Any]] = field(default_factory=list)
+    """Modules whose parameters all have requires_grad off, in models that otherwise train."""
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
     rules: list[dict[str, Any]] = field(default_factory=list)
@@ -190,6 +192,7 @@ class Report:
             "timeline": {"loss": [{"step": s, "loss": _num(v)} for s, v in self.losses]},
             "numerics": self.numerics,
             "loss_inputs": self.loss_inputs,
+            "frozen": self.frozen,
             "findings": [f.to_dict() for f in self.findings],
             "propagation": _clean(self.propagation),
             "rules": [

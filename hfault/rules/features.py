@@ -15,6 +15,7 @@ QK ≪ VO ≪ Norm, so a global threshold would only rediscover the block type).
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ RUN_FEATURES: dict[str, str] = {
     "loss_input_step": "the step of the first such call",
     "loss_input_share": "share of the checked calls that were fed them",
     "output_component": "the component whose module ran last in the forward: the output layer",
+    "frozen_modules": "modules with every parameter frozen (requires_grad off) in a model that "
+    "otherwise trains",
+    "frozen_untrained": "of those, the ones whose largest weight still looks freshly initialized "
+    "(entry kurtosis <= 3.5)",
+    "frozen_module": "the first frozen, untrained module in forward order",
+    "frozen_kurtosis": "the kurtosis of its largest weight",
+    "frozen_in_optimizer": "whether its parameters were handed to an optimizer",
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
     "curvature_error_step": "the step of that error",
     "curvature_blocked": "number of components whose curvature was blocked",
@@ -160,6 +168,31 @@ ATTENTION_FEATURES: dict[str, str] = {
     "keys": "number of keys attended over (last measured)",
     "max_logit_peers": "median of the other attention modules' last max_logit (none without "
     "other attention modules)",
+    "logit_std": "series: mean over rows of the spread (std) of the unmasked pre-softmax logits",
+    "logit_gain": "series: the scores' spread per unit of query and key size, "
+    "logit_std / (rms(q)·rms(k)·√d) from the operands of the product that made them: the "
+    "scale the scores were given (1/√d for standard attention), whatever the input's size",
+    "gain_first": "logit_gain at the first measured step (the initialization)",
+    "gain_peers": "the gain its peers share: the other attention modules of the same class (the "
+    "same code), else of the same place in other layers; with three or more modules in all, the "
+    "median of all of them (itself included); none without a peer",
+    "gain_peer_count": "number of modules gain_peers is taken over",
+    "gain_ratio": "gain_first / gain_peers, folded to be ≥ 1 (how far off, either way)",
+    "gain_outlier": "whether this module, not its peer, is the odd one: always with two or more "
+    "peers (their median stands for the model); with one, the one further from the other "
+    "attention modules' median, or without any, from a standard scale (1/√d, or 1 when folded "
+    "into the queries)",
+    "axis_fault": "why a softmax the module took over an axis other than the keys is wrong, "
+    "first seen (none when every softmax normalized the key axis)",
+    "axis_step": "the step axis_fault was first seen",
+    "mask_none": "whether no logit of the module was masked at its first measured step",
+    "causal_peers": "number of same-role modules of other layers with a causal mask "
+    "(mask_offset 0) at their first measured step",
+    "causal_peer": "one of them",
+    "keys_first": "number of keys at the first measured step",
+    "keys_peers": "median keys_first of the same-role modules of other layers",
+    "batch": "leading size of the loss input at the first measured step (its samples; samples × "
+    "positions when the script flattens them)",
 }
 
 VOCABULARY: dict[str, dict[str, str]] = {
@@ -235,6 +268,18 @@ class Features:
             "output_component": first.get("output_component"),
         }
 
+    def _frozen_features(self) -> dict[str, Any]:
+        frozen = list(self.report.get("frozen") or [])
+        untrained = [e for e in frozen if e.get("untrained")]
+        first = untrained[0] if untrained else {}
+        return {
+            "frozen_modules": len(frozen),
+            "frozen_untrained": len(untrained),
+            "frozen_module": first.get("module"),
+            "frozen_kurtosis": _num(first.get("kurtosis")),
+            "frozen_in_optimizer": first.get("in_optimizer"),
+        }
+
     def _run_features(self) -> dict[str, Any]:
         run = self.report.get("run", {})
         timeline = self.report.get("timeline", {}).get("loss", [])
@@ -250,6 +295,7 @@ class Features:
                            default=None),
             "measured_steps": len(self.snapshots),
             **self._loss_input_features(),
+            **self._frozen_features(),
             "loss": Series(loss_steps, losses),
             "loss_points": len(finite),
             "loss_all_finite": len(finite) == len(losses),
@@ -474,9 +520,33 @@ class Features:
                          for s in self.snapshots)
             for m in modules
         }
+        first_gain: dict[str, float | None] = {}
+        first_type: dict[str, str | None] = {}
+        first_inner: dict[str, int | None] = {}
+        first_causal: dict[str, bool] = {}
+        first_keys: dict[str, int | None] = {}
+        for m in modules:
+            firsts = [a for a in ((s.get("attention") or {}).get(m) for s in self.snapshots) if a]
+            first_gain[m] = _num(firsts[0].get("logit_gain")) if firsts else None
+            first_type[m] = firsts[0].get("type") if firsts else None
+            first_inner[m] = firsts[0].get("inner") if firsts else None
+            first_causal[m] = bool(firsts) and firsts[0].get("mask_offset") == 0
+            first_keys[m] = firsts[0].get("keys") if firsts else None
         subjects = []
         for module in modules:
             stats = [(s.get("attention") or {}).get(module, {}) for s in self.snapshots]
+            same_role = [m for m in modules if m != module and _role_of(m) == _role_of(module)]
+            seen = [(step, st) for step, st in zip(self.steps, stats, strict=True) if st]
+            axis = next(((step, st["axis_fault"]) for step, st in seen if st.get("axis_fault")),
+                        (None, None))
+            causal = [m for m in same_role if first_causal[m]]
+            same_code = [m for m in modules if m != module and first_type[m] is not None
+                         and first_type[m] == first_type[module]] or same_role
+            group = [m for m in [module, *same_code] if first_gain[m]]
+            # Three or more: the median of the group (itself included) stands for the code, so one
+            # odd module cannot drag it; two: the other one.
+            gain_peers = (_median(first_gain[m] for m in group) if len(group) >= 3
+                          else _median(first_gain[m] for m in same_code))
             members = [c for c in self.components if c.get("attention") == module]
 
             def role(r: str, members: list[Mapping[str, Any]] = members) -> str | None:
@@ -522,6 +592,21 @@ class Features:
                 k_weight_growth=kg,
                 fastest_qk=fastest or weakest or module,
                 max_logit_peers=_median(v for m, v in last_logit.items() if m != module),
+                logit_std=self.series([_num(st.get("logit_std")) for st in stats]),
+                logit_gain=self.series([_num(st.get("logit_gain")) for st in stats]),
+                gain_first=first_gain[module],
+                gain_peers=gain_peers,
+                gain_peer_count=len([m for m in same_code if first_gain[m]]),
+                gain_ratio=_fold(first_gain[module], gain_peers),
+                gain_outlier=_odd_one(module, same_code, first_gain, first_inner),
+                axis_fault=axis[1],
+                axis_step=axis[0],
+                mask_none=bool(seen) and seen[0][1].get("masked_share") == 0,
+                causal_peers=len(causal),
+                keys_first=seen[0][1].get("keys") if seen else None,
+                keys_peers=_median(float(k) for k in (first_keys[m] for m in same_role) if k),
+                batch=seen[0][1].get("batch") if seen else None,
+                causal_peer=causal[0] if causal else None,
             )
             subjects.append(Subject("attention", module, {**self.run, **f},
                                     component=weakest or module))
@@ -572,6 +657,43 @@ def _spectral(lmax: Any, lmin: Any) -> float | None:
 def _min2(a: Any, b: Any) -> float | None:
     values = [v for v in (_num(a), _num(b)) if v is not None]
     return min(values) if values else None
+
+
+def _odd_one(module: str, peers: list[str], first: dict[str, float | None],
+             inner: dict[str, int | None]) -> bool:
+    """With one peer, two modules disagree and either may be wrong. The odd one is the one
+    further (in log) from the median of the remaining attention modules; without any, the one
+    further from a standard scale: 1/√d after the product (or SDPA's default), or 1 when the
+    1/√d is folded into the queries before it (``nn.MultiheadAttention``), or an unscaled
+    additive score."""
+    peers = [m for m in peers if first[m]]
+    if len(peers) != 1:
+        return True
+    other = peers[0]
+    mine, theirs = first[module], first[other]
+    if not mine or not theirs:
+        return True
+    rest = _median(v for m, v in first.items() if m != module and m != other)
+    if rest is not None:
+        return abs(math.log(mine / rest)) >= abs(math.log(theirs / rest))
+
+    def off_standard(gain: float, d: int | None) -> float:
+        off = abs(math.log(gain))
+        return min(off, abs(math.log(gain * math.sqrt(d)))) if d and d > 1 else off
+
+    return off_standard(mine, inner.get(module)) >= off_standard(theirs, inner.get(other))
+
+
+def _fold(value: float | None, reference: float | None) -> float | None:
+    """max(value/reference, reference/value): how many times off, in either direction."""
+    if value is None or reference is None or value <= 0 or reference <= 0:
+        return None
+    return max(value / reference, reference / value)
+
+
+def _role_of(module: str) -> str:
+    """A module's place in its layer: the path with layer indices masked (``h.#.attn``)."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "#", module)
 
 
 def _last_num(values: Iterable[Any]) -> float | None:

@@ -110,4 +110,5 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         "timeline": {"loss": [{"step": i + 1, "loss": v} for i, v in enumerate(losses)]},
         "numerics": spec.get("numerics", []),
         "loss_inputs": spec.get("loss_inputs", []),
+        "frozen": spec.get("frozen", []),
     }

@@ -1,0 +1,69 @@
+"""Modules of a training model whose weights never train, and whether they were ever trained.
+
+A part of the model frozen by mistake (``requires_grad_(False)`` on the wrong module, a freeze
+loop that matches too much) shows nothing in the gradients: it has none. What tells a mistake
+from a deliberate freeze is the state of the frozen weights. Freezing is meant for weights that
+were *trained*, a pretrained backbone or embedding; a module frozen at its *random
+initialization* feeds fixed noise to the layers after it. Trained weights are heavy-tailed
+(Martin and Mahoney's heavy-tailed self-regularization): the kurtosis of their entries is well
+above the Gaussian 3. Every standard initializer draws iid entries from a uniform (kurtosis
+1.8), a (truncated) normal (2.4-3) or an orthogonal matrix (about 3). Read once, when the
+components are built, before the first update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+UNTRAINED_KURTOSIS = 3.5
+"""Entries of a freshly initialized weight have kurtosis ≤ 3 (plus sampling noise); trained ones
+are heavy-tailed."""
+_MIN_NUMEL = 256  # fewer entries: the kurtosis is too noisy to call
+_MAX_ENTRIES = 64
+
+
+def kurtosis(w: torch.Tensor) -> float | None:
+    """The standardized fourth moment of the entries (3 for a Gaussian), None when undefined."""
+    x = w.detach().to(torch.float64).flatten()
+    if x.numel() < _MIN_NUMEL or not bool(torch.isfinite(x).all()):
+        return None
+    x = x - x.mean()
+    var = float(x.square().mean())
+    if var <= 0:
+        return None
+    return float(x.pow(4).mean()) / (var * var)
+
+
+def frozen_modules(roots: Sequence[nn.Module], prefixes: Sequence[str],
+                   optimized: set[int]) -> list[dict[str, Any]]:
+    """Modules (in module order) whose own parameters all have ``requires_grad`` off, in models
+    that otherwise train: ``module``, ``type``, ``numel``, ``in_optimizer`` (the script handed
+    them to an optimizer, then froze them), ``kurtosis`` of the largest ≥2-D weight and
+    ``untrained`` (that weight still looks freshly initialized). Norm gains and biases alone
+    (no ≥2-D weight) are listed with ``untrained`` None."""
+    out: list[dict[str, Any]] = []
+    for root, prefix in zip(roots, prefixes, strict=True):
+        if not any(p.requires_grad for p in root.parameters()):
+            continue  # an evaluation-only model (a frozen teacher, a reference model)
+        for path, module in root.named_modules():
+            own = list(module.named_parameters(recurse=False))
+            if not own or any(p.requires_grad for _, p in own):
+                continue
+            weights = [p for _, p in own if p.dim() >= 2]
+            big = max(weights, key=lambda p: p.numel()) if weights else None
+            k = kurtosis(big) if big is not None else None
+            out.append({
+                "module": (prefix + path) if path else prefix.rstrip(".") or type(root).__name__,
+                "type": type(module).__name__,
+                "numel": sum(p.numel() for _, p in own),
+                "in_optimizer": any(id(p) in optimized for _, p in own),
+                "kurtosis": k,
+                "untrained": None if k is None else k <= UNTRAINED_KURTOSIS,
+            })
+            if len(out) >= _MAX_ENTRIES:
+                return out
+    return out
