@@ -62,7 +62,8 @@ def test_sdpa_causal_attention_per_head(cli):
         logits = q @ k.transpose(-2, -1) / 2.0
         logits = logits.masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), -math.inf)
         norm = _entropy(logits.softmax(-1)) / math.log(6)  # (batch, heads, queries)
-    result = cli("diagnose", str(SCRIPTS / "sdpa_train.py"), "--at", "1", "--", "--steps", "2")
+    result = cli("diagnose", "--curvature", str(SCRIPTS / "sdpa_train.py"), "--at", "1",
+                 "--", "--steps", "2")
     assert result.returncode == 0, result.stderr
     snap = result.report["snapshots"][0]
     stats = snap["attention"]["attn"]
@@ -85,7 +86,7 @@ def test_sdpa_causal_attention_per_head(cli):
 
 
 def test_multihead_attention_fused_path_is_probed(cli):
-    result = cli("diagnose", str(SCRIPTS / "sdpa_train.py"), "--at", "1", "--",
+    result = cli("diagnose", "--curvature", str(SCRIPTS / "sdpa_train.py"), "--at", "1", "--",
                  "--steps", "2", "--mha")
     snap = result.report["snapshots"][0]
     stats = snap["attention"]["attn"]
@@ -95,7 +96,7 @@ def test_multihead_attention_fused_path_is_probed(cli):
 
 
 def test_distilbert_attention_modules_are_named_like_their_components(cli):
-    result = cli("diagnose", str(SCRIPTS / "distilbert_train.py"), "--at", "2", "--",
+    result = cli("diagnose", "--curvature", str(SCRIPTS / "distilbert_train.py"), "--at", "2", "--",
                  "--steps", "2")
     assert result.returncode == 0, result.stderr
     snap = result.report["snapshots"][0]

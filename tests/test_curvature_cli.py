@@ -45,7 +45,8 @@ def exact():
 
 def test_cli_curvature_matches_the_dense_hessian(cli, exact):
     hess, blocks = exact
-    result = cli("diagnose", str(SCRIPTS / "exact_train.py"), "--at", "1", "--probes", "64",
+    result = cli("diagnose", "--curvature", str(SCRIPTS / "exact_train.py"), "--at", "1",
+                 "--probes", "64",
                  "--lanczos-steps", "30", "--", "--steps", "2")
     assert result.returncode == 0, result.stderr
     snap = result.report["snapshots"][0]
@@ -77,7 +78,7 @@ def test_no_curvature_spends_no_hvp(cli):
 
 
 def test_op_without_double_backward_is_named_and_the_rest_still_measured(cli):
-    result = cli("diagnose", str(SCRIPTS / "once_diff_train.py"), "--at", "1", "--",
+    result = cli("diagnose", "--curvature", str(SCRIPTS / "once_diff_train.py"), "--at", "1", "--",
                  "--steps", "2")
     assert result.returncode == 0, result.stderr  # a warning, not an error
     snap = result.report["snapshots"][0]
@@ -103,14 +104,15 @@ def test_parameter_gradient_hooks_are_reported(cli, tmp_path):
         "    loss.backward()\n"
         "    opt.step()\n"
     )
-    result = cli("diagnose", str(script), "--at", "1")
+    result = cli("diagnose", "--curvature", str(script), "--at", "1")
     assert any("gradient hooks on <root>" in n or "gradient hooks on weight" in n
                for n in result.report["notes"]), result.report["notes"]
 
 
 def test_shared_probe_traces_are_unbiased_against_the_dense_hessian(cli, exact):
     hess, blocks = exact
-    result = cli("diagnose", str(SCRIPTS / "exact_train.py"), "--at", "1", "--probes", "64",
+    result = cli("diagnose", "--curvature", str(SCRIPTS / "exact_train.py"), "--at", "1",
+                 "--probes", "64",
                  "--trace-method", "shared", "--", "--steps", "2")
     snap = result.report["snapshots"][0]
     assert any("shared probes" in note for note in snap["curvature"]["notes"])

@@ -71,7 +71,7 @@ def row(page: str, component: str) -> str:
 
 def diagnose(tmp: Path, script: Path, *args: str) -> tuple[CliResult, str]:
     html = tmp / "report.html"
-    argv = ["diagnose", str(script), "--quiet", "--html", str(html), *args]
+    argv = ["diagnose", "--curvature", str(script), "--quiet", "--html", str(html), *args]
     result = run_cli(argv, tmp)
     assert html.is_file(), result.stderr
     return result, html.read_text(encoding="utf-8")

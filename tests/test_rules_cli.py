@@ -118,10 +118,11 @@ def test_findings_are_deterministic_with_stable_fingerprints(cli) -> None:  # ty
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """The bundled faulty sample (q_proj at 100× LR), once, with every export."""
+    """The bundled faulty sample (q_proj at 100× LR), once, with every export (and curvature:
+    the coupling graph and the q/k-vs-v curvature are what it is judged by)."""
     out = tmp_path_factory.mktemp("demo")
     result = run_cli(
-        ["diagnose", str(SAMPLES / "transformer_lr_fault.py"), "--max-steps", "60",
+        ["diagnose", "--curvature", str(SAMPLES / "transformer_lr_fault.py"), "--max-steps", "60",
          "--sarif", str(out / "hfault.sarif"), "--graph", str(out / "coupling.graphml")],
         out,
     )

@@ -59,7 +59,8 @@ def _series(report: dict[str, Any], component: str, metric: str) -> dict[int, An
 def lr_verified(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult, Path]:
     """transformer_lr_fault.py (blocks.0.attn.q_proj at 100× the LR), verified once."""
     tmp = tmp_path_factory.mktemp("verify_lr")
-    result = run_cli(["diagnose", str(SAMPLES / "transformer_lr_fault.py"), "--max-steps", "40",
+    result = run_cli(["diagnose", "--curvature", str(SAMPLES / "transformer_lr_fault.py"),
+                      "--max-steps", "40",
                       "--at", "1,20,40", "--verify-fix"], tmp)
     return result, tmp / "report.json"
 
@@ -160,7 +161,8 @@ def test_clipping_bounds_the_rerun_gradients(cli, diverge: Path) -> None:  # typ
 
 
 def test_component_in_a_shared_group_gets_a_new_group(cli, diverge: Path) -> None:  # type: ignore[no-untyped-def]
-    result = cli("diagnose", str(diverge), "--select", "HF201", "--verify-fix", "--quiet")
+    result = cli("diagnose", "--curvature", str(diverge), "--select", "HF201", "--verify-fix",
+                 "--quiet")
     report = result.report
     assert report is not None
     vf = report["verify_fix"]
@@ -187,7 +189,8 @@ def test_split_that_breaks_a_per_group_scheduler_is_not_blamed_on_the_fix(  # ty
         "for step in range(30):",
         "sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 1.0])\n"
         "for step in range(30):").replace("    opt.step()", "    opt.step()\n    sched.step()"))
-    result = cli("diagnose", str(script), "--select", "HF201", "--verify-fix", "--quiet")
+    result = cli("diagnose", "--curvature", str(script), "--select", "HF201", "--verify-fix",
+                 "--quiet")
     vf = result.report["verify_fix"]
     assert vf["after"]["run"]["status"] == "crashed"
     assert vf["verdict"] == "not_applicable"
