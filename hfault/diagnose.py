@@ -128,6 +128,7 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
                 "param_groups": len(o.param_groups),
                 "lr": _number(o.defaults.get("lr")),
                 "source": state.optimizer_sources[i] if i < len(state.optimizer_sources) else None,
+                "gradient_reset": session.stale_grads.summary(o),
             }
             for i, o in enumerate(state.optimizers)
         ],

@@ -177,3 +177,14 @@ def test_grad_scale_is_what_the_scripts_clipping_did_to_the_step(cli, tmp_path: 
         plain = cli("diagnose", str(SCRIPTS / "clip_train.py"), "--no-curvature", "--at", "1,4,9")
         for snap in plain.report["snapshots"][:3]:
             assert {m["grad_scale"] for m in snap["metrics"].values()} == {1.0}
+
+
+@pytest.mark.parametrize("mode, stale", [("never", 3), ("reset", 0), ("accumulate", 0),
+                                         ("gan", 0)])
+def test_gradients_never_reset_are_named_and_resets_are_not(cli, mode, stale):
+    result = cli("diagnose", str(SCRIPTS / "grad_reset_train.py"), "--", "--mode", mode,
+                 "--steps", "6")
+    for opt in result.report["run"]["optimizers"]:
+        assert opt["gradient_reset"] == {"checked": 3, "stale": stale}, opt
+    fired = [f["rule"] for f in result.findings() if f["rule"] == "HF016"]
+    assert fired == (["HF016"] if stale else [])

@@ -58,6 +58,7 @@ from hfault.probes.numerics import (
     NonFiniteEvent,
     describe_value,
 )
+from hfault.probes.zero_grad import StaleGradientWatch
 
 
 class StopTraining(BaseException):
@@ -123,6 +124,7 @@ class CaptureSession:
         self._watch = ActivationWatch()
         self._grad_watch = GradientWatch()
         self._loss_watch = LossInputWatch(lambda: self.state.step + 1)
+        self.stale_grads = StaleGradientWatch()
         self._handles: list[Any] = []
         self._restore: list[Callable[[], None]] = []
         self._opt_steps: dict[int, int] = {}
@@ -222,6 +224,7 @@ class CaptureSession:
         if self.max_steps is not None and state.step >= self.max_steps:
             raise StopTraining
         state.backward_calls += 1
+        self.stale_grads.before_backward(state.optimizers)
         if state.backward_calls == 3 and os.environ.get("HFAULT_DEBUG_RAISE") == "hook":
             raise RuntimeError("HFAULT_DEBUG_RAISE=hook: simulated error in hfault's backward hook")
         loss = tensors if isinstance(tensors, torch.Tensor) else None
@@ -306,6 +309,7 @@ class CaptureSession:
         count = self._opt_steps.get(id(opt), 0) + 1
         if self.max_steps is not None and count > self.max_steps:
             raise StopTraining
+        self.stale_grads.before_step(opt)
         step = max(self.state.step, count)
         self._ensure_components()
         index = self._opt_index.get(id(opt))

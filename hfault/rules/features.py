@@ -52,6 +52,13 @@ RUN_FEATURES: dict[str, str] = {
     "loss_input_step": "the step of the first such call",
     "loss_input_share": "share of the checked calls that were fed them",
     "output_component": "the component whose module ran last in the forward: the output layer",
+    "stale_grad_steps": "of the first steps judged of the first optimizer whose gradients were "
+    "not reset between steps, how many were not (zero_grad forgotten); 0 when every optimizer "
+    "reset them",
+    "stale_grad_checked": "how many steps of that optimizer were judged",
+    "stale_grad_optimizer": "that optimizer's class (none when every optimizer reset its "
+    "gradients)",
+    "stale_grad_line": "where the script constructed it (file:line)",
     "frozen_modules": "modules with every parameter frozen (requires_grad off) in a model that "
     "otherwise trains",
     "frozen_untrained": "of those, the ones whose largest weight still looks freshly initialized "
@@ -268,6 +275,20 @@ class Features:
             "output_component": first.get("output_component"),
         }
 
+    @staticmethod
+    def _stale_grad_features(optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        stale = next((o for o in optimizers
+                      if (o.get("gradient_reset") or {}).get("stale")), None)
+        reset = (stale or {}).get("gradient_reset") or {}
+        source = (stale or {}).get("source") or {}
+        return {
+            "stale_grad_steps": reset.get("stale", 0),
+            "stale_grad_checked": reset.get("checked", 0),
+            "stale_grad_optimizer": stale.get("class") if stale else None,
+            "stale_grad_line": (f"{source.get('file')}:{source.get('line')}"
+                                if source.get("file") else None),
+        }
+
     def _frozen_features(self) -> dict[str, Any]:
         frozen = list(self.report.get("frozen") or [])
         untrained = [e for e in frozen if e.get("untrained")]
@@ -296,6 +317,7 @@ class Features:
             "measured_steps": len(self.snapshots),
             **self._loss_input_features(),
             **self._frozen_features(),
+            **self._stale_grad_features(optimizers),
             "loss": Series(loss_steps, losses),
             "loss_points": len(finite),
             "loss_all_finite": len(finite) == len(losses),
