@@ -447,12 +447,10 @@ class CaptureSession:
         optimized = {id(p) for opt in self.state.optimizers for g in opt.param_groups
                      for p in g["params"]}
         frozen = frozen_modules(roots, root_prefixes(roots), optimized)
-        order = {id(m): i for i, m in enumerate(self.state.modules.values())}
-        named = {(prefix + path) if path else prefix.rstrip("."): id(m)
-                 for root, prefix in zip(roots, root_prefixes(roots), strict=True)
-                 for path, m in root.named_modules()}
+        order = {id(m): i for i, m in enumerate(self.state.modules.values())}  # forward order
+        ids = {name: mid for mid, name in self.module_names().items()}
         self.state.frozen = sorted(
-            frozen, key=lambda e: order.get(named.get(e["module"], -1), len(order)))
+            frozen, key=lambda e: order.get(ids.get(e["module"], -1), len(order)))
 
     def module_names(self) -> dict[int, str]:
         """id(module) -> name relative to its root, for every module seen running."""

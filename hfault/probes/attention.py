@@ -124,6 +124,7 @@ class AttentionProbe:
     def _push(self, module: nn.Module, args: Any) -> None:
         if self.is_attention(module):
             self._stack.append(module)
+            self._operands.pop(id(module), None)  # a product of an earlier call is not this one's
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._stack and self._stack[-1] is module:
