@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -185,6 +186,8 @@ def diagnose(
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
+    _check_outputs({"--json": json_path, "--sarif": sarif_path, "--graph": graph_path,
+                    "--html": html_path})
     rules = _rule_set(script.resolve().parent, config, rules_dirs, select, ignore)
     try:
         schedule = parse_schedule(at, max_steps)
@@ -247,6 +250,39 @@ def diagnose(
     raise typer.Exit(_findings_code(data, fail_on))
 
 
+def _check_outputs(paths: dict[str, Path | None]) -> None:
+    """Every output path can be written, checked before the script runs: an hour of training
+    must not end in 'cannot write'. Creates missing parent folders (as the writers would)."""
+    import tempfile
+
+    for option, path in paths.items():
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageFailure(f"{option} {path}: is a folder, not a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".hfault-check-"):
+                pass
+        except OSError as exc:
+            raise UsageFailure(f"{option} {path}: cannot write there "
+                               f"({exc.strerror or exc})") from None
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file beside ``path``, then rename: a killed or failed write
+    never leaves a truncated report, nor the previous run's under this run's name."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.hfault-tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _findings_code(data: dict[str, Any], fail_on: FailOn) -> ExitCode:
     if fail_on is FailOn.never:
         return ExitCode.OK
@@ -297,12 +333,11 @@ def _emit(
 
     written = []
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        _atomic_write(json_path, lambda p: p.write_text(text))
         written.append(f"JSON report written to {json_path}")
     if sarif_path is not None:
-        sarif_path.parent.mkdir(parents=True, exist_ok=True)
-        write_sarif(data, catalog, sarif_path)
+        _atomic_write(sarif_path, lambda p: write_sarif(data, catalog, p))
         written.append(f"SARIF written to {sarif_path}")
     if graph_path is not None:
         from hfault.graph import graph_from_json
@@ -312,13 +347,13 @@ def _emit(
         if last is None:
             written.append("no coupling graph to export (curvature was not measured)")
         else:
-            graph_path.parent.mkdir(parents=True, exist_ok=True)
-            write_graphml(graph_from_json(last["graph"]), graph_path)
+            graph = graph_from_json(last["graph"])
+            _atomic_write(graph_path, lambda p: write_graphml(graph, p))
             written.append(f"GraphML of step {last['step']} written to {graph_path}")
     if html_path is not None:
         from hfault.report.html import write_html
 
-        write_html(data, html_path)
+        _atomic_write(html_path, lambda p: write_html(data, p))
         written.append(f"HTML report written to {html_path}")
     if not quiet:
         render(data, Console(width=None if sys.stdout.isatty() else 120))

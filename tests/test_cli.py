@@ -100,6 +100,32 @@ def test_usage_errors_exit_2_with_one_line(cli, args, contains):
     assert_one_line_error(result.stderr, contains)
 
 
+@pytest.mark.parametrize("option", ["--json", "--sarif", "--html", "--graph"])
+def test_unwritable_output_fails_before_the_script_runs(cli, tmp_path, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    marker = tmp_path / "ran"
+    result = cli("diagnose", str(SCRIPTS / "basic_train.py"), option,
+                 str(blocker / "report.out"), "--", "--out", str(marker), json_report=False)
+    assert result.returncode == ExitCode.USAGE
+    assert_one_line_error(result.stderr, f"{option} {blocker / 'report.out'}: cannot write there")
+    assert not marker.exists()  # the script never ran
+
+
+def test_reports_are_replaced_whole(cli, tmp_path):
+    """A stale report under the same name is replaced by the new one, and no temporary file is
+    left beside it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.json").write_text("{stale")
+    result = cli("diagnose", str(SCRIPTS / "basic_train.py"), "--json", str(out / "r.json"),
+                 "--html", str(out / "r.html"), "--quiet", "--", "--steps", "2",
+                 json_report=False)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert json.loads((out / "r.json").read_text())["run"]["status"] == "completed"
+    assert sorted(p.name for p in out.iterdir()) == ["r.html", "r.json"]
+
+
 @pytest.mark.parametrize(
     ("script", "what"),
     [("no_optimizer.py", "created no torch.optim optimizer"),
