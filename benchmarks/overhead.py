@@ -1,0 +1,139 @@
+"""What a default ``hfault diagnose`` costs over the plain script, measured in one run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py            # about 3 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py --repeats 5
+
+Prints three tables, every ratio from runs alternated in this one process (the machine's noise
+hits both sides alike; the minimum of the repeats is kept):
+
+1. **Unmeasured steps**: a generated pre-norm encoder trained for a fixed number of AdamW steps,
+   at two widths (about 5 ms and 30 ms a step on one CPU thread). The script times its own
+   training loop, so start-up is excluded; under hfault it runs with ``--at`` past its last step,
+   so every step is an unmeasured one (plus the last step, which is always reported).
+2. **Default runs**: three sample programs, wall time of ``hfault diagnose`` (first-order, the
+   default) against the plain script, start-up included.
+3. **Start-up**: ``hfault diagnose`` on a script that only imports torch, against that script.
+Not a test: machines are noisy, so it prints numbers and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+ENCODER = '''
+import json, sys, time
+import torch
+from torch import nn
+width, steps = int(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(0)
+layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
+                                   norm_first=True)
+model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                      nn.Linear(width, 4))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+x, y = torch.randn(16, 32, width), torch.randint(0, 4, (16,))
+start = time.perf_counter()
+for _ in range(steps):
+    loss = nn.functional.cross_entropy(model(x).mean(1), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print("LOOP_SECONDS", time.perf_counter() - start)
+'''
+
+SAMPLES = [("encoder_healthy.py", 200), ("han_healthy.py", 200), ("gpt_healthy.py", 200)]
+
+
+def _run(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1, 2):  # 2: "nothing to diagnose" (the start-up script)
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
+    return wall, proc.stdout
+
+
+def _loop_seconds(stdout: str) -> float:
+    line = next(x for x in stdout.splitlines() if x.startswith("LOOP_SECONDS"))
+    return float(line.split()[1])
+
+
+def _hfault(script: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "hfault", "diagnose", script, "-q", "--fail-on", "never",
+            *options, "--"]
+
+
+def unmeasured(repeats: int, folder: Path) -> list[dict[str, float]]:
+    script = folder / "encoder.py"
+    script.write_text(ENCODER)
+    rows = []
+    for width, steps in ((32, 300), (128, 100)):
+        plain, watched = [], []
+        for _ in range(repeats):
+            plain.append(_loop_seconds(_run([sys.executable, str(script), str(width),
+                                             str(steps)])[1]))
+            watched.append(_loop_seconds(_run([*_hfault(str(script), "--at", "100000"),
+                                               str(width), str(steps)])[1]))
+        rows.append({"width": width, "steps": steps, "ms_per_step": 1e3 * min(plain) / steps,
+                     "ratio": min(watched) / min(plain)})
+    return rows
+
+
+def default_runs(repeats: int) -> list[dict[str, float | str]]:
+    rows: list[dict[str, float | str]] = []
+    for name, steps in SAMPLES:
+        path = str(ROOT / "sample_programs" / name)
+        plain, watched = [], []
+        for _ in range(repeats):
+            plain.append(_run([sys.executable, path, "--steps", str(steps)])[0])
+            watched.append(_run([*_hfault(path), "--steps", str(steps)])[0])
+        rows.append({"program": name, "plain_s": min(plain), "hfault_s": min(watched),
+                     "ratio": min(watched) / min(plain)})
+    return rows
+
+
+def startup(repeats: int, folder: Path) -> dict[str, float]:
+    script = folder / "noop.py"
+    script.write_text("import torch\n")
+    plain = min(_run([sys.executable, str(script)])[0] for _ in range(repeats))
+    watched = min(_run(_hfault(str(script)))[0] for _ in range(repeats))
+    return {"plain_s": plain, "hfault_s": watched, "added_s": watched - plain}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        steps = unmeasured(args.repeats, folder)
+        runs = default_runs(args.repeats)
+        start = startup(args.repeats, folder)
+    print("Unmeasured steps (the script's own training-loop time, hfault / plain):")
+    for r in steps:
+        print(f"  width {r['width']:>3}, {r['steps']} steps, {r['ms_per_step']:.1f} ms/step: "
+              f"{r['ratio']:.2f}x")
+    print("Default runs (wall time, start-up included, hfault diagnose / plain):")
+    for r in runs:
+        print(f"  {r['program']:22} {r['plain_s']:6.1f} s -> {r['hfault_s']:6.1f} s: "
+              f"{r['ratio']:.2f}x")
+    print(f"Start-up: a script that imports torch {start['plain_s']:.2f} s, under hfault "
+          f"{start['hfault_s']:.2f} s (+{start['added_s']:.2f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"unmeasured": steps, "default_runs": runs,
+                                         "startup": start}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
