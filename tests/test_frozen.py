@@ -53,7 +53,8 @@ def test_frozen_modules_lists_fully_frozen_modules_only():
     net.norm.requires_grad_(False)
     net.head.bias.requires_grad_(False)  # partly frozen: not listed
     optimized = {id(p) for p in net.pos.parameters()}
-    found = {e["module"]: e for e in frozen_modules([net], [""], optimized)}
+    names = {id(m): path for path, m in net.named_modules()}
+    found = {e["module"]: e for e in frozen_modules([net], names, optimized, {})}
     assert set(found) == {"emb", "pos", "norm"}
     assert found["emb"]["untrained"] is False and found["emb"]["kurtosis"] > UNTRAINED_KURTOSIS
     assert found["pos"]["untrained"] is True and found["pos"]["in_optimizer"] is True
@@ -62,4 +63,4 @@ def test_frozen_modules_lists_fully_frozen_modules_only():
 
 def test_a_model_that_does_not_train_is_not_judged():
     teacher = _Net().requires_grad_(False)
-    assert frozen_modules([teacher], [""], set()) == []
+    assert frozen_modules([teacher], {}, set(), {}) == []

@@ -446,11 +446,8 @@ class CaptureSession:
         roots = find_roots(list(self.state.modules.values()), params)
         optimized = {id(p) for opt in self.state.optimizers for g in opt.param_groups
                      for p in g["params"]}
-        frozen = frozen_modules(roots, root_prefixes(roots), optimized)
-        order = {id(m): i for i, m in enumerate(self.state.modules.values())}  # forward order
-        ids = {name: mid for mid, name in self.module_names().items()}
-        self.state.frozen = sorted(
-            frozen, key=lambda e: order.get(ids.get(e["module"], -1), len(order)))
+        position = {id(m): i for i, m in enumerate(self.state.modules.values())}
+        self.state.frozen = frozen_modules(roots, self.module_names(), optimized, position)
 
     def module_names(self) -> dict[int, str]:
         """id(module) -> name relative to its root, for every module seen running."""

@@ -13,7 +13,7 @@ components are built, before the first update.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,32 +38,35 @@ def kurtosis(w: torch.Tensor) -> float | None:
     return float(x.pow(4).mean()) / (var * var)
 
 
-def frozen_modules(roots: Sequence[nn.Module], prefixes: Sequence[str],
-                   optimized: set[int]) -> list[dict[str, Any]]:
-    """Modules (in module order) whose own parameters all have ``requires_grad`` off, in models
-    that otherwise train: ``module``, ``type``, ``numel``, ``in_optimizer`` (the script handed
-    them to an optimizer, then froze them), ``kurtosis`` of the largest ≥2-D weight and
-    ``untrained`` (that weight still looks freshly initialized). Norm gains and biases alone
-    (no ≥2-D weight) are listed with ``untrained`` None."""
-    out: list[dict[str, Any]] = []
-    for root, prefix in zip(roots, prefixes, strict=True):
+def frozen_modules(roots: Sequence[nn.Module], names: Mapping[int, str], optimized: set[int],
+                   position: Mapping[int, int]) -> list[dict[str, Any]]:
+    """Modules whose own parameters all have ``requires_grad`` off, in models that otherwise
+    train, in forward order (``position``: id(module) -> when it first ran; modules that never
+    ran come last): ``module`` (its name in ``names``, id -> name), ``type``, ``numel``,
+    ``in_optimizer`` (the script handed them to an optimizer, then froze them), ``kurtosis`` of
+    the largest ≥2-D weight and ``untrained`` (that weight still looks freshly initialized).
+    Norm gains and biases alone (no ≥2-D weight) are listed with ``untrained`` None."""
+    found: list[tuple[int, dict[str, Any]]] = []
+    for root in roots:
+        if len(found) >= _MAX_ENTRIES:
+            break
         if not any(p.requires_grad for p in root.parameters()):
             continue  # an evaluation-only model (a frozen teacher, a reference model)
-        for path, module in root.named_modules():
-            own = list(module.named_parameters(recurse=False))
-            if not own or any(p.requires_grad for _, p in own):
+        for module in root.modules():
+            own = list(module.parameters(recurse=False))
+            if not own or any(p.requires_grad for p in own):
                 continue
-            weights = [p for _, p in own if p.dim() >= 2]
+            weights = [p for p in own if p.dim() >= 2]
             big = max(weights, key=lambda p: p.numel()) if weights else None
             k = kurtosis(big) if big is not None else None
-            out.append({
-                "module": (prefix + path) if path else prefix.rstrip(".") or type(root).__name__,
+            found.append((position.get(id(module), len(position)), {
+                "module": names.get(id(module), type(module).__name__),
                 "type": type(module).__name__,
-                "numel": sum(p.numel() for _, p in own),
-                "in_optimizer": any(id(p) in optimized for _, p in own),
+                "numel": sum(p.numel() for p in own),
+                "in_optimizer": any(id(p) in optimized for p in own),
                 "kurtosis": k,
                 "untrained": None if k is None else k <= UNTRAINED_KURTOSIS,
-            })
-            if len(out) >= _MAX_ENTRIES:
-                return out
-    return out
+            }))
+            if len(found) >= _MAX_ENTRIES:
+                break
+    return [entry for _, entry in sorted(found, key=lambda item: item[0])]

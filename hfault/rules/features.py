@@ -542,28 +542,26 @@ class Features:
                          for s in self.snapshots)
             for m in modules
         }
-        first_gain: dict[str, float | None] = {}
-        first_type: dict[str, str | None] = {}
-        first_inner: dict[str, int | None] = {}
-        first_causal: dict[str, bool] = {}
-        first_keys: dict[str, int | None] = {}
-        for m in modules:
-            firsts = [a for a in ((s.get("attention") or {}).get(m) for s in self.snapshots) if a]
-            first_gain[m] = _num(firsts[0].get("logit_gain")) if firsts else None
-            first_type[m] = firsts[0].get("type") if firsts else None
-            first_inner[m] = firsts[0].get("inner") if firsts else None
-            first_causal[m] = bool(firsts) and firsts[0].get("mask_offset") == 0
-            first_keys[m] = firsts[0].get("keys") if firsts else None
+        # Each module's record at its first measured step (the initialization): what the
+        # peer comparisons read.
+        first: dict[str, Mapping[str, Any]] = {
+            m: next((a for a in ((s.get("attention") or {}).get(m) for s in self.snapshots)
+                     if a), {})
+            for m in modules
+        }
+        first_gain = {m: _num(first[m].get("logit_gain")) for m in modules}
+        first_inner = {m: first[m].get("inner") for m in modules}
         subjects = []
         for module in modules:
             stats = [(s.get("attention") or {}).get(module, {}) for s in self.snapshots]
             same_role = [m for m in modules if m != module and _role_of(m) == _role_of(module)]
-            seen = [(step, st) for step, st in zip(self.steps, stats, strict=True) if st]
-            axis = next(((step, st["axis_fault"]) for step, st in seen if st.get("axis_fault")),
-                        (None, None))
-            causal = [m for m in same_role if first_causal[m]]
-            same_code = [m for m in modules if m != module and first_type[m] is not None
-                         and first_type[m] == first_type[module]] or same_role
+            axis = next(((step, st["axis_fault"])
+                         for step, st in zip(self.steps, stats, strict=True)
+                         if st.get("axis_fault")), (None, None))
+            causal = [m for m in same_role if first[m].get("mask_offset") == 0]
+            kind = first[module].get("type")
+            same_code = [m for m in modules if m != module and kind is not None
+                         and first[m].get("type") == kind] or same_role
             group = [m for m in [module, *same_code] if first_gain[m]]
             # Three or more: the median of the group (itself included) stands for the code, so one
             # odd module cannot drag it; two: the other one.
@@ -623,11 +621,12 @@ class Features:
                 gain_outlier=_odd_one(module, same_code, first_gain, first_inner),
                 axis_fault=axis[1],
                 axis_step=axis[0],
-                mask_none=bool(seen) and seen[0][1].get("masked_share") == 0,
+                mask_none=first[module].get("masked_share") == 0,
                 causal_peers=len(causal),
-                keys_first=seen[0][1].get("keys") if seen else None,
-                keys_peers=_median(float(k) for k in (first_keys[m] for m in same_role) if k),
-                batch=seen[0][1].get("batch") if seen else None,
+                keys_first=first[module].get("keys"),
+                keys_peers=_median(float(k) for k in (first[m].get("keys") for m in same_role)
+                                   if k),
+                batch=first[module].get("batch"),
                 causal_peer=causal[0] if causal else None,
             )
             subjects.append(Subject("attention", module, {**self.run, **f},
