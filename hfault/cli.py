@@ -19,7 +19,7 @@ from rich.table import Table
 from hfault import __version__
 from hfault.capture.schedule import ScheduleError, parse_schedule
 from hfault.exitcodes import ExitCode
-from hfault.report.model import SEVERITY_ORDER
+from hfault.findings import SEVERITY_ORDER
 from hfault.rules.rule import RuleError
 
 app = typer.Typer(
@@ -340,8 +340,7 @@ def _emit(
         _atomic_write(sarif_path, lambda p: write_sarif(data, catalog, p))
         written.append(f"SARIF written to {sarif_path}")
     if graph_path is not None:
-        from hfault.graph import graph_from_json
-        from hfault.propagation import write_graphml
+        from hfault.graph import graph_from_json, write_graphml
 
         last = next((s for s in reversed(data["snapshots"]) if s.get("graph")), None)
         if last is None:
@@ -464,10 +463,10 @@ def perturb_command(
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
 ) -> None:
-    from hfault.perturb import PerturbOptions, PerturbUsageError, perturb
-    from hfault.perturb_report import render as render_perturb
-    from hfault.perturb_report import write_json
-    from hfault.perturb_session import InjectionError, parse_injection
+    from hfault.perturb.driver import PerturbOptions, PerturbUsageError, perturb
+    from hfault.perturb.report import render as render_perturb
+    from hfault.perturb.report import write_json
+    from hfault.perturb.session import InjectionError, parse_injection
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")

@@ -14,8 +14,8 @@ from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.graph import coupling_graph
+from hfault.graph.analysis import output_nodes, propagation_summary, strongest_path
 from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, edge_dicts
-from hfault.propagation import output_nodes, propagation_summary, strongest_path
 from hfault.report.model import Report, RunInfo, Snapshot, rank
 from hfault.rules import Rule, evaluate, load_rules
 

@@ -22,9 +22,9 @@ from torch import nn
 
 from hfault.curvature import Block, BlockPart
 from hfault.curvature.dense import DenseHessian, dense_hessian
-from hfault.perturb import PerturbOptions, perturb
-from hfault.perturb_session import Injection, draw_deltas, predictions, unit_generator
-from hfault.perturb_stats import mean_ci, t_quantile
+from hfault.perturb.driver import PerturbOptions, perturb
+from hfault.perturb.session import Injection, draw_deltas, predictions, unit_generator
+from hfault.perturb.stats import mean_ci, t_quantile
 from tests.conftest import ROOT, SAMPLES, SCRIPTS
 
 EXACT = SCRIPTS / "exact_train.py"

@@ -9,9 +9,9 @@ import random
 import networkx as nx
 import pytest
 
-from hfault.graph import coupling_graph
-from hfault.propagation import (
+from hfault.graph import (
     communities,
+    coupling_graph,
     hubs,
     output_nodes,
     propagation_summary,

@@ -19,8 +19,9 @@ from hfault.capture.runner import run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession
 from hfault.diagnose import DiagnoseOptions, diagnose
-from hfault.verify import FixApplier, PlannedFix, _as_groups, plan_fixes, split_param_groups
-from hfault.verify_compare import (
+from hfault.verify import FixApplier, PlannedFix, plan_fixes, split_param_groups
+from hfault.verify.apply import _as_groups
+from hfault.verify.compare import (
     final_loss,
     findings_diff,
     loss_change,

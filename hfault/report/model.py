@@ -2,79 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
-from hfault.graph import graph_to_json
+from hfault.findings import SEVERITIES, Finding, Fix, rank
+from hfault.graph.build import graph_to_json
+from hfault.numbers import clean as _clean
+from hfault.numbers import encode as _num
 
 SCHEMA_VERSION = "1.0"
-SEVERITIES = ("error", "warning", "info")
-SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
 
-
-@dataclass
-class Fix:
-    """A concrete remedy: a sentence, numbers a person can apply, and a ready code snippet."""
-
-    summary: str
-    values: dict[str, Any] = field(default_factory=dict)
-    snippet: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "values": self.values, "snippet": self.snippet}
-
-
-@dataclass
-class Finding:
-    """One diagnosed problem, ranked among the others."""
-
-    rule: str
-    name: str
-    severity: str
-    message: str
-    component: str | None = None
-    step: int | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
-    fix: Fix | None = None
-    score: float = 0.0
-    rank: int = 0
-    location: dict[str, Any] | None = None
-    """File and line to jump to: the component's module class, or the optimizer for LR fixes."""
-    fingerprint: str = ""
-    """Hash of rule, component and script: the same fault keeps it across runs (SARIF dedup)."""
-    related: list[str] = field(default_factory=list)
-    """Other components the finding involves (the far end of a coupling, a propagation path)."""
-
-    def sort_key(self) -> tuple[int, float, str, str]:
-        return (SEVERITY_ORDER[self.severity], -self.score, self.component or "", self.rule)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "name": self.name,
-            "severity": self.severity,
-            "rank": self.rank,
-            "score": round(self.score, 6),
-            "component": self.component,
-            "step": self.step,
-            "message": self.message,
-            "evidence": _clean(self.evidence),
-            "fix": self.fix.to_dict() if self.fix else None,
-            "location": self.location,
-            "fingerprint": self.fingerprint,
-            "related": self.related,
-        }
-
-
-def rank(findings: list[Finding]) -> list[Finding]:
-    """Severity first, then how far past its threshold, then component name: deterministic."""
-    ordered = sorted(findings, key=Finding.sort_key)
-    for i, finding in enumerate(ordered, start=1):
-        finding.rank = i
-    return ordered
+__all__ = ["SCHEMA_VERSION", "Finding", "Fix", "Report", "RunInfo", "Snapshot", "rank"]
 
 
 @dataclass
@@ -202,18 +142,3 @@ class Report:
             "notes": self.notes,
             "summary": self.summary(),
         }
-
-
-def _num(x: Any) -> Any:
-    """JSON has no NaN/Inf: encode them as the strings "nan", "inf", "-inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if x != x else ("inf" if x > 0 else "-inf")
-    return x
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return _num(obj)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfault.findings import Finding, Fix
 from hfault.fixes import param_group_snippet
-from hfault.report.model import Finding, Fix
 from hfault.rules.expr import ExprError, Series, as_bool
 from hfault.rules.features import Features, Subject
 from hfault.rules.rule import SEVERITIES, Rule, render

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfault.findings import SEVERITIES
 from hfault.rules.expr import Expr, ExprError, parse
 from hfault.rules.features import SCOPES, VOCABULARY
 
-SEVERITIES = ("error", "warning", "info")
 ID_PATTERN = re.compile(r"^HF\d{3}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}")

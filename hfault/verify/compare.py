@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hfault.report.model import SEVERITY_ORDER
+from hfault.findings import SEVERITY_ORDER
 
 LOSS_TOLERANCE = 0.05
 """Relative change of the final loss within which it counts as unchanged."""

@@ -35,7 +35,7 @@ from hfault.capture.runner import RunOutcome, run_script
 from hfault.curvature import CurvatureSettings, HessianOperator
 from hfault.curvature.hvp import dot64
 from hfault.exitcodes import ExitCode
-from hfault.perturb_session import (
+from hfault.perturb.session import (
     Injection,
     MeasureSpec,
     PerturbSession,
@@ -44,7 +44,7 @@ from hfault.perturb_session import (
     draw_deltas,
     unit_generator,
 )
-from hfault.perturb_stats import Stat, mean_ci, t_quantile
+from hfault.perturb.stats import Stat, mean_ci, t_quantile
 
 __all__ = ["PerturbOptions", "PerturbResult", "PerturbUsageError", "perturb"]
 

@@ -1,0 +1,76 @@
+"""The domain model every stage shares: a finding (one diagnosed problem, ranked) and its fix.
+Rules produce them, the report carries them, renderers and CI read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfault.numbers import clean
+
+SEVERITIES = ("error", "warning", "info")
+SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass
+class Fix:
+    """A concrete remedy: a sentence, numbers a person can apply, and a ready code snippet."""
+
+    summary: str
+    values: dict[str, Any] = field(default_factory=dict)
+    snippet: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "values": self.values, "snippet": self.snippet}
+
+
+@dataclass
+class Finding:
+    """One diagnosed problem, ranked among the others."""
+
+    rule: str
+    name: str
+    severity: str
+    message: str
+    component: str | None = None
+    step: int | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: Fix | None = None
+    score: float = 0.0
+    rank: int = 0
+    location: dict[str, Any] | None = None
+    """File and line to jump to: the component's module class, or the optimizer for LR fixes."""
+    fingerprint: str = ""
+    """Hash of rule, component and script: the same fault keeps it across runs (SARIF dedup)."""
+    related: list[str] = field(default_factory=list)
+    """Other components the finding involves (the far end of a coupling, a propagation path)."""
+
+    def sort_key(self) -> tuple[int, float, str, str]:
+        return (SEVERITY_ORDER[self.severity], -self.score, self.component or "", self.rule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "name": self.name,
+            "severity": self.severity,
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "component": self.component,
+            "step": self.step,
+            "message": self.message,
+            "evidence": clean(self.evidence),
+            "fix": self.fix.to_dict() if self.fix else None,
+            "location": self.location,
+            "fingerprint": self.fingerprint,
+            "related": self.related,
+        }
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    """Severity first, then how far past its threshold, then component name: deterministic."""
+    ordered = sorted(findings, key=Finding.sort_key)
+    for i, finding in enumerate(ordered, start=1):
+        finding.rank = i
+    return ordered
+
+

@@ -1,0 +1,139 @@
+"""The ``--verify-fix`` flow: diagnose, plan the mechanical fixes, rerun the script with them
+applied and compare. The rerun matches the first run: same script arguments, ``--max-steps``,
+snapshot schedule (so the same steps are measured), curvature settings and rules; the process
+state a script can change (RNG states, default dtype, grad mode, the modules it imported from its
+folder) is restored first, so an unseeded script replays the same random stream too."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hfault.capture.process_state import ProcessState
+from hfault.capture.runner import RunOutcome, run_script
+from hfault.capture.session import CaptureSession, CaptureState
+from hfault.diagnose import DiagnoseOptions, Diagnosis, build_report, diagnose
+from hfault.verify.apply import FixApplier, _g
+from hfault.verify.compare import ALL_PARAMETERS, compare, not_applicable
+from hfault.verify.plan import PlannedFix, plan_fixes
+
+
+# ---------------------------------------------------------------- the whole flow
+@dataclass
+class Verification:
+    first: Diagnosis
+    data: dict[str, Any]
+    """The first run's report dict, with ``verify_fix``."""
+    after: Diagnosis | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.first.outcome.interrupted or bool(
+            self.after is not None and self.after.outcome.interrupted)
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        yield
+
+
+def _why_not(first: Diagnosis) -> str | None:
+    if first.outcome.interrupted:
+        return "interrupted: no rerun"
+    if not first.trained:
+        return "nothing to diagnose, nothing to verify"
+    return None
+
+
+def diagnose_and_verify(
+    options: DiagnoseOptions, progress: Callable[[str], None] | None = None
+) -> Verification:
+    """Diagnose, then rerun with the mechanical fixes and compare (``verify_fix``)."""
+    process = ProcessState()
+    first = diagnose(options)
+    data = first.report.to_dict()
+    reason = _why_not(first)
+    plan, skipped = ([], []) if reason else plan_fixes(data, first.state)
+    if reason or not plan:
+        data["verify_fix"] = not_applicable(
+            data, reason or "no finding has a fix that can be applied mechanically (a "
+            "per-component learning rate or gradient clipping)", skipped)
+        return Verification(first, data)
+    _release(first.state)
+    if progress is not None:
+        progress(f"verifying {len(plan)} fix(es) by rerunning {options.script}: "
+                 + "; ".join(_plan_text(f) for f in plan))
+    applier = FixApplier(plan)
+    session = CaptureSession(options.schedule, options.max_steps, nan_watch=options.nan_watch,
+                             curvature=options.curvature)
+    process.forget_user_modules(options.script.parent)
+    process.restore()
+    try:
+        with applier, _silenced():
+            outcome: RunOutcome = run_script(options.script, list(options.argv), session)
+    finally:
+        process.forget_user_modules(options.script.parent)
+        process.restore()
+    clip = applier.clip_record()
+    applied = [*applier.applied, *([clip] if clip else [])]
+    report = build_report(options, session, outcome)
+    report.notes[:0] = [f"--verify-fix rerun: {_applied_text(f)}" for f in applied] + [
+        f"--verify-fix rerun: {n}" for n in applier.notes] or [
+        "--verify-fix rerun: no fix could be applied"]
+    after = Diagnosis(report, outcome, session.state)
+    motivating = {(f["rule"], None if f["component"] == ALL_PARAMETERS else f["component"])
+                  for f in applied}
+    data["verify_fix"] = compare(data, report.to_dict(), applied, motivating,
+                                 skipped=[*applier.failed, *skipped], notes=applier.notes)
+    error = outcome.error or {}
+    split = any(g["new_group"] is not None for f in applier.applied for g in f["groups"])
+    if (outcome.status == "crashed" and first.outcome.status != "crashed" and split
+            and "lr_scheduler" in str(error.get("traceback", ""))):
+        # Not the fix's fault: a scheduler given one value per original param group (a list of
+        # lr_lambdas, OneCycleLR's max_lr list) cannot take the extra group.
+        data["verify_fix"].update(
+            verdict="not_applicable",
+            summary="the param-group split cannot be applied to this script: its LR scheduler "
+            f"raised {error.get('type')}: {error.get('message')} (per-group settings for the "
+            "original groups only); apply the fix by hand")
+    if outcome.interrupted:
+        data["verify_fix"].update(
+            verdict="not_applicable",
+            summary=f"the rerun was interrupted (Ctrl-C) after {session.state.step} step(s): "
+            "no verdict")
+    return Verification(first, data, after)
+
+
+def _release(state: CaptureState) -> None:
+    """Drop hfault's references to the first run's model and optimizer state before the rerun
+    builds its own, so that the rerun does not need twice the (GPU) memory. The report is
+    already built; the script's objects are dead, only hfault still held them."""
+    for opt in state.optimizers:
+        opt.state.clear()
+        opt.param_groups.clear()
+    state.modules.clear()
+    state.cross_modules.clear()
+    state.components.clear()
+    state.curvature.clear()
+    gc.collect()
+
+
+def _applied_text(fix: Mapping[str, Any]) -> str:
+    if fix["kind"] == "clip_grad":
+        head = f"gradient clipping at max_norm {fix['max_norm']:g} ({fix['rule']})"
+    else:
+        head = (f"{fix['component']}: lr {_g(fix['lr_before'])} → {_g(fix['lr_after'])} "
+                f"(×{fix['factor']:.3g}, {fix['rule']})")
+    return f"{head}; {fix['note']}"
+
+
+def _plan_text(fix: PlannedFix) -> str:
+    if fix.kind == "clip_grad":
+        return f"clip gradients at {fix.max_norm:g} ({fix.rule})"
+    return f"{fix.component} lr ×{fix.factor:.3g} ({fix.rule})"
