@@ -2,9 +2,10 @@
 
 Rows are built one at a time by double backward, in the params' dtype (use float64 models). This is
 the reference because ``torch.func.hessian`` and other ``jacrev``-based Hessians are wrong on
-LayerNorm models in torch 2.13 (``reference/engine.md`` §3a); double-backward rows agree with HVPs
-to rounding. ``rows=`` limits the work to the rows of some params while keeping every column,
-which is all that block traces, spectra, couplings and row norms of those blocks need.
+LayerNorm models in torch 2.13 (docs/curvature.md, "The reference Hessian is built by double
+backward"); double-backward rows agree with HVPs to rounding. ``rows=`` limits the work to the
+rows of some params while keeping every column, which is all that block traces, spectra, couplings
+and row norms of those blocks need.
 """
 
 from __future__ import annotations

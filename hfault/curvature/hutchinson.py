@@ -8,7 +8,8 @@ the traces. Blocks outside the coupling set use the cheaper ``H_bb z_b`` product
 
 *Shared* probes (one Rademacher ``z`` over all blocks, one HVP) give every block's trace at once,
 unbiased but with the extra variance ``Σ_{c≠b} ‖H_bc‖²_F``: at init the small query/key blocks drown
-in the noise of large blocks (engine.md §3a). Use it for cheap whole-layer monitoring only.
+in the noise of large blocks (measured in docs/curvature.md, "One shared probe cannot give
+per-block traces"). Use it for cheap whole-layer monitoring only.
 
 *Deflation* (optional): given an orthonormal basis ``Q`` of the block (the Lanczos vectors, which
 already cost HVPs and capture the extreme eigen-directions), ``Tr H_bb = Tr(QᵀH_bbQ) +
