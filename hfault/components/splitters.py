@@ -44,7 +44,7 @@ SplitFn = Callable[[nn.Module, str, Params], Sequence[Piece] | None]
 tried), so a splitter may check shapes before committing."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Splitter:
     """How the modules that ``match`` selects become components."""
 
