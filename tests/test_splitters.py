@@ -178,5 +178,7 @@ def test_a_splitter_must_put_every_parameter_in_a_piece():
 def test_roles_are_checked():
     with pytest.raises(ValueError, match="roles must be some of"):
         fused(roles=("query", "keys"))
+    with pytest.raises(ValueError, match="roles must be some of"):
+        fused(roles=("key", "key"))
     with pytest.raises(TypeError, match="match must be"):
         register_splitter(3, fused())  # type: ignore[arg-type]

@@ -121,7 +121,7 @@ def fused(
     number of roles declines the module.
     """
     unknown = [r for r in [*roles, *(whole or {}).values()] if r not in ROLES]
-    if unknown or not roles:
+    if unknown or not roles or len(set(roles)) != len(roles):
         raise ValueError(f"roles must be some of {ROLES}, got {unknown or 'none'}")
     whole = dict(whole or {})
 
