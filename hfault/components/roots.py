@@ -1,0 +1,86 @@
+"""The module tree components are named from: which modules are roots, how several roots are
+told apart, and which module owns each trained parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class Owner:
+    """The module that owns a parameter, with the path to it (its ancestors give its context)."""
+
+    path: str  # module path relative to its root, with root prefix when several roots
+    local: str  # module path relative to its root, never prefixed (for get_submodule)
+    module: nn.Module
+    ancestors: list[tuple[str, nn.Module]]  # (path, module), outermost first, module excluded
+
+    def chain(self) -> list[tuple[str, nn.Module]]:
+        """Ancestors then the module itself, outermost first."""
+        return [*self.ancestors, (self.path, self.module)]
+
+
+def find_roots(
+    modules: Sequence[nn.Module], params: Sequence[nn.Parameter] | None = None
+) -> list[nn.Module]:
+    """Roots = seen modules that are no other seen module's descendant (and, given ``params``,
+    that hold at least one of them: a loss module built inside ``forward`` is not a model).
+
+    ``ModuleList``/``ModuleDict`` never run forward, so descendants must come from ``.modules()``,
+    not from the modules seen running.
+    """
+    descendants: set[int] = set()
+    for m in modules:
+        for sub in m.modules():
+            if sub is not m:
+                descendants.add(id(sub))
+    wanted = None if params is None else {id(p) for p in params}
+    roots, seen = [], set()
+    for m in modules:
+        if id(m) in descendants or id(m) in seen:
+            continue
+        seen.add(id(m))
+        if wanted is None or any(id(p) in wanted for p in m.parameters()):
+            roots.append(m)
+    return roots
+
+
+def root_prefixes(roots: Sequence[nn.Module]) -> list[str]:
+    """Name prefixes that tell several roots apart (``Encoder.``, ``Encoder_1.``); none for one."""
+    if len(roots) <= 1:
+        return [""] * len(roots)
+    counts: dict[str, int] = {}
+    prefixes = []
+    for r in roots:
+        base = type(r).__name__
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        prefixes.append(f"{base}.") if n == 0 else prefixes.append(f"{base}_{n}.")
+    return prefixes
+
+
+def owners(
+    params: Sequence[nn.Parameter], roots: Sequence[nn.Module]
+) -> dict[int, tuple[Owner, str]]:
+    """Map id(param) -> (owning module, local name); the first owner in module order wins."""
+    wanted = {id(p) for p in params}
+    result: dict[int, tuple[Owner, str]] = {}
+    for root, prefix in zip(roots, root_prefixes(roots), strict=True):
+        stack: list[tuple[str, nn.Module]] = []
+        for path, module in root.named_modules():
+            depth = 0 if not path else path.count(".") + 1
+            del stack[depth:]
+            full = (prefix + path) if path else prefix.rstrip(".")
+            for pname, p in module.named_parameters(recurse=False):
+                if id(p) in wanted and id(p) not in result:
+                    result[id(p)] = (Owner(full, path, module, list(stack)), pname)
+            stack.append((full, module))
+    return result
+
+
+def module_has_children(module: nn.Module) -> bool:
+    """True for a container module (one with submodules)."""
+    return any(True for _ in module.children())
