@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from hfault.numbers import encode
 
@@ -138,7 +138,7 @@ def finding_brief(finding: Mapping[str, Any]) -> dict[str, Any]:
     return {k: finding.get(k) for k in ("rule", "component", "severity", "score", "rank")}
 
 
-def positive(x: Any) -> bool:
+def positive(x: Any) -> TypeGuard[float]:
     """A finite number above zero (not a bool)."""
     return (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
             and x > 0)

@@ -59,12 +59,11 @@ class LowerLr(FixKind):
             return None  # no learning rate known
         factor = float(f"{factor:.3g}")
         new_lr = lr * factor
-        opt = target.optimizer
-        base_lr = opt.get("lr") if isinstance(opt.get("lr"), (int, float)) else lr
+        opt, opt_lr = target.optimizer, target.optimizer.get("lr")
+        base_lr = float(opt_lr) if isinstance(opt_lr, (int, float)) else float(lr)
         values = {"kind": self.name, "component": comp["name"], "lr": lr, "new_lr": new_lr,
                   "factor": factor}
-        return values, param_group_snippet(comp, str(opt.get("class", "SGD")), float(base_lr),
-                                           new_lr)
+        return values, param_group_snippet(comp, str(opt.get("class", "SGD")), base_lr, new_lr)
 
     def plan(self, finding: Mapping[str, Any], values: Mapping[str, Any], context: PlanContext
              ) -> PlannedFix | Skip | None:
