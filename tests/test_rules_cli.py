@@ -140,7 +140,7 @@ def test_demo_fault_is_localized_with_evidence_fix_and_propagation(demo) -> None
     assert top["location"]["path"].endswith(".py") and top["location"]["line"] > 0
     assert {f["component"] for f in findings if f["severity"] != "info"} == {
         "blocks.0.attn.q_proj"}, [(f["rule"], f["component"]) for f in findings]
-    lr_fixes = [f for f in findings if f["fix"] and "new_lr" in f["fix"]["values"]]
+    lr_fixes = [f for f in findings if f["fix"] and f["fix"]["values"]["kind"] == "lower_lr"]
     assert lr_fixes, "the learning-rate fault must come with a learning-rate fix"
     fix = lr_fixes[0]["fix"]
     assert fix["values"]["lr"] == pytest.approx(0.3)

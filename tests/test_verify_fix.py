@@ -19,8 +19,8 @@ from hfault.capture.runner import run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession
 from hfault.diagnose import DiagnoseOptions, diagnose
+from hfault.fixes.lower_lr import as_groups
 from hfault.verify import FixApplier, PlannedFix, plan_fixes, split_param_groups
-from hfault.verify.apply import _as_groups
 from hfault.verify.compare import (
     final_loss,
     findings_diff,
@@ -291,7 +291,7 @@ def test_split_of_named_params_and_of_a_whole_group() -> None:
     model = _Net()
     groups = [{"params": list(model.named_parameters()), "initial_lr": 0.2, "lr": 0.2}]
     norm = list(model.norm.parameters())
-    normalized = _as_groups(groups)
+    normalized = as_groups(groups)
     assert normalized is not None
     result = split_param_groups(normalized, [(norm, 0.5)], {"lr": 1.0})
     assert result == [{"lr_before": 0.2, "lr_after": 0.1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hfault.fixes.registry import KINDS
 from hfault.rules.expr import FUNCTIONS
 from hfault.rules.features import VOCABULARY
 from hfault.rules.rule import Rule
@@ -45,8 +46,7 @@ def explain(rule: Rule, heading: str = "#") -> str:
         out += ["", "Fix:"]
         for fix in rule.fixes:
             when = f" (when `{fix.when.source}`)" if fix.when is not None else ""
-            kind = " a per-component learning-rate split" if fix.kind == "lower_lr" else ""
-            out.append(f"- {fix.summary}{when}{kind}")
+            out.append(f"- {fix.summary}{when}{KINDS[fix.kind].catalog_note}")
     if rule.example:
         out += ["", "Example finding:", "", f"> {rule.example}"]
     if rule.references:
@@ -95,9 +95,14 @@ steps), `severity` (`error`, `warning`, `info`), `category`, `summary`, `rationa
 `message`, and optionally `metric`, `[params.NAME]` (`default`, `doc`), `[evidence]` (named
 expressions, evaluated in order, each may read the ones above it), `step`, `component`, `related`,
 `score`, `confidence` (in [0, 1]; the ranking score is `score × confidence`), `[escalate]`
-(`error = "expr"`), `suppressed_by`, `[[fix]]` (`summary`, `snippet`, `when`, `values`; `kind =
-"lower_lr"` with a `factor` expression builds a param-group split for the script's optimizer),
-`example` and `references`.
+(`error = "expr"`), `suppressed_by`, `[[fix]]` (`kind`, `summary`, `snippet`, `when`, `values`,
+and the kind's own fields), `example` and `references`.
+
+A fix's `kind` says what it changes, and is written into the finding's `fix.values.kind`:
+`manual` (the default: a code change made by hand), `lower_lr` with a `factor` expression (a
+param-group split for the script's optimizer, with its snippet), `clip_grad` with `max_norm` (a
+number or expression). `--verify-fix` applies `lower_lr` and `clip_grad` fixes without touching
+the script. The kinds, their values and how to add one: [fixes.md](fixes.md).
 
 Expressions are a safe subset of Python parsed with `ast` (never `eval`): numbers, strings,
 `and`/`or`/`not`, comparisons, `in`, arithmetic, `a if c else b`, lists, and the functions below.
@@ -107,7 +112,8 @@ measured is `none`: it propagates through arithmetic and makes ordering comparis
 false, so a rule never fires on missing data. `==` and `!=` compare values as they are (`none ==
 none` holds, `none != 1` holds): write `exists(x) and x != ...` when absence must not count.
 Messages and fixes use `{name}` or `{name:.3g}` placeholders over evidence, parameters,
-features, `component`, `step`, and for learning-rate fixes `lr`, `new_lr`, `factor`.
+features, `component`, `step`, and the values of the fix's kind (for learning-rate fixes `lr`,
+`new_lr`, `factor`; for clipping `max_norm`).
 
 Settings go in `[tool.hfault]` of the pyproject.toml nearest above the script, or in a file given
 with `--config` (same keys at the top level):

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hfault.findings import Finding, Fix
-from hfault.fixes import param_group_snippet
+from hfault.fixes.kind import FixTarget
+from hfault.fixes.registry import KINDS
 from hfault.rules.expr import ExprError, Series, as_bool
 from hfault.rules.features import Features, Subject
 from hfault.rules.rule import SEVERITIES, Rule, render
@@ -79,14 +80,14 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
     confidence = _number(rule.confidence(env)) if rule.confidence else 1.0
     related = _names(rule.related(env)) if rule.related else []
     env.update(component=component, step=step)
-    fix, lr_fix = _fix(rule, env, component, features)
+    fix, at_optimizer = _fix(rule, env, component, features)
     comp = features.by_name.get(component or "")
     if comp is None and component:
         # An attention module named as the component: its projections' source is its class.
         comp = next((c for c in features.components if c.get("attention") == component
                      and c.get("source")), None)
     location = None
-    if lr_fix:
+    if at_optimizer:
         location = _optimizer_source(features.report, comp)
     if location is None and comp and comp.get("source"):
         location = {"path": _display_path(comp["source"]["file"]), "line": comp["source"]["line"]}
@@ -110,60 +111,49 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
 
 def _fix(rule: Rule, env: dict[str, Any], component: str | None,
          features: Features) -> tuple[Fix | None, bool]:
-    """The first applicable fix template, filled in; and whether it is a learning-rate fix."""
+    """The first applicable fix template, filled in by its kind; and whether the fix is written
+    at the optimizer's construction (the finding's location)."""
+    target: FixTarget | None = None
     for template in rule.fixes:
         if template.when is not None and not as_bool(template.when(env), "fix condition"):
             continue
         values = {k: _jsonable(expr(env)) for k, expr in template.values.items()}
-        if template.kind == "lower_lr":
-            fix = _lower_lr(template.factor(env) if template.factor else None, env, component,
-                            features, template.summary, values)
-            if fix is None:
-                continue  # no learning rate known: fall through to the next template
-            return fix, True
-        if template.kind == "clip_grad":
-            max_norm = _scalar(template.max_norm(env)) if template.max_norm else None
-            if (isinstance(max_norm, bool) or not isinstance(max_norm, (int, float))
-                    or not math.isfinite(max_norm) or max_norm <= 0):
-                continue  # no usable limit: fall through to the next template
-            # Marked in the values so that --verify-fix can apply it mechanically.
-            values = {"kind": "clip_grad", "max_norm": float(max_norm), **values}
-        snippet = render(template.snippet, {**env, **values}) if template.snippet else None
-        return Fix(render(template.summary, {**env, **values}), values, snippet), False
+        kind = KINDS[template.kind]
+        fields = {k: _scalar(expr(env)) for k, expr in template.fields.items()}
+        target = target or _target(features, component)
+        filled = kind.fill(fields, target)
+        if filled is None:
+            continue  # the kind cannot be filled in here: fall through to the next template
+        own, snippet = filled
+        values = {**own, **values}
+        text_env = {**env, **values}
+        if snippet is None and template.snippet:
+            snippet = render(template.snippet, text_env)
+        return Fix(render(template.summary, text_env), values, snippet), kind.at_optimizer
     return None, False
 
 
-def _lower_lr(factor: Any, env: dict[str, Any], component: str | None, features: Features,
-              summary: str, values: dict[str, Any]) -> Fix | None:
+def _target(features: Features, component: str | None) -> FixTarget:
+    """The report data a fix kind reads: the component, its last learning rate, its optimizer."""
     comp = features.by_name.get(component or "")
-    factor = _scalar(factor)
-    if comp is None or not isinstance(factor, (int, float)) or not 0 < factor < 1:
-        return None
+    if comp is None:
+        return FixTarget()
     lr_series = features.component_features(comp["name"]).get("lr")
     lr = _scalar(lr_series.present()[-1][1] if isinstance(lr_series, Series)
                  and lr_series.present() else None)
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        return None
-    factor = float(f"{factor:.3g}")
-    new_lr = lr * factor
-    optimizers = features.report.get("run", {}).get("optimizers") or []
-    index = comp.get("optimizer", 0) or 0
-    opt = optimizers[index] if index < len(optimizers) else {}
-    base_lr = opt.get("lr") if isinstance(opt.get("lr"), (int, float)) else lr
-    filled = {**env, "lr": lr, "new_lr": new_lr, "factor": factor}
-    return Fix(
-        summary=render(summary, filled),
-        values={"component": comp["name"], "lr": lr, "new_lr": new_lr, "factor": factor,
-                **values},
-        snippet=param_group_snippet(comp, str(opt.get("class", "SGD")), float(base_lr), new_lr),
-    )
+    return FixTarget(comp, lr, _optimizer_of(features.report, comp))
+
+
+def _optimizer_of(report: Mapping[str, Any], comp: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The report's record of the optimizer training ``comp`` ({} when unknown)."""
+    optimizers = report.get("run", {}).get("optimizers") or []
+    index = (comp or {}).get("optimizer", 0) or 0
+    return optimizers[index] if index < len(optimizers) else {}
 
 
 def _optimizer_source(report: Mapping[str, Any], comp: Mapping[str, Any] | None) -> Any:
-    optimizers = report.get("run", {}).get("optimizers") or []
-    index = (comp or {}).get("optimizer", 0) or 0
-    if index < len(optimizers) and optimizers[index].get("source"):
-        src = optimizers[index]["source"]
+    src = _optimizer_of(report, comp).get("source")
+    if src:
         return {"path": _display_path(src["file"]), "line": src["line"]}
     return None
 

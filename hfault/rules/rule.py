@@ -16,15 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from hfault.findings import SEVERITIES
+from hfault.fixes.registry import ALIASES, KINDS
 from hfault.rules.expr import Expr, ExprError, parse
 from hfault.rules.features import SCOPES, VOCABULARY
 
 ID_PATTERN = re.compile(r"^HF\d{3}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}")
-FIX_KINDS = ("text", "lower_lr", "clip_grad")
-TEMPLATE_EXTRAS = ("component", "step", "lr", "new_lr", "factor", "max_norm")
-"""Names every message and fix template may use besides evidence, parameters and features."""
+TEMPLATE_EXTRAS = tuple(dict.fromkeys(
+    ("component", "step", *(key for kind in KINDS.values() for key in kind.produces))))
+"""Names every message and fix template may use besides evidence, parameters and features: the
+subject and the values the fix kinds write."""
+FIX_KEYS = ("kind", "summary", "snippet", "when", "values")
+"""Keys of every ``[[fix]]`` table; a kind adds its own ``fields``."""
 
 _KEYS = {
     "id", "name", "scope", "severity", "category", "summary", "rationale", "references",
@@ -54,13 +58,13 @@ class FixTemplate:
     """One way to fix the problem; the first whose ``when`` holds is used."""
 
     kind: str
+    """A name in :data:`hfault.fixes.registry.KINDS`."""
     summary: str
     snippet: str | None = None
     when: Expr | None = None
-    factor: Expr | None = None
+    fields: Mapping[str, Expr] = field(default_factory=dict)
+    """The kind's own fields (``factor`` of ``lower_lr``, ``max_norm`` of ``clip_grad``)."""
     values: Mapping[str, Expr] = field(default_factory=dict)
-    max_norm: Expr | None = None
-    """``kind = "clip_grad"``: the gradient-norm limit (a number or an expression)."""
 
 
 @dataclass(frozen=True)
@@ -284,9 +288,7 @@ class _RuleParser:
             if not isinstance(spec, dict):
                 raise self.fail("fix", "each fix must be a table")
             self.fix_index = index
-            kind = spec.get("kind", "text")
-            if kind not in FIX_KINDS:
-                raise self.fail("kind", f"fix kind {kind!r} must be one of {', '.join(FIX_KINDS)}")
+            kind = self.fix_kind(spec)
             summary = spec.get("summary")
             if not isinstance(summary, str):
                 raise self.fail("fix", "a fix needs a 'summary' string")
@@ -294,31 +296,47 @@ class _RuleParser:
             snippet = spec.get("snippet")
             if snippet is not None:
                 self.check_template(snippet, "snippet", known)
-            if kind == "lower_lr" and "factor" not in spec:
-                raise self.fail("kind", "a lower_lr fix needs a 'factor' expression")
-            if kind == "clip_grad" and "max_norm" not in spec:
-                raise self.fail("kind", "a clip_grad fix needs 'max_norm' (a number or expression)")
-            max_norm = spec.get("max_norm")
-            if isinstance(max_norm, (int, float)) and not isinstance(max_norm, bool):
-                max_norm = repr(float(max_norm))
+            fields = {}
+            for name, what in KINDS[kind].fields.items():
+                source = spec.get(name)
+                if source is None:
+                    raise self.fail("kind", f"a {kind} fix needs {what}")
+                if isinstance(source, (int, float)) and not isinstance(source, bool):
+                    source = repr(float(source))  # a number is an expression too
+                fields[name] = self.expr(source, name, known)
             values = spec.get("values", {})
             if not isinstance(values, dict):
                 raise self.fail("values", "fix 'values' must be a table")
+            taken = next((k for k in values if k == "kind" or k in KINDS[kind].produces), None)
+            if taken is not None:
+                raise self.fail("values", f"fix value {taken!r} is written by the {kind} kind; "
+                                "choose another name")
             out.append(
                 FixTemplate(
                     kind=kind,
                     summary=summary,
                     snippet=snippet,
                     when=self.expr(spec["when"], "when", known) if "when" in spec else None,
-                    factor=self.expr(spec["factor"], "factor", known)
-                    if "factor" in spec else None,
+                    fields=fields,
                     values={k: self.expr(v, k, known) for k, v in values.items()},
-                    max_norm=self.expr(max_norm, "max_norm", known)
-                    if max_norm is not None else None,
                 )
             )
         self.fix_index = None
         return tuple(out)
+
+    def fix_kind(self, spec: Mapping[str, Any]) -> str:
+        """The registered kind a ``[[fix]]`` names (``manual`` when it names none), after
+        checking that it sets no key that kind does not read."""
+        kind = spec.get("kind", "manual")
+        kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise self.fail("kind", f"fix kind {kind!r} must be one of {', '.join(KINDS)}")
+        allowed = (*FIX_KEYS, *KINDS[kind].fields)
+        unknown = next((k for k in spec if k not in allowed), None)
+        if unknown is not None:
+            raise self.fail(unknown, f"unknown key {unknown!r} in a {kind} fix (it takes "
+                            f"{', '.join(allowed)})")
+        return kind
 
     def check_template(self, template: str, key: str, known: set[str]) -> None:
         for match in PLACEHOLDER.finditer(template):

@@ -2,7 +2,8 @@
 rerun the script with them applied (:mod:`.apply`, :mod:`.flow`) and compare the two reports
 (:mod:`.compare`)."""
 
-from hfault.verify.apply import FixApplier, split_param_groups
+from hfault.fixes.lower_lr import split_param_groups
+from hfault.verify.apply import FixApplier
 from hfault.verify.flow import Verification, diagnose_and_verify
 from hfault.verify.plan import PlannedFix, plan_fixes
 

@@ -1,14 +1,8 @@
-"""Apply planned fixes in the rerun, without touching the script.
-
-- ``lower_lr``: the component's parameters leave their param group at the optimizer's
-  construction, for a new group that copies every hyperparameter of the old one with
-  ``lr × factor`` (and ``initial_lr × factor`` where the script set one). Where the component is
-  its group's only content, that group's ``lr`` is scaled instead (no empty group). Multiplying
-  the construction ``lr`` by the factor, rather than writing ``new_lr``, keeps an LR scheduler's
-  shape. A slice of a fused tensor (``c_attn.query``) cannot be split off: the whole tensor moves.
-- ``clip_grad``: a global optimizer step pre-hook, registered before hfault's own, calls
-  ``clip_grad_norm_(params, max_norm)`` on each optimizer's parameters right before ``step()``:
-  after whatever the script did to the gradients.
+"""Apply planned fixes in the rerun, without touching the script: a patched
+``Optimizer.__init__`` for the param-group split of ``lower_lr`` fixes and a global optimizer step
+pre-hook for ``clip_grad``; what each does is its kind's (:mod:`hfault.fixes.lower_lr`,
+:mod:`hfault.fixes.clip_grad`). The clipping hook is registered before hfault's own, so it runs
+right before ``step()``: after whatever the script did to the gradients.
 """
 
 from __future__ import annotations
@@ -22,83 +16,16 @@ import torch
 import torch.optim.optimizer as optim_mod
 from torch import nn
 
-from hfault.verify.plan import PlannedFix, _flat, _float, _ordered, _tensor
-
-
-# ---------------------------------------------------------------- the param-group split
-def split_param_groups(
-    groups: list[dict[str, Any]],
-    moves: Sequence[tuple[Sequence[torch.Tensor], float]],
-    defaults: Mapping[str, Any],
-) -> list[dict[str, Any] | str]:
-    """Move each ``moves`` entry's tensors out of their param groups, in place.
-
-    ``groups`` is an optimizer's ``params`` argument as a list of group dicts (entries may be
-    tensors or ``(name, tensor)`` pairs). For each source group a new group is appended that
-    copies its hyperparameters with ``lr × factor`` (``initial_lr × factor`` where present); a
-    group whose every parameter moves keeps its place and gets the scaled ``lr``. Returns, per
-    move, ``{"lr_before", "lr_after", "groups": [{"group", "new_group", "whole_group"}]}`` or
-    a string saying why nothing moved.
-    """
-    results: list[dict[str, Any] | str] = []
-    taken: set[int] = set()
-    for tensors, factor in moves:
-        ids = {id(t) for t in tensors} - taken
-        sources = [(gi, [e for e in g["params"] if id(_tensor(e)) in ids])
-                   for gi, g in enumerate(groups)]
-        sources = [(gi, entries) for gi, entries in sources if entries]
-        if not sources:
-            results.append("none of its parameters is in this optimizer")
-            continue
-        bad = next((gi for gi, _ in sources
-                    if not _is_lr(groups[gi].get("lr", defaults.get("lr")))), None)
-        if bad is not None:
-            results.append(f"param group {bad} has no numeric learning rate")
-            continue
-        changes = []
-        lr_before = lr_after = None
-        for gi, entries in sources:
-            group = groups[gi]
-            lr = group.get("lr", defaults.get("lr"))
-            if lr_before is None:
-                lr_before, lr_after = _float(lr), _float(lr * factor)
-            if len(entries) == len(group["params"]):
-                target, new_index = group, None
-            else:
-                group["params"] = [e for e in group["params"] if id(_tensor(e)) not in ids]
-                target = {k: v for k, v in group.items() if k != "params"}
-                target["params"] = entries
-                groups.append(target)
-                new_index = len(groups) - 1
-            target["lr"] = lr * factor
-            if "initial_lr" in target and _is_lr(target["initial_lr"]):
-                target["initial_lr"] = target["initial_lr"] * factor
-            changes.append({"group": gi, "new_group": new_index, "whole_group": new_index is None})
-        taken |= ids
-        results.append({"lr_before": lr_before, "lr_after": lr_after, "groups": changes})
-    return results
-
-
-def _is_lr(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.numel() == 1
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _as_groups(params: Sequence[Any]) -> list[dict[str, Any]] | None:
-    """An optimizer's ``params`` argument (as a list) as a list of group dicts with list
-    ``params`` (what ``Optimizer.__init__`` itself does), or None where torch will reject it."""
-    groups = list(params)
-    if not groups:
-        return None
-    if not isinstance(groups[0], dict):
-        groups = [{"params": groups}]
-    for g in groups:
-        if not isinstance(g, dict) or isinstance(g.get("params"), set):
-            return None
-        entries = g["params"]
-        g["params"] = [entries] if isinstance(entries, torch.Tensor) else list(entries)
-    return groups
+from hfault.fixes import clip_grad, lower_lr
+from hfault.fixes.clip_grad import CLIP_GRAD, clip_gradients
+from hfault.fixes.kind import PlannedFix
+from hfault.fixes.lower_lr import (
+    LOWER_LR,
+    as_groups,
+    flat_params,
+    held_in_order,
+    split_param_groups,
+)
 
 
 # ---------------------------------------------------------------- applying (rerun)
@@ -108,8 +35,8 @@ class FixApplier:
     sees the split groups and the clipped gradients."""
 
     def __init__(self, fixes: Sequence[PlannedFix]):
-        self.lr_fixes = [f for f in fixes if f.kind == "lower_lr"]
-        self.clip = next((f for f in fixes if f.kind == "clip_grad"), None)
+        self.lr_fixes = [f for f in fixes if f.kind == LOWER_LR.name]
+        self.clip = next((f for f in fixes if f.kind == CLIP_GRAD.name), None)
         self.applied: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
         self.notes: list[str] = []
@@ -168,7 +95,7 @@ class FixApplier:
                 return args, {**kwargs, "params": value}
             return (value, *args[1:]), kwargs
 
-        groups = _as_groups(params)
+        groups = as_groups(params)
         if groups is None:  # torch rejects it: leave that to torch
             return passing(params)
         args, kwargs = passing(groups)
@@ -182,7 +109,7 @@ class FixApplier:
 
     def _move(self, opt: torch.optim.Optimizer, groups: list[dict[str, Any]],
               defaults: Mapping[str, Any], fixes: Sequence[PlannedFix]) -> None:
-        flat = _flat(groups)
+        flat = flat_params(groups)
         moves: list[tuple[PlannedFix, list[torch.Tensor]]] = []
         for fix in fixes:
             found = self._resolve(fix, flat)
@@ -205,7 +132,7 @@ class FixApplier:
         candidates = [o for o in gc.get_objects()
                       if issubclass(type(o), nn.Module) and type(o).__name__ == fix.root]
         inner = {id(sub) for m in candidates for sub in m.modules() if sub is not m}
-        roots = _ordered([m for m in candidates if id(m) not in inner], pos)
+        roots = held_in_order([m for m in candidates if id(m) not in inner], pos)
         if fix.root_ordinal >= len(roots):
             return (f"no {fix.root} module holds the parameters of the rerun's optimizer "
                     f"#{fix.optimizer}")
@@ -220,34 +147,7 @@ class FixApplier:
 
     def _record(self, fix: PlannedFix, opt_class: str, result: Mapping[str, Any]
                 ) -> dict[str, Any]:
-        groups = result["groups"]
-        where = "; ".join(
-            f"param group {g['group']} scaled as a whole" if g["whole_group"]
-            else f"moved from param group {g['group']} to new group {g['new_group']}"
-            for g in groups)
-        note = f"{opt_class} #{fix.optimizer}: {where}"
-        if fix.fused:
-            note += (f"; {fix.component} is a slice of {', '.join(fix.fused)}, which param "
-                     "groups cannot split: the whole tensor gets the new learning rate")
-        lr_before, lr_after = result["lr_before"], result["lr_after"]
-        if fix.lr is not None and lr_before is not None and not math.isclose(
-                lr_before, fix.lr, rel_tol=1e-6):
-            note += (f"; the finding saw lr {fix.lr:.3g} ({fix.rule}), the optimizer was built "
-                     f"with {lr_before:.3g} (a scheduler): ×{fix.factor:.3g} scales the whole "
-                     "schedule")
-        return {
-            "rule": fix.rule,
-            "component": fix.component,
-            "kind": "lower_lr",
-            "lr_before": lr_before,
-            "lr_after": lr_after,
-            "max_norm": None,
-            "factor": fix.factor,
-            "optimizer": fix.optimizer,
-            "parameters": list(fix.names),
-            "groups": groups,
-            "note": note,
-        }
+        return lower_lr.applied_record(fix, opt_class, result)
 
     def _fail(self, fix: PlannedFix, reason: str) -> None:
         self.failed.append({"rule": fix.rule, "component": fix.component, "kind": fix.kind,
@@ -257,14 +157,13 @@ class FixApplier:
     def _clip_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.clip is None or self.clip.max_norm is None:
             return
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if not params:
-            return
         try:
-            total = float(torch.nn.utils.clip_grad_norm_(params, self.clip.max_norm))
+            total = clip_gradients(opt, self.clip.max_norm)
         except Exception as exc:  # e.g. sparse gradients: stop clipping, say so
             self.notes.append(f"gradient clipping failed and was stopped: {exc}")
             self.clip = None
+            return
+        if total is None:  # no parameter has a gradient
             return
         self.clip_steps += 1
         if not math.isfinite(total) or total > self.clip.max_norm:
@@ -276,32 +175,5 @@ class FixApplier:
         fix = self.clip
         if fix is None:
             return None
-        note = ("clip_grad_norm_ on every optimizer's parameters right before step(), after the "
-                "script's own gradient processing")
-        if self.clip_steps:
-            note += (f"; the total gradient norm exceeded max_norm at {self.clipped_steps} of "
-                     f"{self.clip_steps} optimizer step(s) (largest {_g(self.largest_norm)})")
-        return {
-            "rule": fix.rule,
-            "component": fix.component,
-            "kind": "clip_grad",
-            "lr_before": None,
-            "lr_after": None,
-            "max_norm": fix.max_norm,
-            "steps": self.clip_steps,
-            "clipped_steps": self.clipped_steps,
-            "largest_norm": _json_number(self.largest_norm),
-            "note": note,
-        }
-
-
-def _g(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
-
-
-def _json_number(x: float | None) -> float | str | None:
-    if x is None or math.isfinite(x):
-        return x
-    return "nan" if x != x else ("inf" if x > 0 else "-inf")
-
-
+        return clip_grad.applied_record(fix, self.clip_steps, self.clipped_steps,
+                                        self.largest_norm)

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hfault.findings import SEVERITY_ORDER
+from hfault.fixes.kind import ALL_PARAMETERS
+from hfault.fixes.registry import KINDS
 
 LOSS_TOLERANCE = 0.05
 """Relative change of the final loss within which it counts as unchanged."""
@@ -39,7 +41,6 @@ NOISE_CAP = 0.5
 METRICS = ("stability_ratio", "lambda_max", "grad_norm", "lr")
 ATTENTION_METRICS = ("max_logit", "entropy_norm_mean")
 MAX_EDGES_PER_COMPONENT = 5
-ALL_PARAMETERS = "(all parameters)"
 
 
 # ---------------------------------------------------------------- numbers
@@ -292,10 +293,7 @@ def edge_rows(before: Mapping[str, Any], after: Mapping[str, Any], steps: Sequen
 
 # ---------------------------------------------------------------- the verdict
 def describe_fix(fix: Mapping[str, Any]) -> str:
-    if fix["kind"] == "lower_lr":
-        return (f"lr of {fix['component']} {_fmt(fix.get('lr_before'))} → "
-                f"{_fmt(fix.get('lr_after'))}")
-    return f"gradient clipping at max_norm {_fmt(fix.get('max_norm'))}"
+    return KINDS[fix["kind"]].describe(fix)
 
 
 def _fmt(x: Any) -> str:
@@ -402,7 +400,7 @@ def compare(
         "final_loss": {k: _json(_value(v)) if k in ("before", "after") and v is not None else v
                        for k, v in final.items()},
         "metrics": ([total_grad_norm_row(before, after, steps)]
-                    if any(f["kind"] == "clip_grad" for f in fixes) else [])
+                    if any(KINDS[f["kind"]].bounds_total_norm for f in fixes) else [])
         + metric_rows(before, after, steps, watched),
         "edges": edge_rows(before, after, steps, watched),
         "steps": steps,

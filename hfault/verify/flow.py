@@ -17,9 +17,11 @@ from hfault.capture.process_state import ProcessState
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.diagnose import DiagnoseOptions, Diagnosis, build_report, diagnose
-from hfault.verify.apply import FixApplier, _g
-from hfault.verify.compare import ALL_PARAMETERS, compare, not_applicable
-from hfault.verify.plan import PlannedFix, plan_fixes
+from hfault.fixes.kind import ALL_PARAMETERS, PlannedFix
+from hfault.fixes.registry import KINDS
+from hfault.verify.apply import FixApplier
+from hfault.verify.compare import compare, not_applicable
+from hfault.verify.plan import plan_fixes
 
 
 # ---------------------------------------------------------------- the whole flow
@@ -125,15 +127,8 @@ def _release(state: CaptureState) -> None:
 
 
 def _applied_text(fix: Mapping[str, Any]) -> str:
-    if fix["kind"] == "clip_grad":
-        head = f"gradient clipping at max_norm {fix['max_norm']:g} ({fix['rule']})"
-    else:
-        head = (f"{fix['component']}: lr {_g(fix['lr_before'])} → {_g(fix['lr_after'])} "
-                f"(×{fix['factor']:.3g}, {fix['rule']})")
-    return f"{head}; {fix['note']}"
+    return f"{KINDS[fix['kind']].applied_text(fix)}; {fix['note']}"
 
 
 def _plan_text(fix: PlannedFix) -> str:
-    if fix.kind == "clip_grad":
-        return f"clip gradients at {fix.max_norm:g} ({fix.rule})"
-    return f"{fix.component} lr ×{fix.factor:.3g} ({fix.rule})"
+    return KINDS[fix.kind].plan_text(fix)

@@ -197,7 +197,7 @@ def malformed(tmp_path: Path, old: str, new: str) -> tuple[Path, str]:
          'kind = "lower_lr"', "a lower_lr fix needs a 'factor' expression"),
         ('value = "max(grad_rms)"',
          'value = "max(grad_rms)"\n\n[[fix]]\nkind = "shout"\nsummary = "Lower it."',
-         'kind = "shout"', "fix kind 'shout' must be one of text, lower_lr"),
+         'kind = "shout"', "fix kind 'shout' must be one of manual, lower_lr, clip_grad"),
         ('value = "max(grad_rms)"', 'value = "max(grad_rms)"\n\n[escalate]\nfatal = "True"',
          "fatal =", "escalate key 'fatal' is not a severity"),
         ('rationale = "A test rule."', 'rationale = "A test rule."\nreferences = "a paper"',

@@ -52,9 +52,7 @@ def test_rule_fires_on_its_fixture(rule_id: str, which: str) -> None:
     assert finding.score > 0
     if "expect_fix_kind" in spec:
         assert finding.fix is not None
-        values = finding.fix.values
-        kind = values.get("kind", "lower_lr" if "new_lr" in values else None)
-        assert kind == spec["expect_fix_kind"]
+        assert finding.fix.values["kind"] == spec["expect_fix_kind"]
     if "expect_new_lr" in spec and spec.get("expect_fix_kind", "lower_lr") == "lower_lr":
         assert finding.fix is not None
         assert finding.fix.values["new_lr"] == pytest.approx(spec["expect_new_lr"], rel=1e-3)
