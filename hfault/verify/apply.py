@@ -22,7 +22,8 @@ import torch
 import torch.optim.optimizer as optim_mod
 from torch import nn
 
-from hfault.verify.plan import PlannedFix, _flat, _float, _ordered, _tensor
+from hfault.numbers import as_float, encode, fmt
+from hfault.verify.plan import PlannedFix, _flat, _ordered, _tensor
 
 
 # ---------------------------------------------------------------- the param-group split
@@ -61,7 +62,7 @@ def split_param_groups(
             group = groups[gi]
             lr = group.get("lr", defaults.get("lr"))
             if lr_before is None:
-                lr_before, lr_after = _float(lr), _float(lr * factor)
+                lr_before, lr_after = as_float(lr), as_float(lr * factor)
             if len(entries) == len(group["params"]):
                 target, new_index = group, None
             else:
@@ -280,7 +281,8 @@ class FixApplier:
                 "script's own gradient processing")
         if self.clip_steps:
             note += (f"; the total gradient norm exceeded max_norm at {self.clipped_steps} of "
-                     f"{self.clip_steps} optimizer step(s) (largest {_g(self.largest_norm)})")
+                     f"{self.clip_steps} optimizer step(s) (largest "
+                     f"{fmt(self.largest_norm, missing='n/a')})")
         return {
             "rule": fix.rule,
             "component": fix.component,
@@ -290,18 +292,6 @@ class FixApplier:
             "max_norm": fix.max_norm,
             "steps": self.clip_steps,
             "clipped_steps": self.clipped_steps,
-            "largest_norm": _json_number(self.largest_norm),
+            "largest_norm": encode(self.largest_norm),
             "note": note,
         }
-
-
-def _g(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
-
-
-def _json_number(x: float | None) -> float | str | None:
-    if x is None or math.isfinite(x):
-        return x
-    return "nan" if x != x else ("inf" if x > 0 else "-inf")
-
-

@@ -17,7 +17,8 @@ from hfault.capture.process_state import ProcessState
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.diagnose import DiagnoseOptions, Diagnosis, build_report, diagnose
-from hfault.verify.apply import FixApplier, _g
+from hfault.numbers import fmt
+from hfault.verify.apply import FixApplier
 from hfault.verify.compare import ALL_PARAMETERS, compare, not_applicable
 from hfault.verify.plan import PlannedFix, plan_fixes
 
@@ -128,7 +129,8 @@ def _applied_text(fix: Mapping[str, Any]) -> str:
     if fix["kind"] == "clip_grad":
         head = f"gradient clipping at max_norm {fix['max_norm']:g} ({fix['rule']})"
     else:
-        head = (f"{fix['component']}: lr {_g(fix['lr_before'])} → {_g(fix['lr_after'])} "
+        head = (f"{fix['component']}: lr {fmt(fix['lr_before'], missing='n/a')} → "
+                f"{fmt(fix['lr_after'], missing='n/a')} "
                 f"(×{fix['factor']:.3g}, {fix['rule']})")
     return f"{head}; {fix['note']}"
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from hfault.capture.session import CaptureState
 from hfault.components import find_roots
+from hfault.numbers import as_float
 from hfault.verify.compare import ALL_PARAMETERS
 
 
@@ -112,7 +113,7 @@ def plan_fixes(
         factor = float(values["factor"])
         fixes.append(PlannedFix(
             f["rule"], name, "lower_lr", brief, factor=factor,
-            lr=_float(values.get("lr")), new_lr=_float(values.get("new_lr")),
+            lr=as_float(values.get("lr")), new_lr=as_float(values.get("new_lr")),
             optimizer=comp.optimizer, root=type(root).__name__,
             root_ordinal=_root_ordinal(root, roots, state.optimizers[comp.optimizer]),
             names=names, fused=fused,
@@ -151,11 +152,3 @@ def _tensor(entry: Any) -> Any:
 def _positive(x: Any) -> bool:
     return (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
             and x > 0)
-
-
-def _float(x: Any) -> float | None:
-    if isinstance(x, torch.Tensor) and x.numel() == 1:
-        x = x.item()
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
