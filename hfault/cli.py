@@ -378,6 +378,7 @@ def report_command(
 ) -> None:
     import json
 
+    from hfault.report.build import derive
     from hfault.rules import load_rules
 
     try:
@@ -388,6 +389,7 @@ def report_command(
         raise UsageFailure(f"{path}:{exc.lineno}: not a JSON report: {exc.msg}") from None
     if not isinstance(data, dict) or "findings" not in data or "run" not in data:
         raise UsageFailure(f"{path}: not an hfault JSON report (no 'run' and 'findings')")
+    derive(data)  # a report saved before a derived metric existed renders the same
     catalog = {r.id: r.to_catalog() for r in load_rules(None, rules_dirs or ())}
     for saved in data.get("rules", []):
         catalog.setdefault(saved["id"], {"rationale": "", **saved})

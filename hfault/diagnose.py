@@ -15,7 +15,9 @@ from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
 from hfault.graph import coupling_graph
 from hfault.graph.analysis import output_nodes, propagation_summary, strongest_path
+from hfault.numbers import as_float
 from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, edge_dicts
+from hfault.report.build import derive_metrics
 from hfault.report.model import Report, RunInfo, Snapshot, rank
 from hfault.rules import Rule, evaluate, load_rules
 
@@ -126,7 +128,7 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
                 "index": i,
                 "class": type(o).__name__,
                 "param_groups": len(o.param_groups),
-                "lr": _number(o.defaults.get("lr")),
+                "lr": as_float(o.defaults.get("lr")),
                 "source": state.optimizer_sources[i] if i < len(state.optimizer_sources) else None,
                 "gradient_reset": session.stale_grads.summary(o),
             }
@@ -156,6 +158,8 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
 def judge(report: Report, rules: list[Rule]) -> None:
     """Apply the rules to a report's data: ranked findings, and the propagation of the flagged
     components through the last coupling graph."""
+    for snapshot in report.snapshots:  # stored once: the rules and the renderers read them
+        derive_metrics(snapshot.metrics)
     graph = next((s.graph for s in reversed(report.snapshots) if s.graph is not None), None)
     paths: dict[str, str] = {}
     if graph is not None:
@@ -172,9 +176,3 @@ def judge(report: Report, rules: list[Rule]) -> None:
         flagged = list(dict.fromkeys(f.component for f in report.findings if f.component))
         step = next(s.step for s in reversed(report.snapshots) if s.graph is graph)
         report.propagation = {"step": step, **propagation_summary(graph, flagged)}
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)

@@ -3,10 +3,11 @@ Rules produce them, the report carries them, renderers and CI read them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfault.numbers import clean
+from hfault.numbers import clean, encode
 
 SEVERITIES = ("error", "warning", "info")
 SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
@@ -37,6 +38,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     fix: Fix | None = None
     score: float = 0.0
+    """How far past its threshold (:func:`ranking_score`); NaN when the rule could not say."""
     rank: int = 0
     location: dict[str, Any] | None = None
     """File and line to jump to: the component's module class, or the optimizer for LR fixes."""
@@ -45,8 +47,12 @@ class Finding:
     related: list[str] = field(default_factory=list)
     """Other components the finding involves (the far end of a coupling, a propagation path)."""
 
-    def sort_key(self) -> tuple[int, float, str, str]:
-        return (SEVERITY_ORDER[self.severity], -self.score, self.component or "", self.rule)
+    def sort_key(self) -> tuple[int, bool, float, str, str]:
+        """Severity, then score (highest first; an unknown, NaN score after every known one of
+        its severity), then component and rule: deterministic, NaN never compared."""
+        unknown = math.isnan(self.score)
+        return (SEVERITY_ORDER[self.severity], unknown, 0.0 if unknown else -self.score,
+                self.component or "", self.rule)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +60,7 @@ class Finding:
             "name": self.name,
             "severity": self.severity,
             "rank": self.rank,
-            "score": round(self.score, 6),
+            "score": encode(round(self.score, 6)),
             "component": self.component,
             "step": self.step,
             "message": self.message,
@@ -66,8 +72,21 @@ class Finding:
         }
 
 
+def ranking_score(score: float | None, confidence: float | None = 1.0) -> float:
+    """A finding's score: the rule's score (how far past its threshold, at least 0) × its
+    confidence (clamped to [0, 1]); +inf ranks first. Missing or NaN in either is an unknown
+    score, NaN: the rule fired but could not say how far past its threshold, so it ranks after
+    every known score of its severity and the report says "nan", rather than a silent 0 that
+    would tie it with findings measured to be barely past their threshold."""
+    if score is None or confidence is None or math.isnan(score) or math.isnan(confidence):
+        return math.nan
+    weight = min(1.0, confidence)
+    return max(0.0, score) * weight if weight > 0 else 0.0
+
+
 def rank(findings: list[Finding]) -> list[Finding]:
-    """Severity first, then how far past its threshold, then component name: deterministic."""
+    """Severity first, then how far past its threshold (:meth:`Finding.sort_key`), then
+    component name: deterministic."""
     ordered = sorted(findings, key=Finding.sort_key)
     for i, finding in enumerate(ordered, start=1):
         finding.rank = i

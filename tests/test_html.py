@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from hfault import ExitCode
+from hfault.numbers import fmt
 from hfault.report.html import to_html, write_html
 from tests.conftest import SAMPLES, SCRIPTS, CliResult, run_cli
 
@@ -379,18 +381,27 @@ def test_an_indefinite_rho_is_flagged_not_shown_as_a_correlation(lr_report):
 
 def test_html_plots_the_same_effective_ratio_the_rules_read() -> None:
     """Clipped Adam: the rules' r ignores grad_scale (m̂/√v̂ divides it out); the HTML chart
-    once multiplied it in and drew r = 0.62 under HF201's line while the finding said 3.1."""
+    once multiplied it in and drew r = 0.62 under HF201's line while the finding said 3.1. Now
+    both read the one value :func:`derive` stores."""
+    from hfault.report.build import derive
     from hfault.report.html import _Context
     from hfault.rules.features import Features
 
     metrics = {"stability_ratio": 3.1, "grad_scale": 0.2, "preconditioned": True}
     sgd = {"stability_ratio": 3.1, "grad_scale": 0.2, "preconditioned": False}
+    nan = {"stability_ratio": "nan", "grad_scale": 0.2, "preconditioned": False}
     report = {
         "components": [{"name": "adam_q", "role": "query", "numel": 100},
-                       {"name": "sgd_q", "role": "query", "numel": 100}],
-        "snapshots": [{"step": 5, "metrics": {"adam_q": metrics, "sgd_q": sgd}}],
+                       {"name": "sgd_q", "role": "query", "numel": 100},
+                       {"name": "nan_q", "role": "query", "numel": 100}],
+        "snapshots": [{"step": 5, "metrics": {"adam_q": metrics, "sgd_q": sgd, "nan_q": nan}}],
         "findings": [],
     }
+    derive(report)
+    stored = copy.deepcopy(report)
+    assert derive(report) == stored  # idempotent
+    assert metrics["effective_ratio"] == 3.1 and sgd["effective_ratio"] == pytest.approx(0.62)
+    assert nan["effective_ratio"] == "nan"  # a NaN r stays NaN, JSON-encoded like the rest
     ctx = _Context.of(report)
     features = Features(report)
     for name in ("adam_q", "sgd_q"):
@@ -398,3 +409,56 @@ def test_html_plots_the_same_effective_ratio_the_rules_read() -> None:
         assert [v for _, v in ctx.series(name, "stability_ratio")] == list(rules_r)
     assert ctx.series("adam_q", "stability_ratio") == [(5, 3.1)]
     assert ctx.series("sgd_q", "stability_ratio")[0][1] == pytest.approx(0.62)
+    assert math.isnan(ctx.series("nan_q", "stability_ratio")[0][1])
+    assert math.isnan(features.component_features("nan_q")["effective_ratio"].values[0])
+
+
+@pytest.fixture(scope="module")
+def clipped_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult, str, Path]:
+    """Momentum SGD at lr 100 with clip_grad_norm_(0.1): the nominal r reaches ~1800, the r of the
+    clipped steps taken ~49, and HF201 fires on the first layer on the latter."""
+    tmp = tmp_path_factory.mktemp("clip")
+    result, page = diagnose(tmp, SCRIPTS / "clip_train.py", "--", "--lr", "100", "--clip", "0.1",
+                            "--steps", "30")
+    return result, page, tmp
+
+
+def test_html_chart_plots_the_ratio_hf201_reports_on_a_clipped_run(clipped_run) -> None:
+    result, page, _ = clipped_run
+    report = result.report
+    assert report is not None
+    finding = next(f for f in result.findings("HF201"))
+    name, step, value = finding["component"], finding["step"], finding["evidence"]["value"]
+    metrics = next(s for s in report["snapshots"] if s["step"] == step)["metrics"][name]
+    assert metrics["grad_scale"] < 0.5  # clipped: the nominal r is not the r of the step taken
+    assert metrics["effective_ratio"] == value
+    assert metrics["stability_ratio"] > 10 * value
+    label = "r = lr·λ̃/τ of the step taken"
+    chart = row(page, name)
+    assert f"{label} · step {step}: {fmt(value, 4)}" in chart  # the plotted point's tooltip
+    assert f"{label} · step {step}: {fmt(metrics['stability_ratio'], 4)}" not in chart
+    assert f"HF201 limit {fmt(finding['evidence']['threshold'])}" in chart
+
+
+def test_a_report_saved_without_derived_metrics_judges_and_renders_the_same(clipped_run):
+    """``effective_ratio`` is stored by this version; a report written before it existed gets it
+    from ``derive`` when re-judged (the rule features) or re-rendered (``hfault report``)."""
+    from hfault.rules import evaluate, load_rules
+
+    result, page, tmp = clipped_run
+    assert result.report is not None
+    old = copy.deepcopy(result.report)
+    for snapshot in old["snapshots"]:
+        for m in snapshot["metrics"].values():
+            m.pop("effective_ratio", None)
+    assert old != result.report
+    saved = tmp / "old.json"
+    saved.write_text(json.dumps(old))
+    rules = load_rules()
+    judged = [f.to_dict() for f in evaluate(old, rules).findings]  # (stores the field in old)
+    assert judged == [f.to_dict() for f in evaluate(copy.deepcopy(result.report), rules).findings]
+    assert any(f["rule"] == "HF201" for f in judged)
+    out = tmp / "old.html"
+    proc = run_cli(["report", str(saved), "--quiet", "--html", str(out)], tmp, json_report=False)
+    assert proc.returncode == ExitCode.FINDINGS, proc.stderr
+    assert out.read_text(encoding="utf-8") == page

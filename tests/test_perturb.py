@@ -23,6 +23,7 @@ from torch import nn
 from hfault.curvature import Block, BlockPart
 from hfault.curvature.dense import DenseHessian, dense_hessian
 from hfault.perturb.driver import PerturbOptions, perturb
+from hfault.perturb.report import write_json
 from hfault.perturb.session import Injection, draw_deltas, predictions, unit_generator
 from hfault.perturb.stats import mean_ci, t_quantile
 from tests.conftest import ROOT, SAMPLES, SCRIPTS
@@ -203,6 +204,19 @@ def test_t_quantiles_and_antithetic_units():
     plain = mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert (plain.n, plain.missing) == (3, 1)
     assert plain.hi - plain.mean == pytest.approx(t_quantile(2) * 1.0 / math.sqrt(3))
+
+
+def test_json_encodes_non_finite_numbers_as_diagnose_does(tmp_path: Path):
+    """A blown-up trace is "nan"/"inf" as in the diagnose report (it once became null, which
+    reads as "not measured"); a difference of a non-finite loss stays null (missing)."""
+    out = tmp_path / "p.json"
+    write_json({"baseline": {"components": {"q": {"trace": math.nan, "lambda_max": math.inf,
+                                                  "lambda_min": -math.inf, "rms": 0.5}}},
+                "draws": [{"dloss_first": None, "nonfinite_loss": True}]}, out)
+    data = json.loads(out.read_text())  # strict JSON
+    assert data["baseline"]["components"]["q"] == {"trace": "nan", "lambda_max": "inf",
+                                                   "lambda_min": "-inf", "rms": 0.5}
+    assert data["draws"] == [{"dloss_first": None, "nonfinite_loss": True}]
 
 
 def test_predictions_of_model_outputs():

@@ -9,12 +9,11 @@ every kind without needing torch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
-from hfault.numbers import encode
+from hfault.numbers import as_float, finite, fmt
 
 if TYPE_CHECKING:
     from torch import nn
@@ -140,15 +139,11 @@ def finding_brief(finding: Mapping[str, Any]) -> dict[str, Any]:
 
 def positive(x: Any) -> TypeGuard[float]:
     """A finite number above zero (not a bool)."""
-    return (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-            and x > 0)
+    value = finite(x) if isinstance(x, (int, float)) else None
+    return value is not None and value > 0
 
 
 def number_text(x: Any) -> str:
     """A report number in three significant digits; "n/a" when missing, non-finite as the report
     writes it ("nan", "inf")."""
-    if isinstance(x, str):
-        return x if x in ("nan", "inf", "-inf") else "n/a"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return "n/a"
-    return f"{x:.3g}" if math.isfinite(x) else str(encode(float(x)))
+    return fmt(as_float(x), missing="n/a")

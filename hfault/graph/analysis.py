@@ -12,20 +12,13 @@ from typing import Any
 
 import networkx as nx
 
+from hfault.numbers import finite
+
 
 def _kappa(attrs: Mapping[str, Any]) -> float:
     """An edge's usable κ: its ``weight``, or 0 when missing, non-finite or not positive."""
-    w = attrs.get("weight")
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
-        return 0.0
-    return float(w)
-
-
-def _finite(x: Any) -> float | None:
-    """A JSON-safe number: the float, or None for missing/NaN/Inf."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return None
-    return float(x)
+    w = finite(attrs.get("weight"))
+    return w if w is not None and w > 0 else 0.0
 
 
 def _kappa_graph(graph: nx.Graph, min_kappa: float = 0.0) -> nx.Graph:
@@ -128,7 +121,7 @@ def strongest_path(
         k = g.edges[a, b]["weight"]
         strength *= k
         edges.append(
-            {"source": a, "target": b, "kappa": k, "rho": _finite(graph.edges[a, b].get("rho"))}
+            {"source": a, "target": b, "kappa": k, "rho": finite(graph.edges[a, b].get("rho"))}
         )
     return {
         "source": source,

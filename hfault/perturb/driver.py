@@ -35,6 +35,7 @@ from hfault.capture.runner import RunOutcome, run_script
 from hfault.curvature import CurvatureSettings, HessianOperator
 from hfault.curvature.hvp import dot64
 from hfault.exitcodes import ExitCode
+from hfault.numbers import finite
 from hfault.perturb.session import (
     Injection,
     MeasureSpec,
@@ -398,10 +399,6 @@ def _crash_line(outcome: RunOutcome) -> str:
     return f"the script raised {err.get('type')}: {err.get('message')}{where}"
 
 
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def _group_norm(record: RunRecord, step: int, names: Sequence[str]) -> float | None:
     norms = record.component_grad_norms.get(step, {})
     if not all(n in norms for n in names):
@@ -459,16 +456,16 @@ def _compare(base: _Run, run: _Run, names: Sequence[str], first: int) -> dict[st
                                                                   "line")},
         "steps": run.steps,
         "injected": list(p.injected),
-        "dloss_first": _finite(dfirst),
+        "dloss_first": finite(dfirst),
         "dloss_window": window,
-        "dloss_last": _finite(deltas[-1]) if deltas else None,
+        "dloss_last": finite(deltas[-1]) if deltas else None,
         "window_steps": [common[0], common[-1]] if common else None,
         "nonfinite_loss": any(not math.isfinite(v) for v in p.losses.values()),
         "flip_first": _flip_share(p.flips, lambda s, m: s == after and m == "train"),
         "flip_window": _flip_share(p.flips, lambda s, m: m == "train"),
         "flip_eval": _flip_share(p.flips, lambda s, m: m == "eval"),
         "unmatched_outputs": p.unmatched_outputs,
-        "dgrad_first": _finite(dgrad_first),
+        "dgrad_first": finite(dgrad_first),
         "dgrad_window": dgrad_window,
         "curvature": curvature,
         "curvature_error": p.curvature_error,
@@ -479,7 +476,7 @@ def _compare(base: _Run, run: _Run, names: Sequence[str], first: int) -> dict[st
 def _sub(a: float | None, b: float | None) -> float | None:
     if a is None or b is None:
         return None
-    return _finite(a - b)
+    return finite(a - b)
 
 
 def _noise_floor(base: _Run, again: _Run) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,33 +13,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["json_safe", "render", "write_json"]
+from hfault.numbers import clean, fmt
 
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats become None (strict JSON); tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+__all__ = ["render", "write_json"]
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> None:
+    """Strict JSON, non-finite numbers as "nan"/"inf"/"-inf" as in every hfault report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-
-
-def _g(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "nan" if x != x else ("inf" if x > 0 else "-inf")
-        return f"{x:.{digits}g}"
-    return str(x)
+    path.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n")
 
 
 def _pm(stat: Mapping[str, Any] | None, percent: bool = False) -> str:
@@ -53,9 +34,9 @@ def _pm(stat: Mapping[str, Any] | None, percent: bool = False) -> str:
         if ci:
             text += f" ±{50 * (ci[1] - ci[0]):.1f}"
     else:
-        text = _g(mean)
+        text = fmt(mean)
         if ci:
-            text += f" ±{_g(0.5 * (ci[1] - ci[0]), 2)}"
+            text += f" ±{fmt(0.5 * (ci[1] - ci[0]), 2)}"
     if stat.get("missing"):
         text += f" ({stat['missing']} out)"
     return text
@@ -80,7 +61,7 @@ def render(data: Mapping[str, Any], console: Console) -> None:
     meta = (
         f"θ_b ← θ_b + α·RMS(θ_b)·δ after the optimizer step at {inj}; measured at step "
         f"{data['measured_step']}  •  {draws}, seed {s['seed']}  •  "
-        f"{runs.get('count', '?')} runs in {_g(runs.get('seconds'))}s"
+        f"{runs.get('count', '?')} runs in {fmt(runs.get('seconds'))}s"
     )
     body: list[Any] = [head, Text(meta, style="dim")]
     floor = data.get("noise_floor")
@@ -91,7 +72,7 @@ def render(data: Mapping[str, Any], console: Console) -> None:
         else:
             body.append(Text(
                 f"noise floor: two unperturbed runs differ by up to |ΔL| "
-                f"{_g(floor['max_abs_dloss'])}, flip share {_pct(floor['flip_share'])}",
+                f"{fmt(floor['max_abs_dloss'])}, flip share {_pct(floor['flip_share'])}",
                 style="yellow"))
     if data.get("error"):
         err = data["error"]
@@ -109,9 +90,9 @@ def render(data: Mapping[str, Any], console: Console) -> None:
                         overflow="fold")
     for name, c in data["baseline"]["components"].items():
         trace = "–" if c.get("trace") is None else (
-            f"{_g(c['trace'])} ± {_g(c.get('trace_se'), 2)}")
-        base.add_row(name, _g(c.get("rms")), _g(c.get("grad_norm")), trace,
-                     _g(c.get("lambda_max")), _g(c.get("lambda_min")))
+            f"{fmt(c['trace'])} ± {fmt(c.get('trace_se'), 2)}")
+        base.add_row(name, fmt(c.get("rms")), fmt(c.get("grad_norm")), trace,
+                     fmt(c.get("lambda_max")), fmt(c.get("lambda_min")))
     console.print(base)
     if not data["experiments"]:
         return
@@ -125,7 +106,7 @@ def render(data: Mapping[str, Any], console: Console) -> None:
     )
     if resolution and unresolved:
         caption = (f"* the prediction is below 10× the loss's float rounding (eps·|L| = "
-                   f"{_g(resolution, 2)}): ΔL₁ is not resolved at this α")
+                   f"{fmt(resolution, 2)}): ΔL₁ is not resolved at this α")
     loss = _table(
         f"Loss change on the first batch after the injection ({steps}) vs the second-order model",
         ["component", "α", "ΔL₁ (95% CI)", "same draws", "2nd-order err",
@@ -151,15 +132,15 @@ def render(data: Mapping[str, Any], console: Console) -> None:
             if sm is None:
                 continue
             label = e["label"] if i == 0 else ""
-            alpha = _g(a["alpha"])
+            alpha = fmt(a["alpha"])
             p = sm["prediction"]
             mark = " *" if p.get("resolved") is False else ""
-            trace = _g(p["trace"])
+            trace = fmt(p["trace"])
             if p.get("trace_ci95"):
                 lo, hi = p["trace_ci95"]
-                trace += f" ±{_g(0.5 * (hi - lo), 2)}"
-            loss.add_row(label, alpha, _pm(sm["dloss_first"]) + mark, _g(p["same_draws"]),
-                         _g(p["model_error"], 2), trace, _g(p["first_order_sd"]))
+                trace += f" ±{fmt(0.5 * (hi - lo), 2)}"
+            loss.add_row(label, alpha, _pm(sm["dloss_first"]) + mark, fmt(p["same_draws"]),
+                         fmt(p["model_error"], 2), trace, fmt(p["first_order_sd"]))
             row = [label, alpha, _pm(sm["flip_first"], True), _pm(sm["flip_window"], True)]
             row += [_pm(sm["flip_eval"], True)] if has_eval else []
             row += [_pm(sm["dloss_window"]), _pm(sm["dloss_last"]),

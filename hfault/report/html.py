@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfault.numbers import as_float, fmt
 from hfault.report import svg
-from hfault.report.svg import HLine, Mark, Series, esc, fmt, num
-from hfault.rules.features import effective_ratio
+from hfault.report.svg import HLine, Mark, Series, esc
 
 _VERDICTS = ("healthy", "suspicious", "faulty", "crashed", "not_diagnosed")
 _FIX_VERDICTS = ("fixed", "improved", "unchanged", "worse", "not_applicable")
@@ -101,21 +101,19 @@ class _Context:
         return next((c for c in self.components if c.get("name") == name), {})
 
     def series(self, name: str, metric: str) -> list[tuple[float, float | None]]:
-        out = []
-        for s in self.snapshots:
-            m = (s.get("metrics") or {}).get(name, {})
-            value = num(m.get(metric))
-            if metric == "stability_ratio":  # r of the step taken: the very number HF201 reads
-                value = effective_ratio(value, m.get("grad_scale"), m.get("preconditioned"))
-            out.append((s["step"], value))
-        return out
+        """A metric of one component at the snapshot steps. The stability ratio chart plots r
+        of the step taken, ``effective_ratio`` as :func:`hfault.report.build.derive` stored it:
+        the very number HF201 reads."""
+        key = "effective_ratio" if metric == "stability_ratio" else metric
+        return [(s["step"], as_float(((s.get("metrics") or {}).get(name) or {}).get(key)))
+                for s in self.snapshots]
 
     def threshold_lines(self, name: str | None, metric: str) -> list[HLine]:
         """A rule's threshold on the chart of the metric its finding is about."""
         out = []
         for f in self.findings:
             ev = f.get("evidence") or {}
-            t = num(ev.get("threshold"))
+            t = as_float(ev.get("threshold"))
             chart = "stability_ratio" if ev.get("metric") == "effective_ratio" else ev.get("metric")
             if chart == metric and t is not None and math.isfinite(t) and (
                 name is None or f.get("component") == name
@@ -156,7 +154,7 @@ def _facts(run: Mapping[str, Any]) -> str:
     steps = fmt(run.get("steps"))
     if run.get("max_steps"):
         steps += f" (max {fmt(run['max_steps'])})"
-    seconds = num(run.get("seconds"))
+    seconds = as_float(run.get("seconds"))
     facts = [
         ("status", run.get("status")),
         ("steps", steps),
@@ -211,9 +209,9 @@ def _evidence_text(f: Mapping[str, Any]) -> str:
     metric, value, threshold = ev.get("metric"), ev.get("value"), ev.get("threshold")
     if value is None or isinstance(value, (list, dict)):
         return str(metric or "–")
-    text = f"{metric or 'value'} {fmt(num(value) if num(value) is not None else value)}"
+    text = f"{metric or 'value'} {fmt(as_float(value) if as_float(value) is not None else value)}"
     if threshold is not None and not isinstance(threshold, (list, dict)):
-        text += f" vs {fmt(num(threshold) if num(threshold) is not None else threshold)}"
+        text += f" vs {fmt(as_float(threshold) if as_float(threshold) is not None else threshold)}"
     return text
 
 
@@ -267,7 +265,7 @@ def _finding_card(f: Mapping[str, Any]) -> str:
     if f.get("related"):
         meta.append("related: " + ", ".join(f"<code>{esc(r)}</code>" for r in f["related"]))
     if f.get("score") is not None:
-        meta.append(f"score {esc(fmt(num(f.get('score'))))}")
+        meta.append(f"score {esc(fmt(as_float(f.get('score'))))}")
     if meta:
         parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
     parts.append("</article>")
@@ -276,7 +274,7 @@ def _finding_card(f: Mapping[str, Any]) -> str:
 
 def _is_series(v: Any) -> bool:
     return isinstance(v, list) and len(v) > 1 and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and num(p[0]) is not None for p in v)
+        isinstance(p, (list, tuple)) and len(p) == 2 and as_float(p[0]) is not None for p in v)
 
 
 def _evidence_block(ev: Mapping[str, Any]) -> str:
@@ -287,12 +285,12 @@ def _evidence_block(ev: Mapping[str, Any]) -> str:
             hit = [fmt(p[0]) for p in value if p[1]]
             items.append((key, f"at step {', '.join(hit) or 'none'} of {len(value)} measured"))
         elif _is_series(value):
-            pts = [(float(num(p[0]) or 0), num(p[1])) for p in value]
+            pts = [(float(as_float(p[0]) or 0), as_float(p[1])) for p in value]
             charts.append(svg.line_chart([Series(key, pts)], title=key, width=240, height=110))
         elif isinstance(value, (dict, list)):
             items.append((key, ", ".join(map(str, value))[:200]))
         else:
-            items.append((key, fmt(num(value)) if num(value) is not None else fmt(value)))
+            items.append((key, fmt(as_float(value)) if as_float(value) is not None else fmt(value)))
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
     return f'<dl class="evidence">{dl}</dl>' + (
         f'<div class="charts">{"".join(charts)}</div>' if charts else "")
@@ -304,8 +302,8 @@ def _evidence_block(ev: Mapping[str, Any]) -> str:
 def _points(pairs: Any) -> list[tuple[float, float | None]]:
     out = []
     for p in pairs or []:
-        if isinstance(p, (list, tuple)) and len(p) == 2 and num(p[0]) is not None:
-            out.append((float(num(p[0]) or 0), num(p[1])))
+        if isinstance(p, (list, tuple)) and len(p) == 2 and as_float(p[0]) is not None:
+            out.append((float(as_float(p[0]) or 0), as_float(p[1])))
     return out
 
 
@@ -320,15 +318,15 @@ def _verify_fix(vf: Any) -> str:
         f'<p class="verdict-line"><span class="badge f-{verdict}">'
         f'{esc(str(vf.get("verdict", "?")).replace("_", " "))}</span> '
         f'{esc(vf.get("summary", ""))}</p>',
-        f'<p class="meta">final loss {esc(fmt(num(final.get("before"))))} → '
-        f'{esc(fmt(num(final.get("after"))))}</p>',
+        f'<p class="meta">final loss {esc(fmt(as_float(final.get("before"))))} → '
+        f'{esc(fmt(as_float(final.get("after"))))}</p>',
     ]
     rows = "".join(
         f"<tr><td><code>{esc(x.get('rule'))}</code></td><td>{_name(x.get('component'))}"
         f"</td><td>{esc(x.get('kind'))}</td>"
-        f"<td class=num>{esc(fmt(num(x.get('lr_before'))))}</td>"
-        f"<td class=num>{esc(fmt(num(x.get('lr_after'))))}</td>"
-        f"<td class=num>{esc(fmt(num(x.get('max_norm'))))}</td></tr>"
+        f"<td class=num>{esc(fmt(as_float(x.get('lr_before'))))}</td>"
+        f"<td class=num>{esc(fmt(as_float(x.get('lr_after'))))}</td>"
+        f"<td class=num>{esc(fmt(as_float(x.get('max_norm'))))}</td></tr>"
         for x in vf.get("fixes") or [] if isinstance(x, Mapping))
     if rows:
         parts.append("<table><thead><tr><th>rule</th><th>component</th><th>fix</th>"
@@ -342,9 +340,9 @@ def _verify_fix(vf: Any) -> str:
     for m in vf.get("metrics") or []:
         if not isinstance(m, Mapping):
             continue
-        steps = [float(s) for s in m.get("steps") or [] if num(s) is not None]
-        before = [num(v) for v in m.get("before") or []]
-        after = [num(v) for v in m.get("after") or []]
+        steps = [float(s) for s in m.get("steps") or [] if as_float(s) is not None]
+        before = [as_float(v) for v in m.get("before") or []]
+        after = [as_float(v) for v in m.get("after") or []]
         title = f"{m.get('metric')} · {m.get('component')}"
         charts.append(svg.line_chart(
             [Series("before", list(zip(steps, before, strict=False)), svg.PALETTE[3]),
@@ -360,7 +358,7 @@ def _verify_fix(vf: Any) -> str:
 
 
 def _arrow(before: Any, after: Any, digits: int = 3) -> str:
-    b, a = num(before), num(after)
+    b, a = as_float(before), as_float(after)
     return (f"{esc(fmt(b, digits) if b is not None else '–')} → "
             f"{esc(fmt(a, digits) if a is not None else '–')}")
 
@@ -393,7 +391,7 @@ def _last_pair(values: Any) -> tuple[Any, Any]:
     before = list((values or {}).get("before") or [])
     after = list((values or {}).get("after") or [])
     pairs = list(zip(before, after, strict=False))
-    both = [p for p in pairs if num(p[0]) is not None and num(p[1]) is not None]
+    both = [p for p in pairs if as_float(p[0]) is not None and as_float(p[1]) is not None]
     return (both or pairs or [(None, None)])[-1]
 
 
@@ -471,14 +469,14 @@ def common_prefix(names: Sequence[str]) -> str:
 
 def _indefinite(e: Mapping[str, Any]) -> str:
     """metrics.md: |ρ| > 1 means the 2×2 Hessian along the gradients is indefinite."""
-    rho = num(e.get("rho"))
+    rho = as_float(e.get("rho"))
     return " (|ρ| > 1: indefinite, not a correlation)" if rho is not None and abs(rho) > 1 else ""
 
 
 def _edge_tip(e: Mapping[str, Any]) -> str:
-    return (f"{e.get('source')} — {e.get('target')}: κ = {fmt(num(e.get('kappa')), 3)} ± "
-            f"{fmt(num(e.get('kappa_se')), 2)}, ρ = {fmt(num(e.get('rho')), 2)}{_indefinite(e)}, "
-            f"‖H_ab‖_F = {fmt(num(e.get('hfro')), 3)}")
+    return (f"{e.get('source')} — {e.get('target')}: κ = {fmt(as_float(e.get('kappa')), 3)} ± "
+            f"{fmt(as_float(e.get('kappa_se')), 2)}, ρ = {fmt(as_float(e.get('rho')), 2)}"
+            f"{_indefinite(e)}, ‖H_ab‖_F = {fmt(as_float(e.get('hfro')), 3)}")
 
 
 def _coupling(ctx: _Context) -> str:
@@ -492,12 +490,12 @@ def _coupling(ctx: _Context) -> str:
                 "(fewer than two components in the coupling set, or curvature failed).</p>")
     index = {n: i for i, n in enumerate(names)}
     edges = [e for e in graph.get("edges") or [] if e.get("source") in index
-             and e.get("target") in index and math.isfinite(num(e.get("kappa")) or math.nan)]
-    kmax = max((num(e["kappa"]) or 0.0 for e in edges), default=0.0) or 1.0
+             and e.get("target") in index and math.isfinite(as_float(e.get("kappa")) or math.nan)]
+    kmax = max((as_float(e["kappa"]) or 0.0 for e in edges), default=0.0) or 1.0
     cells = {}
     for e in edges:
         i, j = index[e["source"]], index[e["target"]]
-        cell = svg.Cell(num(e["kappa"]) or 0.0, _edge_tip(e))
+        cell = svg.Cell(as_float(e["kappa"]) or 0.0, _edge_tip(e))
         cells[(i, j)] = cells[(j, i)] = cell
     flagged = {index[n] for n in ctx.flagged if n in index}
     prefix = common_prefix(names)
@@ -536,8 +534,8 @@ def _graph_drawing(ctx: _Context, graph: Mapping[str, Any], names: list[str],
     for name in names:
         n = info.get(name) or {}
         tip = (f"{name} ({n.get('role', '?')}, layer {fmt(n.get('layer'))}): tr H "
-               f"{fmt(num(n.get('trace')))}, λmax {fmt(num(n.get('lambda_max')))}, "
-               f"r {fmt(num(n.get('stability_ratio')), 2)}"
+               f"{fmt(as_float(n.get('trace')))}, λmax {fmt(as_float(n.get('lambda_max')))}, "
+               f"r {fmt(as_float(n.get('stability_ratio')), 2)}"
                + (" · flagged" if name in flagged else ""))
         nodes.append(svg.Node(name, tip, name in flagged, name in path_nodes,
                               name[len(prefix):]))
@@ -545,7 +543,7 @@ def _graph_drawing(ctx: _Context, graph: Mapping[str, Any], names: list[str],
     for e in edges:
         key = frozenset((e["source"], e["target"]))
         src, dst = on_path.get(key, (e["source"], e["target"]))
-        drawn.append(svg.Edge(src, dst, (num(e["kappa"]) or 0.0) / kmax, _edge_tip(e),
+        drawn.append(svg.Edge(src, dst, (as_float(e["kappa"]) or 0.0) / kmax, _edge_tip(e),
                               key in on_path))
     drawing = svg.node_link(nodes, drawn, title="coupling graph (edge width ∝ κ)", uid="cg")
     legend = ('<p class="legend"><span class="dot flagged"></span>flagged component '
@@ -561,12 +559,13 @@ def _propagation(ctx: _Context) -> str:
     items = []
     for p in prop.get("paths") or []:
         chain = " → ".join(_name(n) for n in p.get("path") or [])
+        strength = fmt(as_float(p.get("strength")), 2)
         items.append(f"<li><strong>path</strong> {chain} "
-                     f"<span class=muted>(∏κ = {esc(fmt(num(p.get('strength')), 2))})</span></li>")
+                     f"<span class=muted>(∏κ = {esc(strength)})</span></li>")
     hubs = prop.get("hubs") or []
     if hubs:
         items.append("<li><strong>hubs</strong> " + ", ".join(
-            f"{_name(h.get('name'))} (Σκ {esc(fmt(num(h.get('weighted_degree')), 2))})"
+            f"{_name(h.get('name'))} (Σκ {esc(fmt(as_float(h.get('weighted_degree')), 2))})"
             for h in hubs) + "</li>")
     for group in prop.get("communities") or []:
         items.append("<li><strong>group</strong> "
@@ -585,7 +584,7 @@ def _timelines(ctx: _Context) -> str:
 
 
 def _loss_chart(ctx: _Context) -> str:
-    pts = [(float(p["step"]), num(p.get("loss"))) for p in
+    pts = [(float(p["step"]), as_float(p.get("loss"))) for p in
            (ctx.report.get("timeline") or {}).get("loss") or [] if isinstance(p.get("step"), int)]
     if not pts:
         return '<p class="muted">No loss recorded.</p>'
@@ -607,7 +606,7 @@ def _attention_charts(ctx: _Context) -> str:
     for metric, title in (("entropy_norm_mean", "attention entropy / log keys"),
                           ("entropy_norm_head_min", "lowest head's entropy / log keys"),
                           ("max_logit", "largest attention logit")):
-        series = [Series(m, [(s["step"], num(((s.get("attention") or {}).get(m) or {})
+        series = [Series(m, [(s["step"], as_float(((s.get("attention") or {}).get(m) or {})
                                              .get(metric))) for s in ctx.snapshots],
                          svg.PALETTE[i % len(svg.PALETTE)]) for i, m in enumerate(modules)]
         marks = [Mark(f["step"], f["rule"]) for f in ctx.findings
@@ -665,7 +664,7 @@ def _component_row(ctx: _Context, name: str, columns: Sequence[tuple[str, str]])
     marks = ctx.marks.get(name, [])
     charts = []
     for k, (metric, label) in enumerate(columns):
-        errors = ([num((s.get("metrics") or {}).get(name, {}).get("trace_se"))
+        errors = ([as_float((s.get("metrics") or {}).get(name, {}).get("trace_se"))
                    for s in ctx.snapshots] if metric == "trace" else None)
         hlines = ctx.threshold_lines(name, metric)
         if metric == "stability_ratio":
@@ -713,21 +712,22 @@ def _spectrum(ctx: _Context) -> str:
 
 
 def _spectrum_block(ctx: _Context, name: str) -> str:
-    numel = num(ctx.component(name).get("numel"))
+    numel = as_float(ctx.component(name).get("numel"))
     items, rows = [], []
     for s in ctx.snapshots:
         m = (s.get("metrics") or {}).get(name) or {}
         if "lambda_max" not in m and "trace" not in m:
             continue
-        lo, hi = num(m.get("lambda_min")), num(m.get("lambda_max"))
-        tr, se = num(m.get("trace")), num(m.get("trace_se"))
+        lo, hi = as_float(m.get("lambda_min")), as_float(m.get("lambda_max"))
+        tr, se = as_float(m.get("trace")), as_float(m.get("trace_se"))
         mid = tr / numel if tr is not None and numel else None
         err = se / numel if se is not None and numel else None
         tip = (f"step {s['step']}: λmin {fmt(lo)}, λmax {fmt(hi)}, residual "
-               f"{fmt(num(m.get('eig_residual')), 2)}; Tr/n {fmt(mid)} ± {fmt(err, 2)}")
+               f"{fmt(as_float(m.get('eig_residual')), 2)}; Tr/n {fmt(mid)} ± {fmt(err, 2)}")
         items.append(svg.Interval(str(s["step"]), lo, hi, mid, err, tip))
         cells = (s["step"], fmt(lo), fmt(hi), f"{fmt(tr)} ± {fmt(se, 2)}", fmt(mid),
-                 fmt(num(m.get("eig_residual")), 2), fmt(num(m.get("stability_ratio")), 2))
+                 fmt(as_float(m.get("eig_residual")), 2),
+                 fmt(as_float(m.get("effective_ratio")), 2))  # r as HF201 and the chart read it
         rows.append("<tr>" + "".join(f"<td class=num>{esc(c)}</td>" for c in cells) + "</tr>")
     chart = svg.interval_chart(items, title=name, width=380, height=210)
     table = ('<table class="small"><thead><tr><th>step</th><th>λmin</th><th>λmax</th>'

@@ -9,8 +9,7 @@ import networkx as nx
 
 from hfault.findings import SEVERITIES, Finding, Fix, rank
 from hfault.graph.build import graph_to_json
-from hfault.numbers import clean as _clean
-from hfault.numbers import encode as _num
+from hfault.numbers import clean, encode
 
 SCHEMA_VERSION = "1.0"
 
@@ -30,13 +29,13 @@ class Snapshot:
     """The coupling graph (networkx) when curvature was measured at this step."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"step": self.step, "loss": _num(self.loss), "metrics": _clean(self.metrics)}
+        out = {"step": self.step, "loss": encode(self.loss), "metrics": clean(self.metrics)}
         if self.curvature is not None:
-            out["curvature"] = _clean(self.curvature)
+            out["curvature"] = clean(self.curvature)
         if self.attention is not None:
-            out["attention"] = _clean(self.attention)
+            out["attention"] = clean(self.attention)
         if self.graph is not None:
-            out["graph"] = _clean(graph_to_json(self.graph))
+            out["graph"] = clean(graph_to_json(self.graph))
         return out
 
 
@@ -129,12 +128,12 @@ class Report:
             "run": self.run.to_dict(),
             "components": self.components,
             "snapshots": [s.to_dict() for s in self.snapshots],
-            "timeline": {"loss": [{"step": s, "loss": _num(v)} for s, v in self.losses]},
+            "timeline": {"loss": [{"step": s, "loss": encode(v)} for s, v in self.losses]},
             "numerics": self.numerics,
             "loss_inputs": self.loss_inputs,
             "frozen": self.frozen,
             "findings": [f.to_dict() for f in self.findings],
-            "propagation": _clean(self.propagation),
+            "propagation": clean(self.propagation),
             "rules": [
                 {k: r[k] for k in ("id", "name", "severity", "category", "summary", "params")}
                 for r in self.rules

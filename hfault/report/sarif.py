@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hfault.numbers import encode
+
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
 INFORMATION_URI = "https://github.com/hfault/hfault"
@@ -46,9 +48,7 @@ def _json_safe(obj: Any) -> Any:
     """Plain JSON: non-finite floats as "nan"/"inf"/"-inf", tuples/sets as lists, keys as str,
     anything else unknown as its str()."""
     if isinstance(obj, float):
-        if math.isfinite(obj):
-            return obj
-        return "nan" if obj != obj else ("inf" if obj > 0 else "-inf")
+        return encode(obj)
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, Mapping):

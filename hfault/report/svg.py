@@ -3,9 +3,9 @@ spectral-interval chart. Plain strings, no dependencies and no JavaScript, so a 
 offline, prints, and survives being mailed around as one file.
 
 Every text that reaches the SVG goes through :func:`esc`: component names, labels and tooltips come
-from the user's script and are untrusted. Values are report numbers (:func:`num`): floats, ints,
-``None`` for missing, and ``"nan"``/``"inf"``/``"-inf"`` for non-finite ones; a missing value is a
-gap in a line, a non-finite one a red band.
+from the user's script and are untrusted. Values are report numbers
+(:func:`hfault.numbers.as_float`): floats, ints, ``None`` for missing, and ``"nan"``/``"inf"``/
+``"-inf"`` for non-finite ones; a missing value is a gap in a line, a non-finite one a red band.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hfault.numbers import fmt
+
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")
 BAD = "#d62728"
@@ -27,34 +29,6 @@ MAX_LINE_POINTS = 1500
 def esc(text: Any) -> str:
     """Escape for HTML and XML text and attributes (reports hold untrusted strings)."""
     return html.escape(str(text), quote=True)
-
-
-def num(x: Any) -> float | None:
-    """A report number as a float; None when missing or not a number. Non-finite stays non-finite
-    (JSON reports spell it "nan"/"inf"/"-inf")."""
-    if x is None or isinstance(x, bool):
-        return None
-    if isinstance(x, (int, float)):
-        return float(x)
-    if isinstance(x, str) and x in ("nan", "inf", "-inf"):
-        return float(x)
-    return None
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    """Short human form of a report value ("–" for missing), as the terminal report prints it."""
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "nan" if x != x else ("inf" if x > 0 else "-inf")
-        text = f"{x:.{digits}g}"
-        return "0" if text == "-0" else text
-    return str(x)
 
 
 def _f(v: float) -> str:

@@ -16,6 +16,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from hfault.numbers import fmt
+
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _VERDICT_STYLE = {
     "healthy": "bold green",
@@ -27,22 +29,6 @@ _VERDICT_STYLE = {
 MAX_COMPONENT_ROWS = 40
 MAX_SNIPPETS = 3
 MAX_EDGES = 8
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "nan" if x != x else ("inf" if x > 0 else "-inf")
-        return f"{x:.{digits}g}"
-    return str(x)
 
 
 def render(report: Mapping[str, Any], console: Console) -> None:
@@ -81,9 +67,9 @@ def _evidence(f: Mapping[str, Any]) -> str:
     metric, value, threshold = ev.get("metric"), ev.get("value"), ev.get("threshold")
     if value is None or isinstance(value, (list, dict)):
         return metric or "–"
-    text = f"{metric or 'value'} {_fmt(value)}"
+    text = f"{metric or 'value'} {fmt(value)}"
     if threshold is not None and not isinstance(threshold, (list, dict)):
-        text += f" (limit {_fmt(threshold)})"
+        text += f" (limit {fmt(threshold)})"
     return text
 
 
@@ -106,7 +92,7 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
             Text(f["severity"], style=_SEVERITY_STYLE[f["severity"]]),
             f.get("component") or "(run)",
             _evidence(f),
-            _fmt(f.get("step")),
+            fmt(f.get("step")),
         )
     console.print(table)
     for f in findings:
@@ -145,11 +131,11 @@ def _propagation(report: Mapping[str, Any], console: Console) -> None:
     for path in prop.get("paths", [])[:3]:
         lines.append("path  ", style="bold")
         lines.append(" → ".join(path["path"]))
-        lines.append(f"  (∏κ = {_fmt(path.get('strength'), 2)})\n", style="dim")
+        lines.append(f"  (∏κ = {fmt(path.get('strength'), 2)})\n", style="dim")
     hubs = prop.get("hubs", [])
     if hubs:
         lines.append("hubs  ", style="bold")
-        lines.append(", ".join(f"{h['name']} (Σκ {_fmt(h['weighted_degree'], 2)})"
+        lines.append(", ".join(f"{h['name']} (Σκ {fmt(h['weighted_degree'], 2)})"
                                for h in hubs))
         lines.append("\n")
     for group in prop.get("communities", [])[:3]:
@@ -166,7 +152,7 @@ def _components(report: Mapping[str, Any], console: Console) -> None:
         return
     last = snapshots[-1]
     curved = next((s for s in reversed(snapshots) if s.get("curvature")), None)
-    title = f"Components at step {last['step']} (loss {_fmt(last.get('loss'), 4)})"
+    title = f"Components at step {last['step']} (loss {fmt(last.get('loss'), 4)})"
     if curved is not None:
         title += f"; curvature at step {curved['step']}"
     table = Table(title=title, box=box.SIMPLE)
@@ -195,19 +181,19 @@ def _components(report: Mapping[str, Any], console: Console) -> None:
             comp["name"],
             comp["role"],
             f"{comp['numel']:,}",
-            _fmt(m.get("grad_norm")),
-            _fmt(m.get("update_ratio")),
-            _fmt(m.get("lr")),
+            fmt(m.get("grad_norm")),
+            fmt(m.get("update_ratio")),
+            fmt(m.get("lr")),
         ]
         if curved is None:
             row.insert(5, f"{m['zero_grad_fraction']:.0%}" if "zero_grad_fraction" in m else "–")
         if curved is not None:
             c = curved["metrics"].get(comp["name"], {})
             trace = (
-                f"{_fmt(c['trace'])} ± {_fmt(c.get('trace_se'), 2)}" if "trace" in c else "–"
+                f"{fmt(c['trace'])} ± {fmt(c.get('trace_se'), 2)}" if "trace" in c else "–"
             )
-            row += [trace, _fmt(c.get("lambda_min")), _fmt(c.get("lambda_max")),
-                    _fmt(c.get("stability_ratio"), 2)]
+            row += [trace, fmt(c.get("lambda_min")), fmt(c.get("lambda_max")),
+                    fmt(c.get("stability_ratio"), 2)]
         table.add_row(*row, style="bold" if comp["name"] in flagged else None)
     console.print(table)
     if len(components) > MAX_COMPONENT_ROWS:
@@ -239,7 +225,7 @@ def _couplings(graph: Mapping[str, Any], console: Console) -> None:
         table.add_column(col, justify="left" if "component" in col else "right")
     for e in edges:
         table.add_row(e["source"], e["target"],
-                      f"{_fmt(e.get('kappa'), 2)} ± {_fmt(e.get('kappa_se'), 1)}",
+                      f"{fmt(e.get('kappa'), 2)} ± {fmt(e.get('kappa_se'), 1)}",
                       _rho(e.get("rho")))
     if any(_indefinite(e.get("rho")) for e in edges):
         table.caption = ("ρ* : |ρ| > 1, the 2×2 Hessian along the two gradients is indefinite: "
@@ -253,7 +239,7 @@ def _indefinite(rho: Any) -> bool:
 
 def _rho(rho: Any) -> str:
     """ρ, starred where |ρ| > 1 (metrics.md: indefinite, not a correlation)."""
-    return _fmt(rho, 2) + ("*" if _indefinite(rho) else "")
+    return fmt(rho, 2) + ("*" if _indefinite(rho) else "")
 
 
 def _attention(snapshot: Mapping[str, Any], console: Console) -> None:
@@ -261,8 +247,8 @@ def _attention(snapshot: Mapping[str, Any], console: Console) -> None:
     for col in ("attention module", "entropy / log keys", "lowest head", "max logit"):
         table.add_column(col, justify="left" if col == "attention module" else "right")
     for name, a in snapshot["attention"].items():
-        table.add_row(name, _fmt(a.get("entropy_norm_mean"), 2),
-                      _fmt(a.get("entropy_norm_head_min"), 2), _fmt(a.get("max_logit"), 3))
+        table.add_row(name, fmt(a.get("entropy_norm_mean"), 2),
+                      fmt(a.get("entropy_norm_head_min"), 2), fmt(a.get("max_logit"), 3))
     console.print(table)
 
 
@@ -309,7 +295,7 @@ def _pick_steps(steps: list[Any]) -> list[int]:
 
 
 def _arrow(before: Any, after: Any, digits: int = 3) -> str:
-    return f"{_fmt(before, digits)} → {_fmt(after, digits)}"
+    return f"{fmt(before, digits)} → {fmt(after, digits)}"
 
 
 def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
@@ -333,7 +319,7 @@ def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
             if f.get("kind") == "lower_lr":
                 what = f"lr {_arrow(f.get('lr_before'), f.get('lr_after'))}"
             else:
-                what = f"clip ‖g‖ ≤ {_fmt(f.get('max_norm'))}"
+                what = f"clip ‖g‖ ≤ {fmt(f.get('max_norm'))}"
             table.add_row(str(f.get("rule")), str(f.get("component")), what,
                           str(f.get("note") or ""))
         console.print(table)
@@ -381,7 +367,7 @@ def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
     text.append("(mean of the last 10% of the steps) "
                 + _arrow(final.get("before"), final.get("after"), 4))
     if isinstance(final.get("tolerance"), (int, float)) and final["tolerance"] > 0:
-        text.append(f"  (±{_fmt(final['tolerance'], 2)} counts as unchanged)", style="dim")
+        text.append(f"  (±{fmt(final['tolerance'], 2)} counts as unchanged)", style="dim")
     if final:
         console.print(text)
     diff = [d for d in vf.get("findings") or [] if isinstance(d, Mapping)]

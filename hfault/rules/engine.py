@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hfault.findings import Finding, Fix
+from hfault.findings import Finding, Fix, ranking_score
 from hfault.fixes.kind import FixTarget
 from hfault.fixes.registry import KINDS
+from hfault.numbers import as_float
 from hfault.rules.expr import ExprError, Series, as_bool
 from hfault.rules.features import Features, Subject
 from hfault.rules.rule import SEVERITIES, Rule, render
@@ -76,8 +77,8 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
     step = _scalar(rule.step(env)) if rule.step else _scalar(evidence.get("step"))
     if step is None:
         step = _last_step(env)
-    score = _number(rule.score(env)) if rule.score else 1.0
-    confidence = _number(rule.confidence(env)) if rule.confidence else 1.0
+    score = as_float(_scalar(rule.score(env))) if rule.score else 1.0
+    confidence = as_float(_scalar(rule.confidence(env))) if rule.confidence else 1.0
     related = _names(rule.related(env)) if rule.related else []
     env.update(component=component, step=step)
     fix, at_optimizer = _fix(rule, env, component, features)
@@ -102,7 +103,7 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
         evidence={**({"metric": rule.metric} if rule.metric else {}),
                   **{k: _jsonable(v) for k, v in evidence.items()}},
         fix=fix,
-        score=max(0.0, score) * max(0.0, min(1.0, confidence)),
+        score=ranking_score(score, confidence),
         location=location,
         fingerprint=fingerprint(rule.id, component, str(run.get("script", ""))),
         related=[r for r in related if r != component],
@@ -177,13 +178,6 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, Series):
         raise ExprError("expected a single value, got a series")
     return value
-
-
-def _number(value: Any) -> float:
-    value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0.0
-    return float(value)
 
 
 def _names(value: Any) -> list[str]:

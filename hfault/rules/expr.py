@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hfault.numbers import is_number
+
 
 class ExprError(ValueError):
     """A malformed expression or one that uses something outside the whitelist."""
@@ -41,10 +43,6 @@ class Series:
         return [(s, v) for s, v in zip(self.steps, self.values, strict=True) if v is not None]
 
 
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 # ------------------------------------------------------------------ elementwise helpers
 def _lift(fn: Callable[..., Any], *args: Any) -> Any:
     """Apply ``fn`` elementwise when any argument is a series (all series must be aligned)."""
@@ -63,7 +61,7 @@ def _arith(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def apply(a: Any, b: Any) -> Any:
         if a is None or b is None:
             return None
-        if not (_is_num(a) and _is_num(b)):
+        if not (is_number(a) and is_number(b)):
             raise ExprError(f"arithmetic needs numbers, got {type(a).__name__} and "
                             f"{type(b).__name__}")
         try:
@@ -83,7 +81,7 @@ def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
             return bool(op(a, b))
         if a is None or b is None:
             return False
-        if _is_num(a) and _is_num(b):
+        if is_number(a) and is_number(b):
             if (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
                 return False
             return bool(op(a, b))
@@ -124,7 +122,7 @@ def _values(x: Any) -> list[Any]:
 
 
 def _nums(x: Any) -> list[float]:
-    return [float(v) for v in _values(x) if _is_num(v) and not math.isnan(v)]
+    return [float(v) for v in _values(x) if is_number(v) and not math.isnan(v)]
 
 
 def _agg(fn: Callable[[list[float]], float]) -> Callable[..., Any]:
@@ -135,7 +133,7 @@ def _agg(fn: Callable[[list[float]], float]) -> Callable[..., Any]:
             values = _nums(args[0])
         else:  # max(a, b, ...): over numbers, elementwise over series
             return _lift(
-                lambda *row: fn([float(v) for v in row]) if all(map(_is_num, row)) else None,
+                lambda *row: fn([float(v) for v in row]) if all(map(is_number, row)) else None,
                 *args,
             )
         return fn(values) if values else None
@@ -179,7 +177,7 @@ def _step_of(pick: Callable[[Sequence[float]], float]) -> Callable[[Any], Any]:
     def apply(x: Any) -> Any:
         if not isinstance(x, Series):
             raise ExprError("step_of_max/step_of_min need a series")
-        pairs = [(s, float(v)) for s, v in x.present() if _is_num(v) and not math.isnan(v)]
+        pairs = [(s, float(v)) for s, v in x.present() if is_number(v) and not math.isnan(v)]
         if not pairs:
             return None
         target = pick([v for _, v in pairs])
@@ -213,7 +211,7 @@ def _unary(fn: Callable[[float], float]) -> Callable[[Any], Any]:
     def scalar(v: Any) -> Any:
         if v is None:
             return None
-        if not _is_num(v):
+        if not is_number(v):
             raise ExprError(f"expected a number, got {type(v).__name__}")
         try:
             return fn(float(v))
@@ -224,7 +222,7 @@ def _unary(fn: Callable[[float], float]) -> Callable[[Any], Any]:
 
 
 def _isfinite(x: Any) -> Any:
-    return _lift(lambda v: _is_num(v) and math.isfinite(v), x)
+    return _lift(lambda v: is_number(v) and math.isfinite(v), x)
 
 
 def _median(values: list[float]) -> float:
@@ -232,14 +230,14 @@ def _median(values: list[float]) -> float:
 
 
 def _fraction(frac: Any) -> float:
-    if not _is_num(frac) or not math.isfinite(frac):
+    if not is_number(frac) or not math.isfinite(frac):
         raise ExprError(f"a fraction must be a finite number, not {frac!r}")
     return float(frac)
 
 
 def _share(x: Any, frac: Any, tail: bool) -> list[float]:
     values = _nums(x)
-    if not values or not _is_num(frac):
+    if not values or not is_number(frac):
         return []
     frac = _fraction(frac)
     k = max(1, int(len(values) * float(frac)))
@@ -257,7 +255,7 @@ def _mean_last(x: Any, frac: Any) -> Any:
 
 
 def _tail(x: Any, frac: Any) -> Series:
-    if not isinstance(x, Series) or not _is_num(frac):
+    if not isinstance(x, Series) or not is_number(frac):
         raise ExprError("tail(series, fraction) needs a series and a number")
     frac = _fraction(frac)
     k = max(1, int(len(x.steps) * float(frac))) if x.steps else 0
@@ -267,10 +265,10 @@ def _tail(x: Any, frac: Any) -> Series:
 def _spikes(x: Any, factor: Any, window: Any) -> int:
     """Points above ``factor`` × the median of the ``window`` measured points before them."""
     values = _nums(x)
-    if _is_num(window) and not math.isfinite(window):
+    if is_number(window) and not math.isfinite(window):
         raise ExprError("spikes(series, factor, window): the window must be finite")
-    w = int(window) if _is_num(window) else 5
-    if not _is_num(factor) or w < 1:
+    w = int(window) if is_number(window) else 5
+    if not is_number(factor) or w < 1:
         raise ExprError("spikes(series, factor, window) needs numbers")
     return sum(
         1 for i in range(w, len(values))
@@ -281,10 +279,10 @@ def _spikes(x: Any, factor: Any, window: Any) -> int:
 def _rolling_median(x: Any, window: Any) -> Series:
     """At each measured point, the median of it and the ``window − 1`` measured points before
     (the first ``window − 1`` points have none): a level that one noisy batch cannot move."""
-    if not isinstance(x, Series) or not _is_num(window) or not math.isfinite(window):
+    if not isinstance(x, Series) or not is_number(window) or not math.isfinite(window):
         raise ExprError("rolling_median(series, window) needs a series and a finite number")
     w = max(1, int(window))
-    pairs = [(s, float(v)) for s, v in x.present() if _is_num(v) and math.isfinite(v)]
+    pairs = [(s, float(v)) for s, v in x.present() if is_number(v) and math.isfinite(v)]
     steps = tuple(s for s, _ in pairs[w - 1 :])
     values = tuple(statistics.median(v for _, v in pairs[i - w + 1 : i + 1])
                    for i in range(w - 1, len(pairs)))
@@ -300,9 +298,10 @@ def _cusum(x: Any, k: Any, h: Any, calib: Any) -> tuple[Any, Any, float]:
     """One-sided (upward) CUSUM of a series standardized against its first ``calib`` measured
     values: S_t = max(0, S_{t-1} + z_t − k), alarm when S_t > h. Returns (onset, alarm, max S):
     the onset is the first step of the run of positive S that reached the alarm."""
-    if not isinstance(x, Series) or not all(_is_num(v) and math.isfinite(v) for v in (k, h, calib)):
+    if not isinstance(x, Series) or not all(is_number(v) and math.isfinite(v)
+                                            for v in (k, h, calib)):
         raise ExprError("cusum_*(series, k, h, calib) needs a series and three finite numbers")
-    pairs = [(s, float(v)) for s, v in x.present() if _is_num(v) and math.isfinite(v)]
+    pairs = [(s, float(v)) for s, v in x.present() if is_number(v) and math.isfinite(v)]
     n = int(calib)
     if n < 2 or len(pairs) <= n:
         return None, None, 0.0
@@ -435,7 +434,7 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         def signed(v: Any) -> Any:
             if v is None:
                 return None
-            if not _is_num(v):
+            if not is_number(v):
                 raise ExprError(f"cannot negate {type(v).__name__}")
             return sign * float(v)
 

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hfault.numbers import as_float, decode
+from hfault.report.build import derive
 from hfault.rules.expr import Series
 
 SCOPES = ("run", "component", "edge", "attention", "timeline")
@@ -223,20 +225,6 @@ class Subject:
     component: str | None = None
 
 
-def decode(value: Any) -> Any:
-    """Undo the JSON encoding of non-finite floats ("nan", "inf", "-inf")."""
-    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-        return float(value)
-    return value
-
-
-def _num(value: Any) -> float | None:
-    value = decode(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _median(values: Iterable[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     return float(statistics.median(finite)) if finite else None
@@ -246,7 +234,7 @@ class Features:
     """Subjects of every scope for one report."""
 
     def __init__(self, report: Mapping[str, Any], graph_paths: Mapping[str, str] | None = None):
-        self.report = report
+        self.report = derive(report)  # a report saved before a derived metric judges the same
         self.snapshots: list[Mapping[str, Any]] = list(report.get("snapshots", []))
         self.steps = tuple(int(s["step"]) for s in self.snapshots)
         self.components: list[Mapping[str, Any]] = list(report.get("components", []))
@@ -297,7 +285,7 @@ class Features:
             "frozen_modules": len(frozen),
             "frozen_untrained": len(untrained),
             "frozen_module": first.get("module"),
-            "frozen_kurtosis": _num(first.get("kurtosis")),
+            "frozen_kurtosis": as_float(first.get("kurtosis")),
             "frozen_in_optimizer": first.get("in_optimizer"),
         }
 
@@ -305,15 +293,15 @@ class Features:
         run = self.report.get("run", {})
         timeline = self.report.get("timeline", {}).get("loss", [])
         loss_steps = tuple(int(p["step"]) for p in timeline)
-        losses = tuple(_num(p["loss"]) for p in timeline)
+        losses = tuple(as_float(p["loss"]) for p in timeline)
         finite = [v for v in losses if v is not None and math.isfinite(v)]
         optimizers = run.get("optimizers") or []
         out: dict[str, Any] = {
             "status": run.get("status"),
             "steps": run.get("steps"),
             "optimizer": optimizers[0]["class"] if optimizers else None,
-            "base_lr": max((x for x in (_num(o.get("lr")) for o in optimizers) if x is not None),
-                           default=None),
+            "base_lr": max((x for x in (as_float(o.get("lr")) for o in optimizers)
+                            if x is not None), default=None),
             "measured_steps": len(self.snapshots),
             **self._loss_input_features(),
             **self._frozen_features(),
@@ -418,23 +406,20 @@ class Features:
             f["step"] = self.series(self.steps)
             f["trace_t"] = self.series([_ratio(t, se) for t, se in zip(m["trace"], m["trace_se"],
                                                                          strict=True)])
-            f["effective_ratio"] = self.series(
-                [effective_ratio(r, g, p) for r, g, p in zip(
-                    m["stability_ratio"], m["grad_scale"],
-                    self._metric(name, "preconditioned"), strict=True)]
-            )
+            f["effective_ratio"] = self.series(self._metric(name, "effective_ratio"))
             f["curvature_norm"] = self.series(
                 [_spectral(a, b) for a, b in zip(m["lambda_max"], m["lambda_min"], strict=True)]
             )
             for key in ("update_ratio", "grad_rms", "lr"):
                 f[f"{key}_peers"] = self.series(
-                    [_median(_num(raw[n][key][i]) for n in others) for i in range(len(self.steps))]
+                    [_median(as_float(raw[n][key][i]) for n in others)
+                     for i in range(len(self.steps))]
                 )
             f["lambda_max_type_peers"] = self.series(
-                [_median(_num(raw[n]["lambda_max"][i]) for n in same)
+                [_median(as_float(raw[n]["lambda_max"][i]) for n in same)
                  for i in range(len(self.steps))]
             )
-            first_norm = next((_num(v) for v in m["weight_norm"] if _num(v) is not None), None)
+            first_norm = next((x for x in map(as_float, m["weight_norm"]) if x is not None), None)
             numel = max(1, int(comp.get("numel") or 1))
             init_rms = first_norm / math.sqrt(numel) if first_norm is not None else None
             peer_growth = [
@@ -443,11 +428,11 @@ class Features:
             ]
             init = comp.get("init") or {}
             f.update(
-                init_scale=_num(init.get("scale")),
+                init_scale=as_float(init.get("scale")),
                 init_scale_peers=_median(
-                    _num((self.by_name[n].get("init") or {}).get("scale")) for n in others),
-                init_mean_ratio=_num(init.get("mean_ratio")),
-                init_fan_in=_num(init.get("fan_in")),
+                    as_float((self.by_name[n].get("init") or {}).get("scale")) for n in others),
+                init_mean_ratio=as_float(init.get("mean_ratio")),
+                init_fan_in=as_float(init.get("fan_in")),
                 forward_position=index / last,
                 name=name,
                 role=comp["role"],
@@ -469,7 +454,7 @@ class Features:
 
     def _growth(self, name: str, norms: Sequence[Any]) -> tuple[float | None, float | None]:
         """(last/first weight norm, first weight RMS)."""
-        values = [_num(v) for v in norms]
+        values = [as_float(v) for v in norms]
         present = [v for v in values if v is not None]
         numel = max(1, int(self.by_name[name].get("numel") or 1))
         if len(present) < 2 or not present[0]:
@@ -478,7 +463,7 @@ class Features:
 
     @staticmethod
     def _grad_growth(rms: Sequence[Any]) -> float | None:
-        values = [v for v in (_num(x) for x in rms) if v is not None and math.isfinite(v)]
+        values = [v for v in (as_float(x) for x in rms) if v is not None and math.isfinite(v)]
         if len(values) < 3 or values[0] <= 0:
             return None
         return values[-1] / values[0]
@@ -549,7 +534,7 @@ class Features:
                      if a), {})
             for m in modules
         }
-        first_gain = {m: _num(first[m].get("logit_gain")) for m in modules}
+        first_gain = {m: as_float(first[m].get("logit_gain")) for m in modules}
         first_inner = {m: first[m].get("inner") for m in modules}
         subjects = []
         for module in modules:
@@ -612,8 +597,8 @@ class Features:
                 k_weight_growth=kg,
                 fastest_qk=fastest or weakest or module,
                 max_logit_peers=_median(v for m, v in last_logit.items() if m != module),
-                logit_std=self.series([_num(st.get("logit_std")) for st in stats]),
-                logit_gain=self.series([_num(st.get("logit_gain")) for st in stats]),
+                logit_std=self.series([as_float(st.get("logit_std")) for st in stats]),
+                logit_gain=self.series([as_float(st.get("logit_gain")) for st in stats]),
                 gain_first=first_gain[module],
                 gain_peers=gain_peers,
                 gain_peer_count=len([m for m in same_code if first_gain[m]]),
@@ -652,31 +637,21 @@ def _where(source: Any) -> str | None:
 
 
 def _ratio(a: Any, b: Any) -> float | None:
-    a, b = _num(a), _num(b)
+    a, b = as_float(a), as_float(b)
     if a is None or b is None or b == 0 or not math.isfinite(b):
         return None
     return a / b
 
 
-def effective_ratio(ratio: Any, scale: Any, preconditioned: Any = None) -> float | None:
-    """r of the step the optimizer took: under SGD a gradient clipped to c/N of its size moves
-    the weights by lr·c/N, so the linear stability limit applies to that step, not to lr. Adam's
-    m̂/√v̂ divides a steady gradient scale out again, so there clipping changes nothing."""
-    r, g = _num(ratio), _num(scale)
-    if r is None or preconditioned is True:
-        return r
-    return r * g if g is not None and math.isfinite(g) else r
-
-
 def _spectral(lmax: Any, lmin: Any) -> float | None:
-    a, b = _num(lmax), _num(lmin)
+    a, b = as_float(lmax), as_float(lmin)
     if a is None or b is None:
         return None
     return max(abs(a), abs(b))
 
 
 def _min2(a: Any, b: Any) -> float | None:
-    values = [v for v in (_num(a), _num(b)) if v is not None]
+    values = [v for v in (as_float(a), as_float(b)) if v is not None]
     return min(values) if values else None
 
 
@@ -718,5 +693,5 @@ def _role_of(module: str) -> str:
 
 
 def _last_num(values: Iterable[Any]) -> float | None:
-    present = [v for v in (_num(x) for x in values) if v is not None]
+    present = [v for v in (as_float(x) for x in values) if v is not None]
     return present[-1] if present else None

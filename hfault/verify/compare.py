@@ -27,6 +27,7 @@ from typing import Any
 from hfault.findings import SEVERITY_ORDER
 from hfault.fixes.kind import ALL_PARAMETERS
 from hfault.fixes.registry import KINDS
+from hfault.numbers import as_float, encode, fmt
 
 LOSS_TOLERANCE = 0.05
 """Relative change of the final loss within which it counts as unchanged."""
@@ -43,31 +44,9 @@ ATTENTION_METRICS = ("max_logit", "entropy_norm_mean")
 MAX_EDGES_PER_COMPONENT = 5
 
 
-# ---------------------------------------------------------------- numbers
-def _value(x: Any) -> float | None:
-    """A report number as a float: the strings "nan"/"inf"/"-inf" too; None otherwise."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, (int, float)):
-        return float(x)
-    if x in ("nan", "inf", "-inf"):
-        return float(x)
-    return None
-
-
-def _json(x: float | None) -> float | str | None:
-    if x is None:
-        return None
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
-
-
 def _tail(points: Sequence[Sequence[Any]]) -> list[tuple[Any, float]]:
     """The last ``TAIL`` share of the steps (at least one), as (step, loss)."""
-    values = [(p[0], _value(p[1])) for p in points]
+    values = [(p[0], as_float(p[1])) for p in points]
     values = [(s, v) for s, v in values if v is not None]
     return values[len(values) - max(1, int(len(values) * TAIL)) :] if values else []
 
@@ -96,7 +75,7 @@ def loss_tolerance(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any
     b = final_loss(before)
     if not isinstance(b, float):
         return 0.0
-    first = next((v for _, v in ((p[0], _value(p[1])) for p in before)
+    first = next((v for _, v in ((p[0], as_float(p[1])) for p in before)
                   if v is not None and math.isfinite(v)), None)
     tolerance = max(LOSS_TOLERANCE * abs(b), FLOOR * abs(first) if first is not None else 0.0)
     tb, ta = _tail(before), _tail(after)
@@ -114,7 +93,7 @@ def loss_tolerance(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any
 def loss_change(before: Any, after: Any, tolerance: float = 0.0) -> str | None:
     """better / same / worse (non-finite is the worst) of two final losses; None when either
     is missing. Without ``tolerance``: ``LOSS_TOLERANCE`` relative."""
-    b, a = _value(before), _value(after)
+    b, a = as_float(before), as_float(after)
     if b is None or a is None:
         return None
     b = math.inf if not math.isfinite(b) else b
@@ -166,7 +145,7 @@ def _strength(f: Mapping[str, Any], g: Mapping[str, Any]) -> str:
         return "weaker"
     if sev_a < sev_b:
         return "stronger"
-    sb, sa = float(f.get("score") or 0.0), float(g.get("score") or 0.0)
+    sb, sa = as_float(f.get("score")) or 0.0, as_float(g.get("score")) or 0.0
     if sa < sb * (1 - SCORE_DROP):
         return "weaker"
     if sa > sb * (1 + SCORE_DROP) and sa - sb > 1e-9:
@@ -232,10 +211,10 @@ def total_grad_norm_row(before: Mapping[str, Any], after: Mapping[str, Any],
     def total(report: Mapping[str, Any]) -> list[Any]:
         snaps, out = _snapshots(report), []
         for step in steps:
-            norms = [_value(m.get("grad_norm"))
+            norms = [as_float(m.get("grad_norm"))
                      for m in ((snaps.get(step) or {}).get("metrics") or {}).values()]
             norms = [v for v in norms if v is not None]
-            out.append(_json(math.sqrt(sum(v * v for v in norms))) if norms else None)
+            out.append(encode(math.sqrt(sum(v * v for v in norms))) if norms else None)
         return out
 
     return {"component": ALL_PARAMETERS, "metric": "grad_norm", "steps": list(steps),
@@ -275,7 +254,7 @@ def edge_rows(before: Mapping[str, Any], after: Mapping[str, Any], steps: Sequen
                  if name in pair and pair not in seen}
 
         def strength(pair: tuple[str, str]) -> float:
-            values = [_value(t.get(s, {}).get(pair, {}).get("kappa")) for t in (eb, ea)
+            values = [as_float(t.get(s, {}).get(pair, {}).get("kappa")) for t in (eb, ea)
                       for s in steps]
             return max((v for v in values if v is not None and math.isfinite(v)), default=0.0)
 
@@ -297,12 +276,8 @@ def describe_fix(fix: Mapping[str, Any]) -> str:
 
 
 def _fmt(x: Any) -> str:
-    v = _value(x)
-    if v is None:
-        return "n/a"
-    if not math.isfinite(v):
-        return str(_json(v))
-    return f"{v:.3g}"
+    """A report number for the verdict's sentence ("n/a" when it is none)."""
+    return fmt(as_float(x), missing="n/a")
 
 
 def _names(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -397,7 +372,7 @@ def compare(
         "verdict": result,
         "summary": summary,
         "loss": {"before": loss_points(before), "after": loss_points(after)},
-        "final_loss": {k: _json(_value(v)) if k in ("before", "after") and v is not None else v
+        "final_loss": {k: encode(as_float(v)) if k in ("before", "after") and v is not None else v
                        for k, v in final.items()},
         "metrics": ([total_grad_norm_row(before, after, steps)]
                     if any(KINDS[f["kind"]].bounds_total_norm for f in fixes) else [])
@@ -426,7 +401,7 @@ def not_applicable(before: Mapping[str, Any], reason: str,
         "verdict": "not_applicable",
         "summary": reason,
         "loss": {"before": points, "after": []},
-        "final_loss": {"before": _json(_value(loss)) if loss is not None else None,
+        "final_loss": {"before": encode(as_float(loss)) if loss is not None else None,
                        "after": None},
         "metrics": [],
         "edges": [],

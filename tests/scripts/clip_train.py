@@ -8,11 +8,12 @@ from torch import nn
 
 def main() -> None:
     args = parse({"--clip": {"type": float, "default": None},
+                  "--lr": {"type": float, "default": 0.5},
                   "--accum": {"type": int, "default": 1}})
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
                           nn.Linear(16, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
     losses, norms = [], []
     for _ in range(args.steps):
