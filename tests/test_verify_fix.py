@@ -324,7 +324,7 @@ def test_fused_slice_moves_the_whole_tensor(tmp_path: Path) -> None:
     assert not skipped
     (fix,) = fixes
     assert fix.fused == ("attn.in_proj_weight", "attn.in_proj_bias") == fix.names
-    session = CaptureSession(Schedule(auto=False), None, curvature=None)
+    session = CaptureSession(Schedule(auto=False), None)
     with FixApplier(fixes) as applier:
         run_script(script, ["--steps", "2"], session)
     (record,) = applier.applied
