@@ -35,7 +35,6 @@ from hfault.curvature import (
     block_stability_setup,
     measure,
 )
-from hfault.graph import coupling_graph
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -307,6 +306,8 @@ class CurvatureProbe(Listener):
         self._math.exit()
 
     def contribute(self, draft: ReportDraft) -> None:
+        from hfault.graph import coupling_graph  # networkx: only when a report is built
+
         draft.run["hvps"] = sum(r.snapshot.hvp_count for r in self.records.values() if r.snapshot)
         for step, snapshot in draft.snapshots.items():
             measured = self.records.get(step)
