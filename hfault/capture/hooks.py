@@ -182,10 +182,6 @@ class Hooks:
         self._listeners.append(listener)
         self._ordered.clear()
 
-    @property
-    def listeners(self) -> tuple[Listener, ...]:
-        return tuple(self._listeners)
-
     def ordered(self, event: str) -> list[Callable[..., Any]]:
         """The bound methods to call for ``event``, in order."""
         if event not in _EVENTS:
