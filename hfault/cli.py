@@ -110,7 +110,8 @@ def diagnose(
         str | None,
         typer.Option(
             "--at",
-            help="Steps to snapshot: 'auto' (default), a list '1,50,100', 'every:N', or a mix.",
+            help="Steps to snapshot: 'auto' (default), a list '1,50,100', 'every:N', 'every' "
+            "(each step), or a mix.",
         ),
     ] = None,
     json_path: Annotated[
@@ -423,7 +424,7 @@ def perturb_command(
     at: Annotated[
         str | None,
         typer.Option("--at", help="Injection steps: a list '10,20', 'every:N', 'every' (each "
-                     "step); default: one injection at --max-steps/2."),
+                     "step), or a mix; 'auto' (default): one injection at --max-steps/2."),
     ] = None,
     max_steps: Annotated[
         int | None,
@@ -466,9 +467,9 @@ def perturb_command(
     ] = False,
 ) -> None:
     from hfault.perturb.driver import PerturbOptions, PerturbUsageError, perturb
+    from hfault.perturb.injection import InjectionError, parse_injection
     from hfault.perturb.report import render as render_perturb
     from hfault.perturb.report import write_json
-    from hfault.perturb.session import InjectionError, parse_injection
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")

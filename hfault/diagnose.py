@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from hfault import __version__
+from hfault.capture.contribution import ReportDraft
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
-from hfault.graph import coupling_graph
 from hfault.graph.analysis import output_nodes, propagation_summary, strongest_path
 from hfault.numbers import as_float
-from hfault.probes.curvature_probe import CurvatureConfig, block_metrics, edge_dicts
+from hfault.probes.curvature_probe import CurvatureConfig
+from hfault.probes.registry import diagnosis_probes
 from hfault.report.build import derive_metrics
 from hfault.report.model import Report, RunInfo, Snapshot, rank
 from hfault.rules import Rule, evaluate, load_rules
@@ -47,61 +48,32 @@ class Diagnosis:
         return bool(self.state.optimizers) and self.state.backward_calls > 0
 
 
-def diagnose(options: DiagnoseOptions) -> Diagnosis:
-    session = CaptureSession(
-        options.schedule,
-        options.max_steps,
-        nan_watch=options.nan_watch,
-        curvature=options.curvature,
+def capture_session(options: DiagnoseOptions) -> CaptureSession:
+    """A session with the diagnosis probes, as ``options`` configure them."""
+    session = CaptureSession(options.schedule, options.max_steps)
+    session.add_all(
+        diagnosis_probes(session, nan_watch=options.nan_watch, curvature=options.curvature)
     )
+    return session
+
+
+def diagnose(options: DiagnoseOptions) -> Diagnosis:
+    session = capture_session(options)
     outcome = run_script(options.script, options.argv, session)
     return Diagnosis(build_report(options, session, outcome), outcome, session.state)
 
 
-def _snapshots(state: CaptureState) -> list[Snapshot]:
-    records = dict(state.snapshots)
-    if state.last is not None and state.last.step not in records:
-        records[state.last.step] = state.last  # the last step seen, always reported
-    components = [c.to_dict() for c in state.components]
-    snapshots = []
-    for step, rec in sorted(records.items()):
-        metrics = {name: dict(m) for name, m in rec.metrics.items()}
-        curvature = None
-        graph = None
-        measured = state.curvature.get(step)
-        if measured is not None:
-            curvature = {
-                "seconds": measured.seconds,
-                "error": measured.error,
-                "blocked": list(measured.blocked),
-            }
-            if measured.snapshot is not None:
-                for name, extra in block_metrics(measured.snapshot).items():
-                    metrics.setdefault(name, {}).update(extra)
-                curvature.update(
-                    hvps=measured.snapshot.hvp_count,
-                    probes=measured.snapshot.settings.k,
-                    lanczos_steps=measured.snapshot.settings.m,
-                    notes=list(measured.snapshot.notes),
-                    unused=list(measured.snapshot.unused_blocks),
-                )
-                graph = coupling_graph(components, metrics, edge_dicts(measured.snapshot))
-        snapshots.append(
-            Snapshot(
-                step,
-                state.losses.get(step),
-                metrics,
-                curvature,
-                state.attention.get(step),
-                graph,
-            )
-        )
-    return snapshots
-
-
 def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: RunOutcome) -> Report:
     state = session.state
-    snapshots = _snapshots(state)
+    draft = session.contribute_all(ReportDraft(
+        components=[c.to_dict() for c in state.components],
+        optimizers=[{} for _ in state.optimizers],
+    ))
+    snapshots = [
+        Snapshot(step, state.losses.get(step), part.metrics, part.curvature, part.attention,
+                 part.graph)
+        for step, part in sorted(draft.snapshots.items())
+    ]
     losses = sorted(state.losses.items())
     if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
         raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
@@ -130,14 +102,14 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
                 "param_groups": len(o.param_groups),
                 "lr": as_float(o.defaults.get("lr")),
                 "source": state.optimizer_sources[i] if i < len(state.optimizer_sources) else None,
-                "gradient_reset": session.stale_grads.summary(o),
+                **extra,
             }
-            for i, o in enumerate(state.optimizers)
+            for i, (o, extra) in enumerate(zip(state.optimizers, draft.optimizers, strict=True))
         ],
         max_steps=options.max_steps,
         schedule=options.schedule.describe(),
-        hvps=sum(r.snapshot.hvp_count for r in state.curvature.values() if r.snapshot),
         curvature=options.curvature is not None,
+        **draft.run,
     )
     report = Report(
         run=run,
@@ -145,11 +117,9 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         snapshots=snapshots,
         losses=losses,
         findings=[],
-        numerics=[e.to_dict() for e in state.events],
-        loss_inputs=list(state.loss_inputs),
-        frozen=list(state.frozen),
         notes=notes,
         tool_version=__version__,
+        **draft.sections,
     )
     judge(report, options.rules if options.rules is not None else load_rules())
     return report

@@ -172,6 +172,16 @@ def test_error_in_hfaults_own_hook_is_internal_not_the_scripts(cli):
     assert "session.py" in err["traceback"]
 
 
+def test_user_error_inside_a_wrapped_softmax_is_the_scripts(cli):
+    # On a measured step the attention probe wraps softmax/matmul; the script's own bad call
+    # raises inside the wrapper's call of torch, which makes it the script's error.
+    result = cli("diagnose", str(SCRIPTS / "softmax_error_train.py"))
+    assert result.returncode == ExitCode.SCRIPT_CRASHED, result.stderr
+    assert_one_line_error(result.stderr, "the script raised IndexError")
+    assert "internal" not in result.report["run"]["error"]
+    assert result.report["run"]["error"]["line"] == 18
+
+
 @pytest.mark.parametrize("mode", ["twice", "function"])
 def test_user_error_passing_through_hfaults_backward_hook_is_the_scripts(cli, mode):
     result = cli("diagnose", str(SCRIPTS / "backward_error_train.py"), "--", "--mode", mode)

@@ -23,8 +23,9 @@ from torch import nn
 from hfault.curvature import Block, BlockPart
 from hfault.curvature.dense import DenseHessian, dense_hessian
 from hfault.perturb.driver import PerturbOptions, perturb
+from hfault.perturb.injection import Injection, draw_deltas, unit_generator
+from hfault.perturb.listener import predictions
 from hfault.perturb.report import write_json
-from hfault.perturb.session import Injection, draw_deltas, predictions, unit_generator
 from hfault.perturb.stats import mean_ci, t_quantile
 from tests.conftest import ROOT, SAMPLES, SCRIPTS
 

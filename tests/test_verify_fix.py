@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hfault import ExitCode
+from hfault.capture.hooks import Hooks
 from hfault.capture.runner import run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession
@@ -254,7 +255,8 @@ def test_split_moves_the_params_with_their_group_settings_and_trains_bit_exact()
     twin = copy.deepcopy(model)
     fix = PlannedFix("HF201", "embed", "lower_lr", factor=0.1, optimizer=0, root="_Net",
                      names=("embed.weight", "embed.bias"))
-    with FixApplier([fix]) as applier:
+    applier = FixApplier([fix])
+    with Hooks([applier]):  # alone: the listener needs no capture session
         opt = torch.optim.AdamW(_groups(model), lr=1e-2, weight_decay=0.01)
     assert not applier.failed
     (record,) = applier.applied
@@ -324,9 +326,9 @@ def test_fused_slice_moves_the_whole_tensor(tmp_path: Path) -> None:
     assert not skipped
     (fix,) = fixes
     assert fix.fused == ("attn.in_proj_weight", "attn.in_proj_bias") == fix.names
-    session = CaptureSession(Schedule(auto=False), None, curvature=None)
-    with FixApplier(fixes) as applier:
-        run_script(script, ["--steps", "2"], session)
+    session = CaptureSession(Schedule(auto=False), None)
+    applier = session.add(FixApplier(fixes))
+    run_script(script, ["--steps", "2"], session)
     (record,) = applier.applied
     assert "is a slice of attn.in_proj_weight, attn.in_proj_bias" in record["note"]
     groups = session.state.optimizers[0].param_groups
@@ -340,7 +342,8 @@ def test_unresolvable_fix_is_reported_not_applied() -> None:
                      names=("no.such.weight",))
     other = PlannedFix("HF006", "x", "lower_lr", factor=0.1, optimizer=3, root="_Net",
                        names=("embed.weight",))
-    with FixApplier([fix, other]) as applier:
+    applier = FixApplier([fix, other])
+    with Hooks([applier]):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
     assert len(opt.param_groups) == 1 and not applier.applied
     reasons = {f["component"]: f["reason"] for f in applier.failed}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_HFAULT_DIR = str(Path(__file__).resolve().parents[1])
+from hfault.capture import frames
 
 
 class ProcessState:
@@ -53,10 +53,5 @@ class ProcessState:
             if path is None:
                 continue
             path = os.path.abspath(path)
-            if (
-                path.startswith(root)
-                and not path.startswith(_HFAULT_DIR + os.sep)
-                and "site-packages" not in path
-                and "dist-packages" not in path
-            ):
+            if path.startswith(root) and frames.is_user(path):
                 del sys.modules[name]

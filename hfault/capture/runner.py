@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from hfault.capture import frames
+from hfault.capture.hooks import DELEGATES
 from hfault.capture.session import CaptureSession, StopTraining
-
-_HFAULT_DIR = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass
@@ -29,52 +29,37 @@ class RunOutcome:
 
 
 def _user_frame(tb: TracebackType | None, script: Path) -> traceback.FrameSummary | None:
-    """The last traceback frame in user code: the script's folder first, else outside torch,
-    site-packages, the standard library and hfault."""
-    frames = traceback.extract_tb(tb)
+    """The last traceback frame in user code: the script's folder first, else any code that is
+    neither hfault's nor a library's (``capture.frames``)."""
+    summary = traceback.extract_tb(tb)
     folder = str(script.resolve().parent)
-    for frame in reversed(frames):
+    for frame in reversed(summary):
         if os.path.abspath(frame.filename).startswith(folder):
             return frame
-    stdlib = os.path.dirname(os.__file__)
-    for frame in reversed(frames):
-        name = os.path.abspath(frame.filename)
-        if not (
-            name.startswith(_HFAULT_DIR)
-            or "site-packages" in name
-            or name.startswith(stdlib)
-            or name.startswith("<")
-        ):
+    for frame in reversed(summary):
+        if frames.is_user(frame.filename):
             return frame
-    return frames[-1] if frames else None
-
-
-# Hook functions that only delegate to torch: an exception passing through them is the script's.
-_DELEGATES = {("session.py", "backward"), ("session.py", "init"), ("session.py", "scale"),
-              ("loss_input.py", "wrapped")}
+    return summary[-1] if summary else None
 
 
 def raised_in_hfault(tb: TracebackType | None) -> bool:
     """Whether an exception came from hfault's own code run inside the script (a hook), not from
-    the script: the deepest frame outside torch, the standard library and site-packages is
-    hfault's, and is not a hook that merely delegates to torch."""
-    stdlib = os.path.dirname(os.__file__)
+    the script: the deepest frame outside library code is hfault's, and is not a hook that only
+    passes the call on to torch (``hooks.DELEGATES``: an exception there came from torch)."""
     for frame in reversed(traceback.extract_tb(tb)):
-        name = os.path.abspath(frame.filename)
-        if name.startswith(_HFAULT_DIR):
-            if name == os.path.abspath(__file__):
+        if frames.is_hfault(frame.filename):
+            if os.path.abspath(frame.filename) == os.path.abspath(__file__):
                 return False
-            return (os.path.basename(name), frame.name) not in _DELEGATES
-        if not ("site-packages" in name or name.startswith(stdlib) or name.startswith("<")):
+            return (os.path.basename(frame.filename), frame.name) not in DELEGATES
+        if not frames.is_library(frame.filename):
             return False
     return False
 
 
 def _error(exc: BaseException, script: Path) -> dict[str, object]:
     frame = _user_frame(exc.__traceback__, script)
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__)
-        if not os.path.abspath(f.filename).startswith(_HFAULT_DIR)
+    outside = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not frames.is_hfault(f.filename)
     ]
     return {
         "type": type(exc).__name__,
@@ -83,7 +68,7 @@ def _error(exc: BaseException, script: Path) -> dict[str, object]:
         "line": frame.lineno if frame else None,
         "function": frame.name if frame else None,
         "code": frame.line if frame else None,
-        "traceback": "".join(traceback.format_list(frames))
+        "traceback": "".join(traceback.format_list(outside))
         + "".join(traceback.format_exception_only(type(exc), exc)),
     }
 

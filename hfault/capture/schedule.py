@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hfault.capture.step_list import StepListError, parse_step_list
 
-class ScheduleError(ValueError):
+
+class ScheduleError(StepListError):
     """A malformed ``--at`` value (a usage error)."""
 
 
@@ -54,33 +56,12 @@ def _spread(n: int) -> set[int]:
 
 
 def parse_schedule(text: str | None, max_steps: int | None) -> Schedule:
-    """Parse ``--at``: ``auto`` (default), a list such as ``1,10,50``, ``every:20``, or a mix."""
+    """Parse ``--at`` (grammar: ``capture.step_list``): ``auto`` (default), a list such as
+    ``1,10,50``, ``every:20``, ``every`` (each step), or a mix."""
     if text is None or text.strip() in ("", "auto"):
         return Schedule(auto=True, max_steps=max_steps)
-    steps: set[int] = set()
-    every = None
-    auto = False
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        if token == "auto":
-            auto = True
-        elif token.startswith("every:"):
-            every = _positive(token[len("every:") :], token)
-        else:
-            steps.add(_positive(token, token))
-    if not steps and every is None and not auto:
-        raise ScheduleError(f"--at {text!r} names no step")
-    return Schedule(frozenset(steps), every, auto, max_steps)
-
-
-def _positive(value: str, token: str) -> int:
     try:
-        n = int(value)
-    except ValueError:
-        raise ScheduleError(
-            f"--at: {token!r} is not a step number, 'every:N' or 'auto'"
-        ) from None
-    if n < 1:
-        raise ScheduleError(f"--at: steps are numbered from 1, got {n}")
-    return n
+        parsed = parse_step_list(text)
+    except StepListError as exc:
+        raise ScheduleError(str(exc)) from None
+    return Schedule(parsed.steps, parsed.every, parsed.auto, max_steps)

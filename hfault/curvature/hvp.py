@@ -181,6 +181,13 @@ class HessianOperator:
             raise ValueError(f"vector of size {v.shape[-1]} for block of size {offset}")
         return out
 
+    def gradient_node(self, i: int) -> torch.autograd.graph.Node | None:
+        """The autograd node of parameter ``i``'s gradient (built with ``create_graph``): where
+        its second derivatives come from. None when it has no gradient, a constant one, or the
+        operator is closed."""
+        g = self._grads[i]
+        return None if g is None else g.grad_fn
+
     def gradient(self, b: int) -> Tensor:
         """Flat ``g_b`` (detached, divided by the loss scale)."""
         self._check_open()

@@ -7,22 +7,20 @@ change, the flip share of the root module's argmax predictions, the gradient-nor
 Tr(H_bb)/λmax at the first step after the injection. The first loss change is checked against the
 second-order model ``E[ΔL] ≈ ½α²·RMS(θ_b)²·Tr(H_bb)``.
 
-Why the runs are in-process (``hfault.capture.runner``, like ``diagnose``): no per-run interpreter
-and torch import, and the script's own modules, RNG states (torch, CUDA, ``random``, NumPy), default
-dtype and grad mode are restored before every run, so an unperturbed rerun is bit-identical (the
-``noise_floor`` run checks it). δ comes from a private generator seeded by ``seed + unit``;
-with antithetic sampling (default) draws come in pairs ``δ_k, −δ_k``, which cancels every odd-order
-term of ΔL in the pair's mean (the first-order ``g·δ``, whose spread would otherwise drown the
-curvature term at small α).
+Why the runs are in-process (``hfault.capture.rerun``, like ``--verify-fix``): no per-run
+interpreter and torch import, and the script's own modules, RNG states (torch, CUDA, ``random``,
+NumPy), default dtype and grad mode are restored before every run, so an unperturbed rerun is
+bit-identical (the ``noise_floor`` run checks it). δ comes from a private generator seeded by
+``seed + unit``; with antithetic sampling (default) draws come in pairs ``δ_k, −δ_k``, which
+cancels every odd-order term of ΔL in the pair's mean (the first-order ``g·δ``, whose spread
+would otherwise drown the curvature term at small α).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +29,16 @@ import torch
 
 from hfault import __version__
 from hfault.capture.process_state import ProcessState
-from hfault.capture.runner import RunOutcome, run_script
+from hfault.capture.rerun import rerun
+from hfault.capture.runner import RunOutcome
+from hfault.capture.schedule import Schedule
+from hfault.capture.session import CaptureSession
 from hfault.curvature import CurvatureSettings, HessianOperator
 from hfault.curvature.hvp import dot64
 from hfault.exitcodes import ExitCode
 from hfault.numbers import finite
-from hfault.perturb.session import (
-    Injection,
-    MeasureSpec,
-    PerturbSession,
-    RunPlan,
-    RunRecord,
-    draw_deltas,
-    unit_generator,
-)
+from hfault.perturb.injection import Injection, draw_deltas, unit_generator
+from hfault.perturb.listener import MeasureSpec, PerturbListener, RunPlan, RunRecord
 from hfault.perturb.stats import Stat, mean_ci, t_quantile
 
 __all__ = ["PerturbOptions", "PerturbResult", "PerturbUsageError", "perturb"]
@@ -85,16 +79,6 @@ class PerturbResult:
     exit_code: ExitCode
     error: str | None = None
     """One line for stderr when the script crashed."""
-
-
-@contextlib.contextmanager
-def _silenced(on: bool) -> Iterator[None]:
-    if not on:
-        yield
-        return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
-            contextlib.redirect_stderr(sink):
-        yield
 
 
 @dataclass
@@ -145,20 +129,15 @@ class _Driver:
             self.o.progress(text)
 
     def run(self, plan: RunPlan, show: bool = False) -> _Run:
-        self.process.restore()
-        session = PerturbSession(plan, self.o.max_steps)
+        session = CaptureSession(Schedule(auto=False), self.o.max_steps)  # no snapshots
+        listener = session.add(PerturbListener(session, plan))
         start = time.perf_counter()
-        try:
-            with _silenced(not show):
-                outcome = run_script(self.o.script, list(self.o.argv), session)
-        finally:
-            self.process.forget_user_modules(self.o.script.parent)
-            self.process.restore()
+        outcome = rerun(self.o.script, self.o.argv, session, self.process, show_output=show)
         seconds = time.perf_counter() - start
         self.runs += 1
         self.seconds += seconds
         state = session.state
-        return _Run(session.record, outcome, state.step, len(state.optimizers),
+        return _Run(listener.record, outcome, state.step, len(state.optimizers),
                     state.backward_calls, seconds, state.device)
 
     # ----------------------------------------------------------------- baseline probes

@@ -1,1 +1,2 @@
-"""Measurements taken on the live training run: first-order statistics and numerical checks."""
+"""Measurements taken on the live training run, each a listener of the capture session that owns
+its state and its report fields; ``registry`` lists those of a diagnosis."""

@@ -13,11 +13,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import WINDOW, BackwardEvent, Listener, delegate, module_hooks, patch
+from hfault.components import is_attention_module
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
+    from hfault.probes.loss_input import LossInputWatch
 
 
 @dataclass
@@ -93,11 +101,7 @@ class AttentionProbe:
         if self._restore:
             return
         self.stats, self.modules, self._stack = {}, {}, []
-        mod = nn.modules.module
-        self._handles = [
-            mod.register_module_forward_pre_hook(self._push),
-            mod.register_module_forward_hook(self._pop, always_call=True),
-        ]
+        self._handles = module_hooks(self._push, self._pop, always_call=True)
         self._patch(F, "softmax", self._wrap_softmax)
         self._patch(torch, "softmax", self._wrap_softmax)
         self._patch(torch.Tensor, "softmax", self._wrap_softmax)
@@ -116,9 +120,7 @@ class AttentionProbe:
         self._handles, self._restore, self._stack = [], [], []
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> None:
-        original = getattr(owner, name)
-        setattr(owner, name, wrap(original))
-        self._restore.append(lambda: setattr(owner, name, original))
+        self._restore.append(patch(owner, name, wrap))
 
     # ------------------------------------------------------------------ module stack
     def _push(self, module: nn.Module, args: Any) -> None:
@@ -134,6 +136,7 @@ class AttentionProbe:
     def _wrap_softmax(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
 
+        @delegate
         def softmax(logits: Any, *args: Any, **kwargs: Any) -> Any:
             out = original(logits, *args, **kwargs)
             if probe._stack and torch.is_grad_enabled() and isinstance(out, torch.Tensor):
@@ -153,6 +156,7 @@ class AttentionProbe:
     def _wrap_product(self, original: Callable[..., Any], first: int) -> Callable[..., Any]:
         probe = self
 
+        @delegate
         def product(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
             if probe._stack and torch.is_grad_enabled() and len(args) >= first + 2:
@@ -168,6 +172,7 @@ class AttentionProbe:
     def _wrap_sdpa(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
 
+        @delegate
         def sdpa(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
             out = original(query, key, value, *args, **kwargs)
             if probe._stack and torch.is_grad_enabled():
@@ -226,6 +231,55 @@ class AttentionProbe:
                     stats.inner = inner
             stats.masked += masked
             stats.entries += logits.numel()
+
+
+class AttentionWindow(Listener):
+    """The attention probe over the measured-step window: on from the window's opening to the
+    step's first backward, which records what it saw (per attention module, by name)."""
+
+    priority = WINDOW
+
+    def __init__(self, session: CaptureSession, loss_inputs: LossInputWatch | None = None) -> None:
+        self.session = session
+        self.loss_inputs = loss_inputs
+        """Where the batch size comes from (the leading size of the loss input)."""
+        self.probe = AttentionProbe(is_attention_module)
+        self.records: dict[int, dict[str, dict[str, Any]]] = {}
+
+    def window_opened(self, step: int) -> None:
+        self.probe.start()
+
+    def before_backward(self, event: BackwardEvent) -> None:
+        if event.measured:
+            self.probe.stop()
+            self._record(event.step)
+
+    def close(self) -> None:
+        self.probe.stop()
+
+    def contribute(self, draft: ReportDraft) -> None:
+        for step, snapshot in draft.snapshots.items():
+            snapshot.attention = self.records.get(step)
+
+    def _record(self, step: int) -> None:
+        if not self.probe.stats:
+            return
+        names = self.session.module_names()
+        modules = self.probe.modules
+        batch = self.loss_inputs.batch if self.loss_inputs is not None else None
+        out: dict[str, dict[str, Any]] = {}
+        for mid, stats in self.probe.stats.items():
+            name = names.get(mid, type(modules[mid]).__name__)
+            parent, _, leaf = name.rpartition(".")
+            if leaf == "self" and parent:
+                name = parent  # BERT/ViT: attention.self belongs to attention
+            record = stats.to_dict()
+            faults = [axis_fault(a["shape"], a["dim"], batch) for a in record["softmax_axes"]]
+            record["axis_fault"] = next((f for f in faults if f), None)
+            record["batch"] = batch
+            record["type"] = type(modules[mid]).__name__
+            out[name] = record
+        self.records[step] = out
 
 
 MASKED_LOGIT = -5e3

@@ -5,9 +5,10 @@ with ``create_graph=True`` on it, spend the HVP budget, release our references, 
 let the original backward run, so the script gets exactly its gradients. With gradient
 accumulation the first micro-batch of the step is measured.
 
-Fused attention kernels (flash, memory-efficient, cuDNN; the CPU flash kernel too) have no
-double backward, and the kernel is chosen at forward time: the session switches SDPA to the math
-backend from the ``optimizer.step()`` before a measured step until its measurement is done.
+Fused attention kernels have no double backward, and the kernel is chosen at forward time:
+:class:`CurvatureProbe` switches SDPA to the math kernel (``capture.math_attention``) when the
+measured-step window opens, after the ``optimizer.step()`` before that step, until its
+measurement is done.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import fnmatch
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import WINDOW, BackwardEvent, Listener
+from hfault.capture.math_attention import MathAttention
 from hfault.components import Component
 from hfault.curvature import (
     Block,
@@ -31,6 +35,9 @@ from hfault.curvature import (
     block_stability_setup,
     measure,
 )
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
 
 COUPLING_ROLES = ("query", "key", "value", "output", "attention-pooling", "cross-attention")
 
@@ -163,9 +170,6 @@ def _delayed_error_blocks(op: HessianOperator) -> list[str]:
     zeros, which would be a silently wrong Hessian. So look for it before measuring (one walk
     over the graph nodes, memoized).
     """
-    grads = getattr(op, "_grads", None)
-    if grads is None:
-        return []
     memo: dict[torch.autograd.graph.Node, bool] = {}
 
     def has_error(root: torch.autograd.graph.Node | None) -> bool:
@@ -190,8 +194,7 @@ def _delayed_error_blocks(op: HessianOperator) -> list[str]:
     out = []
     for block in op.blocks:
         for part in block.parts:
-            g = grads[part.index]
-            if g is not None and has_error(g.grad_fn):
+            if has_error(op.gradient_node(part.index)):
                 out.append(block.name)
                 break
     return out
@@ -263,26 +266,68 @@ def edge_dicts(snapshot: CurvatureSnapshot) -> list[dict[str, Any]]:
     ]
 
 
-class MathAttention:
-    """Force the math SDPA backend (the only one with double backward) between ``enter`` and
-    ``exit``; the flags are process-global, so the previous values are restored."""
+class CurvatureProbe(Listener):
+    """A second-order snapshot at the first backward of each measured step (``records``), the
+    forward before it on the math SDPA kernel."""
 
-    _FLAGS = ("flash_sdp", "mem_efficient_sdp", "cudnn_sdp")
+    priority = WINDOW + 1  # after the attention probe stopped watching: it measures nothing here
 
-    def __init__(self) -> None:
-        self._saved: dict[str, bool] | None = None
+    def __init__(self, session: CaptureSession, config: CurvatureConfig) -> None:
+        self.session = session
+        self.config = config
+        self.records: dict[int, CurvatureRecord] = {}
+        self._math = MathAttention()
 
-    def enter(self) -> None:
-        if self._saved is not None:
+    def window_opened(self, step: int) -> None:
+        self._math.enter()
+
+    def before_backward(self, event: BackwardEvent) -> None:
+        if not event.measured or event.loss is None:
             return
-        cuda = torch.backends.cuda
-        self._saved = {f: getattr(cuda, f"{f}_enabled")() for f in self._FLAGS}
-        for f in self._FLAGS:
-            getattr(cuda, f"enable_{f}")(False)
+        try:
+            state = self.session.state
+            if event.loss.requires_grad and state.components:
+                hooked = gradient_hooks(state.components)
+                if hooked and not any("gradient hooks" in n for n in state.notes):
+                    state.notes.append(
+                        "parameter gradient hooks on " + ", ".join(hooked[:5])
+                        + (" ..." if len(hooked) > 5 else "") + " fire inside hfault's gradient "
+                        "computation: the curvature measured is that of the hooked gradient, "
+                        "and the hooks run twice on measured steps"
+                    )
+                self.records[event.step] = measure_step(
+                    event.step, event.loss, event.scale, state.components, state.optimizers,
+                    self.config,
+                )
+        finally:
+            self._math.exit()
 
-    def exit(self) -> None:
-        if self._saved is None:
-            return
-        for f, on in self._saved.items():
-            getattr(torch.backends.cuda, f"enable_{f}")(on)
-        self._saved = None
+    def close(self) -> None:
+        self._math.exit()
+
+    def contribute(self, draft: ReportDraft) -> None:
+        from hfault.graph import coupling_graph  # networkx: only when a report is built
+
+        draft.run["hvps"] = sum(r.snapshot.hvp_count for r in self.records.values() if r.snapshot)
+        for step, snapshot in draft.snapshots.items():
+            measured = self.records.get(step)
+            if measured is None:
+                continue
+            curvature: dict[str, Any] = {
+                "seconds": measured.seconds,
+                "error": measured.error,
+                "blocked": list(measured.blocked),
+            }
+            if measured.snapshot is not None:
+                for name, extra in block_metrics(measured.snapshot).items():
+                    snapshot.metrics.setdefault(name, {}).update(extra)
+                curvature.update(
+                    hvps=measured.snapshot.hvp_count,
+                    probes=measured.snapshot.settings.k,
+                    lanczos_steps=measured.snapshot.settings.m,
+                    notes=list(measured.snapshot.notes),
+                    unused=list(measured.snapshot.unused_blocks),
+                )
+                snapshot.graph = coupling_graph(
+                    draft.components, snapshot.metrics, edge_dicts(measured.snapshot))
+            snapshot.curvature = curvature

@@ -14,10 +14,17 @@ components are built, before the first update.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import Listener
+from hfault.components import Component, find_roots
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
 
 UNTRAINED_KURTOSIS = 3.5
 """Entries of a freshly initialized weight have kurtosis ≤ 3 (plus sampling noise); trained ones
@@ -70,3 +77,23 @@ def frozen_modules(roots: Sequence[nn.Module], names: Mapping[int, str], optimiz
             if len(found) >= _MAX_ENTRIES:
                 break
     return [entry for _, entry in sorted(found, key=lambda item: item[0])]
+
+
+class FrozenProbe(Listener):
+    """The frozen modules of the trained models, read when the components are built."""
+
+    def __init__(self, session: CaptureSession) -> None:
+        self.session = session
+        self.frozen: list[dict[str, Any]] = []
+
+    def components_built(self, components: Sequence[Component]) -> None:
+        state = self.session.state
+        params = [part.param for c in components for part in c.parts]
+        roots = find_roots(list(state.modules.values()), params)
+        optimized = {id(p) for opt in state.optimizers for g in opt.param_groups
+                     for p in g["params"]}
+        position = {id(m): i for i, m in enumerate(state.modules.values())}
+        self.frozen = frozen_modules(roots, self.session.module_names(), optimized, position)
+
+    def contribute(self, draft: ReportDraft) -> None:
+        draft.sections["frozen"] = list(self.frozen)

@@ -12,10 +12,12 @@ properties of the initialization, not of training.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from hfault.capture.hooks import Listener
 from hfault.components import Component
 
 _TRANSPOSED = {"Conv1D"}  # transformers' GPT-2 Conv1D stores (in, out)
@@ -46,3 +48,17 @@ def init_statistics(component: Component) -> dict[str, Any] | None:
         "fan_in": int(fan_in),
         "shape": list(shape),
     }
+
+
+class InitScaleProbe(Listener):
+    """Sets ``Component.init`` when the components are built; a component that was already
+    there keeps what was read before its first update."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, dict[str, Any] | None] = {}
+
+    def components_built(self, components: Sequence[Component]) -> None:
+        known, self._known = self._known, {}
+        for comp in components:
+            comp.init = known[comp.name] if comp.name in known else init_statistics(comp)
+            self._known[comp.name] = comp.init

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import Listener, delegate, patch
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
 
 CHECKED_CALLS = 5
 _SUM_TOL = 1e-3
@@ -50,41 +56,49 @@ def _looks_like_probabilities(x: torch.Tensor) -> bool:
     return bool(((x >= 0).all() & (x <= 1).all() & ((rows - 1).abs() < _SUM_TOL).all()).item())
 
 
-class LossInputWatch:
+class LossInputWatch(Listener):
     """Wraps ``F.cross_entropy`` and ``F.nll_loss`` while a session is open."""
 
-    def __init__(self, step: Callable[[], int]) -> None:
-        self._step = step
+    def __init__(self, session: CaptureSession) -> None:
+        self.session = session
         self.events: dict[str, LossInputEvent] = {}
         self._calls: dict[str, int] = {}
         self.batch: int | None = None
         """Leading size of the last loss input (its samples, or samples × positions when the
         script flattens them): shapes only, no host sync."""
         self._restore: list[Callable[[], None]] = []
+        self.entries: list[dict[str, object]] = []
+        """The flagged losses as reported, with the output component (set at ``close``)."""
 
-    def install(self) -> None:
+    def open(self) -> None:
         for name, check in (("cross_entropy", _looks_like_probabilities),
                             ("nll_loss", _non_negative)):
-            original = getattr(F, name)
-            setattr(F, name, self._wrap(name, original, check))
-            self._restore.append(lambda n=name, o=original: setattr(F, n, o))
+            self._restore.append(
+                patch(F, name, lambda original, n=name, c=check: self._wrap(n, original, c)))
 
-    def uninstall(self) -> None:
+    def close(self) -> None:
         for restore in reversed(self._restore):
             restore()
         self._restore.clear()
+        output = self.session.output_component()
+        self.entries = [{**e.to_dict(), "output_component": output} for e in self.flagged()]
+
+    def contribute(self, draft: ReportDraft) -> None:
+        draft.sections["loss_inputs"] = list(self.entries)
 
     def _wrap(self, name: str, original: Callable[..., Any],
               check: Callable[[torch.Tensor], bool]) -> Callable[..., Any]:
         kind = "probabilities" if name == "cross_entropy" else "not_log_probabilities"
 
+        @delegate
         def wrapped(input: Any, *args: Any, **kwargs: Any) -> Any:
             calls = self._calls.get(name, 0)
             if isinstance(input, torch.Tensor) and input.dim() >= 2:
                 self.batch = int(input.shape[0])
             if calls < CHECKED_CALLS and isinstance(input, torch.Tensor):
                 self._calls[name] = calls + 1
-                event = self.events.setdefault(name, LossInputEvent(name, kind, self._step()))
+                event = self.events.setdefault(
+                    name, LossInputEvent(name, kind, self.session.state.step + 1))
                 event.calls_checked += 1
                 if check(input):
                     event.calls_flagged += 1

@@ -3,17 +3,26 @@ NaN/Inf (in completion order, so the innermost culprit is named first), or the p
 gradient does, and the step where it happens.
 
 Checks are recorded as device tensors and read only when the loss itself is non-finite, so a
-healthy run pays one reduction per module output and no extra host synchronisation.
+healthy run pays one reduction per module output and no extra host synchronisation. Weights and
+gradients are checked at every step from the first-order statistics (their norms).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import CHECK, BackwardEvent, Listener
+from hfault.probes.gradients import GradientStats, StepRecord
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
 
 
 @dataclass
@@ -123,3 +132,114 @@ class GradientWatch:
 
     def clear(self) -> None:
         self.flags = {}
+
+
+class NumericsProbe(Listener):
+    """Where the first NaN/Inf of the run came from: the forward (the first module output, or
+    the loss itself), the weights, or the gradients (before the script's clipping spread it).
+    ``watch=False`` (``--no-nan-watch``) skips the per-output and per-gradient flags: a
+    non-finite loss is then blamed on the loss, and gradients as the optimizer sees them."""
+
+    priority = CHECK
+
+    def __init__(self, session: CaptureSession, gradients: GradientStats, *,
+                 watch: bool = True) -> None:
+        self.session = session
+        self.gradients = gradients
+        self.watch = watch
+        self.activations = ActivationWatch()
+        self.gradient_flags = GradientWatch()
+        self.events: list[NonFiniteEvent] = []
+
+    def listens(self, event: str) -> bool:
+        if event in ("forward", "after_backward") and not self.watch:
+            return False
+        return super().listens(event)
+
+    def forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.activations.record(module, output)
+
+    def before_backward(self, event: BackwardEvent) -> None:
+        if event.value is not None and not math.isfinite(event.value):
+            self._locate_nonfinite_forward(event.step, event.value)
+        self.activations.clear()
+
+    def after_backward(self, event: BackwardEvent) -> None:
+        if self.session.state.components:
+            self.gradient_flags.record(self.session.state.components)
+
+    def before_step(self, opt: torch.optim.Optimizer) -> None:
+        record = self.gradients.last
+        if record is not None:
+            self._check_gradients(record, record.step)
+
+    def close(self) -> None:
+        self.activations.clear()
+        self.gradient_flags.clear()
+
+    def contribute(self, draft: ReportDraft) -> None:
+        draft.sections["numerics"] = [e.to_dict() for e in self.events]
+
+    # ------------------------------------------------------------------ culprits
+    def _locate_nonfinite_forward(self, step: int, value: float) -> None:
+        if any(e.kind in ("activation", "loss") for e in self.events):
+            return
+        module = self.activations.first_bad()
+        if module is not None:
+            name = self.session.module_names().get(id(module), type(module).__name__)
+            self.events.append(
+                NonFiniteEvent(
+                    "activation",
+                    step,
+                    name,
+                    describe_value(value),
+                    f"first module whose output was non-finite ({type(module).__name__})",
+                )
+            )
+        else:
+            self.events.append(
+                NonFiniteEvent(
+                    "loss",
+                    step,
+                    None,
+                    describe_value(value),
+                    "every module output was finite: the loss computation itself "
+                    "produced the non-finite value",
+                )
+            )
+
+    def _check_gradients(self, record: StepRecord, step: int) -> None:
+        if not any(e.kind == "weight" for e in self.events):
+            bad_w = [n for n, m in record.metrics.items() if not math.isfinite(m["weight_norm"])]
+            if bad_w:
+                self.events.append(
+                    NonFiniteEvent("weight", step, bad_w[0], "nan", "non-finite weights")
+                )
+        if any(e.kind == "gradient" for e in self.events):
+            return
+        bad = [
+            name
+            for name, m in record.metrics.items()
+            if not math.isfinite(float(m["grad_norm"]))
+        ]
+        if not bad:
+            return
+        detail = ""
+        raw = self.gradient_flags.bad_components()
+        if raw and set(raw) < set(bad):
+            # The script's own gradient processing (clip_grad_norm_ with a NaN total norm) spread
+            # the NaN to every gradient; where it came from is what backward left.
+            detail = (f"; {len(bad)} after the script's gradient processing (e.g. clipping with a "
+                      "non-finite total norm)")
+            bad = [n for n in bad if n in raw]
+        order = self.session.forward_order()
+        # Backward runs in reverse forward order: the latest component in forward order with a
+        # non-finite gradient is where the gradient first went bad.
+        culprit = max(bad, key=lambda n: order.get(n, -1))
+        value = describe_value(float(record.metrics[culprit]["grad_norm"]))
+        others = [b for b in bad if b != culprit]
+        head = f"{len(bad)} component(s) with non-finite gradients"
+        if others:
+            head += "; also " + ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        detail = head + detail
+        self.events.append(NonFiniteEvent("gradient", step, culprit, value, detail))

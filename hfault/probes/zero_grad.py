@@ -15,10 +15,16 @@ At most one host sync per backward, for the first few steps only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import BackwardEvent, Listener
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
 
 CHECKED_STEPS = 3
 
@@ -33,14 +39,15 @@ class _State:
     reset: bool = True
 
 
-class StaleGradientWatch:
-    """Call ``before_backward`` before every backward and ``before_step`` at every step."""
+class StaleGradientWatch(Listener):
+    """Per optimizer: steps judged and stale ones (``run.optimizers[i].gradient_reset``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: CaptureSession) -> None:
+        self.session = session
         self._state: dict[int, _State] = {}
 
-    def before_backward(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        for opt in optimizers:
+    def before_backward(self, event: BackwardEvent) -> None:
+        for opt in self.session.state.optimizers:
             st = self._state.setdefault(id(opt), _State())
             if st.steps == 0 or st.steps > CHECKED_STEPS:
                 continue
@@ -68,3 +75,7 @@ class StaleGradientWatch:
         reset since the previous step."""
         st = self._state.get(id(opt), _State())
         return {"checked": st.checked, "stale": st.stale}
+
+    def contribute(self, draft: ReportDraft) -> None:
+        for opt, entry in zip(self.session.state.optimizers, draft.optimizers, strict=True):
+            entry["gradient_reset"] = self.summary(opt)

@@ -1,21 +1,22 @@
-"""Apply planned fixes in the rerun, without touching the script: a patched
-``Optimizer.__init__`` for the param-group split of ``lower_lr`` fixes and a global optimizer step
-pre-hook for ``clip_grad``; what each does is its kind's (:mod:`hfault.fixes.lower_lr`,
-:mod:`hfault.fixes.clip_grad`). The clipping hook is registered before hfault's own, so it runs
-right before ``step()``: after whatever the script did to the gradients.
+"""Apply planned fixes in the rerun, without touching the script. :class:`FixApplier` is a
+capture listener at :data:`~hfault.capture.hooks.FIX`, the first place: it rewrites an
+optimizer's constructor arguments for the param-group split of ``lower_lr`` fixes, and clips the
+gradients for ``clip_grad`` right before ``step()`` (after whatever the script did to them) and
+before any probe reads them. What each does is its kind's (:mod:`hfault.fixes.lower_lr`,
+:mod:`hfault.fixes.clip_grad`).
 """
 
 from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.optim.optimizer as optim_mod
 from torch import nn
 
+from hfault.capture.hooks import FIX, Listener
 from hfault.fixes import clip_grad, lower_lr
 from hfault.fixes.clip_grad import CLIP_GRAD, clip_gradients
 from hfault.fixes.kind import PlannedFix
@@ -29,10 +30,10 @@ from hfault.fixes.lower_lr import (
 
 
 # ---------------------------------------------------------------- applying (rerun)
-class FixApplier:
-    """Installs the fixes for the rerun: a patched ``Optimizer.__init__`` (param-group split) and
-    a global step pre-hook (clipping). Enter it *before* the capture session so that the session
-    sees the split groups and the clipped gradients."""
+class FixApplier(Listener):
+    """The fixes of one rerun; add it to the rerun's capture session (``session.add``)."""
+
+    priority = FIX
 
     def __init__(self, fixes: Sequence[PlannedFix]):
         self.lr_fixes = [f for f in fixes if f.kind == LOWER_LR.name]
@@ -44,30 +45,21 @@ class FixApplier:
         self.clipped_steps = 0
         self.largest_norm: float | None = None
         self._optimizers: dict[int, int] = {}
-        self._restore: list[Callable[[], None]] = []
         self._done: set[int] = set()
 
-    def __enter__(self) -> FixApplier:
-        original = torch.optim.Optimizer.__init__
-        applier = self
+    # ------------------------------------------------------------ listener events
+    def optimizer_args(
+        self, opt: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if id(opt) in self._optimizers:
+            return args, kwargs
+        index = self._optimizers[id(opt)] = len(self._optimizers)
+        return self._split(opt, index, args, kwargs)
 
-        def init(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
-            if id(opt) not in applier._optimizers:
-                index = applier._optimizers[id(opt)] = len(applier._optimizers)
-                args, kwargs = applier._split(opt, index, args, kwargs)
-            original(opt, *args, **kwargs)
+    def before_step(self, opt: torch.optim.Optimizer) -> None:
+        self._clip(opt)
 
-        torch.optim.Optimizer.__init__ = init  # type: ignore[method-assign]
-        self._restore.append(lambda: setattr(torch.optim.Optimizer, "__init__", original))
-        if self.clip is not None:
-            handle = optim_mod.register_optimizer_step_pre_hook(self._clip_hook)
-            self._restore.append(handle.remove)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for restore in reversed(self._restore):
-            restore()
-        self._restore.clear()
+    def close(self) -> None:
         for fix in self.lr_fixes:
             if id(fix) not in self._done and not any(x["fix"] is fix for x in self.failed):
                 self._fail(fix, f"the rerun created no optimizer #{fix.optimizer}")
@@ -154,7 +146,7 @@ class FixApplier:
                             "reason": reason, "fix": fix})
 
     # ------------------------------------------------------------ clipping
-    def _clip_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _clip(self, opt: torch.optim.Optimizer) -> None:
         if self.clip is None or self.clip.max_norm is None:
             return
         try:

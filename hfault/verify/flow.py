@@ -2,21 +2,20 @@
 applied and compare. The rerun matches the first run: same script arguments, ``--max-steps``,
 snapshot schedule (so the same steps are measured), curvature settings and rules; the process
 state a script can change (RNG states, default dtype, grad mode, the modules it imported from its
-folder) is restored first, so an unseeded script replays the same random stream too."""
+folder) is restored first (``capture.rerun``), so an unseeded script replays the same random
+stream too."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hfault.capture.process_state import ProcessState
-from hfault.capture.runner import RunOutcome, run_script
-from hfault.capture.session import CaptureSession, CaptureState
-from hfault.diagnose import DiagnoseOptions, Diagnosis, build_report, diagnose
+from hfault.capture.rerun import rerun
+from hfault.capture.session import CaptureState
+from hfault.diagnose import DiagnoseOptions, Diagnosis, build_report, capture_session, diagnose
 from hfault.fixes.kind import ALL_PARAMETERS, PlannedFix
 from hfault.fixes.registry import KINDS
 from hfault.verify.apply import FixApplier
@@ -36,13 +35,6 @@ class Verification:
     def interrupted(self) -> bool:
         return self.first.outcome.interrupted or bool(
             self.after is not None and self.after.outcome.interrupted)
-
-
-@contextlib.contextmanager
-def _silenced() -> Iterator[None]:
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
-            contextlib.redirect_stderr(sink):
-        yield
 
 
 def _why_not(first: Diagnosis) -> str | None:
@@ -72,16 +64,9 @@ def diagnose_and_verify(
         progress(f"verifying {len(plan)} fix(es) by rerunning {options.script}: "
                  + "; ".join(_plan_text(f) for f in plan))
     applier = FixApplier(plan)
-    session = CaptureSession(options.schedule, options.max_steps, nan_watch=options.nan_watch,
-                             curvature=options.curvature)
-    process.forget_user_modules(options.script.parent)
-    process.restore()
-    try:
-        with applier, _silenced():
-            outcome: RunOutcome = run_script(options.script, list(options.argv), session)
-    finally:
-        process.forget_user_modules(options.script.parent)
-        process.restore()
+    session = capture_session(options)
+    session.add(applier)
+    outcome = rerun(options.script, options.argv, session, process)
     clip = applier.clip_record()
     applied = [*applier.applied, *([clip] if clip else [])]
     report = build_report(options, session, outcome)
@@ -122,7 +107,6 @@ def _release(state: CaptureState) -> None:
     state.modules.clear()
     state.cross_modules.clear()
     state.components.clear()
-    state.curvature.clear()
     gc.collect()
 
 

@@ -1,11 +1,8 @@
-"""One run of ``hfault perturb``: the capture session plus injection, predictions and curvature.
-
-A :class:`PerturbSession` is a :class:`~hfault.capture.session.CaptureSession` with no snapshot
-schedule and no NaN watch (only the hooks this mode needs), extended with:
+"""One run of ``hfault perturb``: a listener of a plain capture session (one without probes and
+without a snapshot schedule) that injects, records and measures.
 
 - injection right after the optimizer step that owns a component, at the planned steps:
-  ``θ_b ← θ_b + α·RMS(θ_b)·δ_b``, ``δ_b ~ N(0, I)`` from hfault's own ``torch.Generator`` (drawn in
-  float64 on the CPU, so the script's random stream is untouched and δ is device-independent);
+  ``θ_b ← θ_b + α·RMS(θ_b)·δ_b`` (``perturb.injection``: δ from hfault's own generator);
 - per step after the first injection: the loss (every backward, unscaled), the gradient norm of
   the watched components as the optimizer sees it, and the argmax predictions of the root
   module's output, stored (baseline) or compared with the baseline's (flip counts);
@@ -13,6 +10,10 @@ schedule and no NaN watch (only the hooks this mode needs), extended with:
   that batch's own graph, and an optional callback on the open Hessian operator (the baseline
   uses it for the per-draw quadratic forms ``g·u`` and ``uᵀHu``). That step's forward runs on the
   math SDPA kernel in every run (fused kernels have no double backward), so all runs match.
+
+The losses are read before the session acts on a backward (``EARLY``): the measured step is the
+one after the last injection's step, and a ``--max-steps`` equal to that step stops the run at
+that backward, after the loss and curvature were read.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as module_mod
 
-from hfault.capture.schedule import Schedule
+from hfault.capture.hooks import EARLY, BackwardEvent, Listener
+from hfault.capture.math_attention import MathAttention
 from hfault.capture.session import CaptureSession, StopTraining
 from hfault.components import Component, find_roots
 from hfault.curvature import (
@@ -38,81 +39,18 @@ from hfault.curvature import (
     probe_diagonal,
     trace_estimate,
 )
+from hfault.perturb.injection import Injection, draw_deltas, unit_generator
 from hfault.probes.curvature_probe import to_blocks
+from hfault.probes.gradients import grad_norm
 
 __all__ = [
-    "Injection",
-    "PerturbSession",
+    "MeasureSpec",
+    "PerturbListener",
     "RunPlan",
     "RunRecord",
-    "draw_deltas",
     "predictions",
     "select_components",
 ]
-
-
-@dataclass(frozen=True)
-class Injection:
-    """When to inject: listed steps and/or every ``every``-th step (steps count from 1)."""
-
-    steps: frozenset[int] = frozenset()
-    every: int | None = None
-
-    def at(self, step: int) -> bool:
-        return step in self.steps or bool(self.every and step % self.every == 0)
-
-    @property
-    def first(self) -> int:
-        return min([*self.steps, *([self.every] if self.every else [])])
-
-    def describe(self) -> str:
-        parts = [", ".join(map(str, sorted(self.steps)))] if self.steps else []
-        if self.every == 1:
-            parts.append("every step")
-        elif self.every:
-            parts.append(f"every {self.every} steps")
-        return "; ".join(parts)
-
-
-class InjectionError(ValueError):
-    """A malformed ``--at`` value."""
-
-
-def parse_injection(text: str | None, max_steps: int | None) -> Injection:
-    """``--at``: a list ``10,20``, ``every:N``, ``every`` (every step) or a mix; default: one
-    injection at the middle of ``--max-steps`` (``max(1, N // 2)``)."""
-    if text is None or not text.strip():
-        if max_steps is None:
-            raise InjectionError(
-                "perturb needs --at STEPS or --max-steps N (default injection: step N/2)"
-            )
-        return Injection(frozenset({max(1, max_steps // 2)}))
-    steps: set[int] = set()
-    every = None
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        value = "1" if token == "every" else token.removeprefix("every:")
-        try:
-            n = int(value)
-        except ValueError:
-            raise InjectionError(
-                f"--at: {token!r} is not a step number, 'every:N' or 'every'"
-            ) from None
-        if n < 1:
-            raise InjectionError(f"--at: steps are numbered from 1, got {n}")
-        if token.startswith("every"):
-            every = n
-        else:
-            steps.add(n)
-    if not steps and every is None:
-        raise InjectionError(f"--at {text!r} names no step")
-    injection = Injection(frozenset(steps), every)
-    if max_steps is not None and injection.first > max_steps:
-        raise InjectionError(
-            f"--at: the first injection (step {injection.first}) is after --max-steps {max_steps}"
-        )
-    return injection
 
 
 def select_components(
@@ -135,16 +73,6 @@ def select_components(
             return [], f"--component {pattern!r} matches no component; {hint}"
         chosen.update(hits)
     return [c for c in components if c.name in chosen], None
-
-
-def draw_deltas(numels: Sequence[int], generator: torch.Generator) -> list[Tensor]:
-    """One δ ~ N(0, I) per component, in order, float64 on the CPU (flat, block layout)."""
-    return [torch.randn(n, generator=generator, dtype=torch.float64) for n in numels]
-
-
-def unit_generator(seed: int) -> torch.Generator:
-    """hfault's private generator for one draw unit (never the global RNG)."""
-    return torch.Generator().manual_seed(seed)
 
 
 def logits_of(output: Any) -> Tensor | None:
@@ -232,14 +160,16 @@ class RunRecord:
     selection_error: str | None = None
 
 
-class PerturbSession(CaptureSession):
-    """Capture session for one perturbation (or baseline) run; results in ``.record``."""
+class PerturbListener(Listener):
+    """Injection, records and measurement of one perturbation (or baseline) run; results in
+    ``.record``."""
 
-    def __init__(self, plan: RunPlan, max_steps: int | None = None) -> None:
-        super().__init__(Schedule(auto=False), max_steps, nan_watch=False, curvature=None)
+    def __init__(self, session: CaptureSession, plan: RunPlan) -> None:
+        self.session = session
         self.plan = plan
         self.record = RunRecord()
         self._generator = unit_generator(plan.seed)
+        self._math = MathAttention()
         self._selected: list[Component] = []
         self._selected_from: list[Component] | None = None
         self._roots: set[int] = set()
@@ -248,16 +178,13 @@ class PerturbSession(CaptureSession):
         self._calls: dict[tuple[int, str], int] = {}
         self._measured = False
 
-    # ----------------------------------------------------------------- install
-    def __enter__(self) -> PerturbSession:
-        super().__enter__()
-        self._handles.append(module_mod.register_module_forward_hook(self._on_output))
-        return self
+    def order(self, event: str) -> int:
+        return EARLY if event == "before_backward" else self.priority
 
     # ----------------------------------------------------------------- selection
     def selection(self) -> list[Component]:
         """The watched components, resolved again whenever the components are rebuilt."""
-        comps = self.state.components
+        comps = self.session.state.components
         if comps is not self._selected_from:
             self._selected_from = comps
             self._selected, error = select_components(comps, self.plan.watch)
@@ -266,28 +193,26 @@ class PerturbSession(CaptureSession):
         return self._selected
 
     # ----------------------------------------------------------------- step hooks
-    def _pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        super()._pre_step(opt, args, kwargs)
+    def before_step(self, opt: torch.optim.Optimizer) -> None:
         selected = self.selection()
         if self.record.selection_error is not None:
             raise StopTraining
-        last = self.state.last
-        if last is None or last.step <= self.plan.injection.first:
+        step = self.session.step_of(opt)
+        if step <= self.plan.injection.first:
             return
-        norms = self.record.component_grad_norms.setdefault(last.step, {})
+        index = self.session.optimizer_index(opt)
+        norms = self.record.component_grad_norms.setdefault(step, {})
         for comp in selected:
-            metrics = last.metrics.get(comp.name)
-            if metrics is not None:
-                norms[comp.name] = float(metrics["grad_norm"])  # type: ignore[arg-type]
+            if comp.optimizer == index:
+                norms[comp.name] = float(grad_norm(comp))
         if norms and len(norms) == len(selected):
-            self.record.grad_norms[last.step] = math.sqrt(sum(v * v for v in norms.values()))
+            self.record.grad_norms[step] = math.sqrt(sum(v * v for v in norms.values()))
 
-    def _post_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        super()._post_step(opt, args, kwargs)
-        count = self._opt_steps.get(id(opt), 0)
+    def after_step(self, opt: torch.optim.Optimizer) -> None:
+        count = self.session.optimizer_steps(opt)
         if not self.plan.injection.at(count):
             return
-        index = self._opt_index.get(id(opt))
+        index = self.session.optimizer_index(opt)
         mine = [c for c in self.selection() if c.optimizer == index]
         if count == self.plan.injection.first:
             for comp in mine:
@@ -318,27 +243,27 @@ class PerturbSession(CaptureSession):
         return self._deltas[1]
 
     # ----------------------------------------------------------------- backward hook
-    def _before_backward(self, tensors: Any) -> None:
-        state = self.state
-        upcoming = state.step + 1
-        loss = _scalar(tensors)
-        if loss is not None and upcoming > self.plan.injection.first:
-            scaler = self._scaled.get(id(loss))
-            scale = float(scaler.get_scale()) if scaler is not None else 1.0
-            value = float(loss.detach()) / scale  # in the loss dtype (float64 stays exact)
-            if loss.is_floating_point():
-                self.record.loss_eps = torch.finfo(loss.dtype).eps
-            if self.record.first_loss is None:
-                self.record.first_loss = value
-            self.record.losses[upcoming] = self.record.losses.get(upcoming, 0.0) + value
-            if self.plan.measure is not None and not self._measured:
-                self._measured = True
-                try:
-                    if loss.requires_grad and self.plan.measure.settings is not None:
-                        self._measure(loss, scale, self.plan.measure)
-                finally:
-                    self._math.exit()
-        super()._before_backward(tensors)
+    def before_backward(self, event: BackwardEvent) -> None:
+        upcoming = self.session.state.step + 1
+        loss = event.loss
+        if loss is None or upcoming <= self.plan.injection.first:
+            return
+        value = float(loss.detach()) / event.scale  # in the loss dtype (float64 stays exact)
+        if loss.is_floating_point():
+            self.record.loss_eps = torch.finfo(loss.dtype).eps
+        if self.record.first_loss is None:
+            self.record.first_loss = value
+        self.record.losses[upcoming] = self.record.losses.get(upcoming, 0.0) + value
+        if self.plan.measure is not None and not self._measured:
+            self._measured = True
+            try:
+                if loss.requires_grad and self.plan.measure.settings is not None:
+                    self._measure(loss, event.scale, self.plan.measure)
+            finally:
+                self._math.exit()
+
+    def close(self) -> None:
+        self._math.exit()
 
     def _measure(self, loss: Tensor, scale: float, spec: MeasureSpec) -> None:
         """Each block on its own operator with generators seeded alike in every run, so a block
@@ -380,8 +305,8 @@ class PerturbSession(CaptureSession):
             self.record.curvature_error = str(exc).splitlines()[0]
 
     # ----------------------------------------------------------------- predictions
-    def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        state = self.state
+    def forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        state = self.session.state
         if state.step < self.plan.injection.first or id(module) not in self._root_ids():
             return
         pred = predictions(output)
@@ -406,21 +331,13 @@ class PerturbSession(CaptureSession):
     def _root_ids(self) -> set[int]:
         """The trained models: seen modules that are no other's descendant and hold parameters
         of the optimizers (a loss module is not a root)."""
-        comps = self.state.components
+        state = self.session.state
+        comps = state.components
         if comps is not self._roots_from:
             self._roots_from = comps
             params = [part.param for c in comps for part in c.parts]
-            self._roots = {id(m) for m in find_roots(list(self.state.modules.values()), params)}
+            self._roots = {id(m) for m in find_roots(list(state.modules.values()), params)}
         return self._roots
-
-
-def _scalar(tensors: Any) -> Tensor | None:
-    loss = tensors if isinstance(tensors, Tensor) else None
-    if isinstance(tensors, (tuple, list)) and len(tensors) == 1:
-        loss = tensors[0]
-    if loss is None or loss.numel() != 1:
-        return None
-    return loss
 
 
 def _rms(comp: Component) -> float:

@@ -1,0 +1,325 @@
+"""The one place where capture hooks into torch, and the interface of what listens.
+
+:class:`Hooks` installs, for the length of a ``with`` block:
+
+- ``Optimizer.__init__``: listeners may rewrite the constructor arguments before torch's
+  ``__init__`` runs (``optimizer_args``), then hear of each new optimizer (``optimizer_created``,
+  with the user's line that built it);
+- ``torch.autograd.backward`` (``Tensor.backward`` looks it up at call time): ``before_backward``,
+  the original call, ``after_backward``; the script gets exactly its own gradients;
+- ``GradScaler.scale``: remembers which tensors are scaled losses, so the loss is unscaled;
+- global optimizer step pre/post hooks (``before_step``, ``after_step``) and global module
+  forward pre/post hooks (``forward_pre``, ``forward``), registered only when some listener
+  listens (a forward hook runs on every module call).
+
+Order: for every event, listeners run by :meth:`Listener.order` (lower first; ties in the order
+they were added). The capture session is the listener at :data:`CORE`: it counts steps, ends the
+run at ``--max-steps``, builds the components and opens the measured-step window, so a listener
+after it sees those up to date, one before it sees the event first (a fix that clips gradients
+runs at :data:`FIX`, before any probe reads them). ``open`` runs after everything is installed,
+``close`` after everything is removed.
+
+Every hook reads and never writes what training uses (listeners that change training, fixes and
+perturbations, say so), and no probe draws from the global random generators.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import torch
+import torch.optim.optimizer as optim_mod
+from torch import nn
+from torch.nn.modules import module as module_mod
+
+from hfault.capture.frames import user_caller
+
+if TYPE_CHECKING:
+    from hfault.capture.contribution import ReportDraft
+    from hfault.components import Component
+
+FIX = -200
+"""Listeners that change training (a fix's gradient clipping): before anything reads it."""
+EARLY = -100
+"""Listeners that must see an event before the session acts on it (a loss whose backward the
+``--max-steps`` stop then refuses)."""
+CORE = 0
+"""The capture session itself."""
+MEASURE = 100
+"""Measurements that later listeners read (per-step gradient statistics)."""
+CHECK = 200
+"""Checks of those measurements (where a NaN came from)."""
+PROBE = 300
+"""Independent probes: the default."""
+WINDOW = 400
+"""Probes of the measured-step window (attention, then curvature: its double backward runs
+after the attention probe stopped watching)."""
+
+DELEGATES: set[tuple[str, str]] = set()
+"""(file name, function name) of hook functions that only pass a call on to torch: an exception
+whose deepest hfault frame is one of them is the script's, not hfault's (see
+``capture.runner.raised_in_hfault``)."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def delegate(function: F) -> F:
+    """Declare a wrapper that does its own work before or after calling the original, so an
+    exception raised in it (not deeper in hfault) comes from the original call."""
+    code = function.__code__
+    DELEGATES.add((os.path.basename(code.co_filename), code.co_name))
+    return function
+
+
+@dataclass
+class BackwardEvent:
+    """One call of ``torch.autograd.backward``."""
+
+    tensors: Any
+    """What the script passed to ``backward``."""
+    loss: torch.Tensor | None
+    """The scalar being backpropagated; None when backward got something else."""
+    scale: float = 1.0
+    """The AMP ``GradScaler`` scale of ``loss`` (1.0 when it was not scaled)."""
+    step: int = 0
+    """Filled by the session (CORE): the optimizer step this backward belongs to (the next one)."""
+    value: float | None = None
+    """Filled by the session (CORE): ``loss`` unscaled, as a float."""
+    measured: bool = False
+    """Filled by the session (CORE): the first backward of the measured-step window; the window
+    is closed, and its probes stop watching after reading it."""
+
+
+class Listener:
+    """What capture calls; every method is a no-op by default, override what you need.
+
+    Torch events (from :class:`Hooks`) and session events (from the capture session) share the
+    same order. A listener listens to the events it overrides (see :meth:`listens`).
+    """
+
+    priority: ClassVar[int] = PROBE
+
+    def order(self, event: str) -> int:
+        """Where this listener runs for ``event`` (lower first); :attr:`priority` unless a
+        listener needs a different place for one event."""
+        return self.priority
+
+    def listens(self, event: str) -> bool:
+        """Whether to call this listener for ``event``: when its class overrides it."""
+        return getattr(type(self), event) is not getattr(Listener, event)
+
+    # ------------------------------------------------------------------ torch events
+    def optimizer_args(
+        self, opt: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments torch's ``Optimizer.__init__`` will get (a fix may rewrite them)."""
+        return args, kwargs
+
+    def optimizer_created(
+        self, opt: torch.optim.Optimizer, index: int, source: dict[str, Any] | None
+    ) -> None:
+        """A new optimizer (``index``: creation order), built at ``source`` (file, line)."""
+
+    def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        """Before any module's forward."""
+
+    def forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """After any module's forward."""
+
+    def before_backward(self, event: BackwardEvent) -> None:
+        """Before the script's backward runs."""
+
+    def after_backward(self, event: BackwardEvent) -> None:
+        """After it returned (not when it raised)."""
+
+    def before_step(self, opt: torch.optim.Optimizer) -> None:
+        """Before ``opt.step()``: the gradients it will apply are final (the session has not
+        counted the step yet)."""
+
+    def after_step(self, opt: torch.optim.Optimizer) -> None:
+        """After ``opt.step()`` (listeners after CORE see the step counted)."""
+
+    # ------------------------------------------------------------------ session events
+    def open(self) -> None:
+        """Capture starts (everything is installed)."""
+
+    def components_built(self, components: Sequence[Component]) -> None:
+        """The components were (re)built: a new optimizer was seen."""
+
+    def window_opened(self, step: int) -> None:
+        """The measured-step window opened, before the forward of ``step``; it closes at that
+        step's first backward (:attr:`BackwardEvent.measured`) or at ``close``."""
+
+    def close(self) -> None:
+        """Capture ends (everything is removed)."""
+
+    def contribute(self, draft: ReportDraft) -> None:
+        """Add this listener's fields to the report of the run."""
+
+
+_EVENTS = tuple(
+    name for name, value in vars(Listener).items()
+    if callable(value) and not name.startswith("_") and name not in ("order", "listens")
+)
+
+
+class Hooks:
+    """The listeners of one capture, in order, and the patches that call them."""
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners: list[Listener] = list(listeners)
+        self._ordered: dict[str, list[Callable[..., Any]]] = {}
+        self._restore: list[Callable[[], None]] = []
+        self._optimizers: dict[int, int] = {}
+        self._scaled: dict[int, Any] = {}
+
+    def add(self, listener: Listener) -> None:
+        if self._restore:
+            raise RuntimeError("listeners are added before capture starts")
+        self._listeners.append(listener)
+        self._ordered.clear()
+
+    def ordered(self, event: str) -> list[Callable[..., Any]]:
+        """The bound methods to call for ``event``, in order."""
+        if event not in _EVENTS:
+            raise ValueError(f"no listener event {event!r}")
+        if event not in self._ordered:
+            chosen = sorted(
+                (listener.order(event), i) for i, listener in enumerate(self._listeners)
+                if listener.listens(event)
+            )
+            self._ordered[event] = [getattr(self._listeners[i], event) for _, i in chosen]
+        return self._ordered[event]
+
+    def dispatch(self, event: str, *args: Any) -> None:
+        for method in self.ordered(event):
+            method(*args)
+
+    # ------------------------------------------------------------------ install / remove
+    def __enter__(self) -> Hooks:
+        hooks = self
+
+        original_init = torch.optim.Optimizer.__init__
+
+        @delegate
+        def init(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+            for rewrite in hooks.ordered("optimizer_args"):
+                args, kwargs = rewrite(opt, args, kwargs)
+            original_init(opt, *args, **kwargs)
+            if id(opt) not in hooks._optimizers:
+                hooks._created(opt)
+
+        torch.optim.Optimizer.__init__ = init  # type: ignore[method-assign]
+        self._restore.append(lambda: setattr(torch.optim.Optimizer, "__init__", original_init))
+
+        original_backward = torch.autograd.backward
+
+        @delegate
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            event = hooks._backward_event(tensors)
+            hooks.dispatch("before_backward", event)
+            result = original_backward(tensors, *args, **kwargs)
+            hooks.dispatch("after_backward", event)
+            return result
+
+        torch.autograd.backward = backward
+        self._restore.append(lambda: setattr(torch.autograd, "backward", original_backward))
+
+        scaler_cls = torch.amp.GradScaler
+        original_scale = scaler_cls.scale
+
+        @delegate
+        def scale(scaler: Any, outputs: Any) -> Any:
+            result = original_scale(scaler, outputs)
+            if isinstance(result, torch.Tensor):
+                hooks._scaled[id(result)] = scaler
+            return result
+
+        scaler_cls.scale = scale  # type: ignore[method-assign]
+        self._restore.append(lambda: setattr(scaler_cls, "scale", original_scale))
+
+        for event, register in (
+            ("before_step", optim_mod.register_optimizer_step_pre_hook),
+            ("after_step", optim_mod.register_optimizer_step_post_hook),
+        ):
+            if self.ordered(event):
+                handle = register(self._step_hook(event))
+                self._restore.append(handle.remove)
+        for event, register in (
+            ("forward_pre", module_mod.register_module_forward_pre_hook),
+            ("forward", module_mod.register_module_forward_hook),
+        ):
+            methods = self.ordered(event)
+            if methods:
+                handle = register(methods[0] if len(methods) == 1 else self._fan_out(methods))
+                self._restore.append(handle.remove)
+        try:
+            self.dispatch("open")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for restore in reversed(self._restore):
+            restore()
+        self._restore.clear()
+        self.dispatch("close")
+
+    # ------------------------------------------------------------------ helpers
+    def _created(self, opt: torch.optim.Optimizer) -> None:
+        index = self._optimizers[id(opt)] = len(self._optimizers)
+        source = user_caller()
+        self.dispatch("optimizer_created", opt, index, source)
+
+    def _backward_event(self, tensors: Any) -> BackwardEvent:
+        loss = tensors if isinstance(tensors, torch.Tensor) else None
+        if isinstance(tensors, (tuple, list)) and len(tensors) == 1:
+            loss = tensors[0]
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return BackwardEvent(tensors, None)
+        scaler = self._scaled.pop(id(loss), None)
+        return BackwardEvent(
+            tensors, loss, float(scaler.get_scale()) if scaler is not None else 1.0)
+
+    def _step_hook(self, event: str) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
+        methods = self.ordered(event)
+
+        def step_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            for method in methods:
+                method(opt)
+
+        return step_hook
+
+    @staticmethod
+    def _fan_out(methods: Sequence[Callable[..., Any]]) -> Callable[..., None]:
+        def fan_out(*args: Any) -> None:
+            for method in methods:
+                method(*args)
+
+        return fan_out
+
+
+# ---------------------------------------------------------------------- for probes
+def patch(owner: Any, name: str, wrap: Callable[[Any], Any]) -> Callable[[], None]:
+    """Replace ``owner.name`` by ``wrap(original)`` (a probe's own window on a torch function);
+    returns what puts the original back."""
+    original = getattr(owner, name)
+    setattr(owner, name, wrap(original))
+    return lambda: setattr(owner, name, original)
+
+
+def module_hooks(
+    pre: Callable[[nn.Module, Any], None],
+    post: Callable[[nn.Module, Any, Any], None],
+    *,
+    always_call: bool = False,
+) -> list[Any]:
+    """Global module forward pre/post hooks of a probe's own (removable handles)."""
+    return [
+        module_mod.register_module_forward_pre_hook(pre),
+        module_mod.register_module_forward_hook(post, always_call=always_call),
+    ]

@@ -1,0 +1,39 @@
+"""The probes of a diagnosis, in one list: a new probe is its module plus a line here.
+
+Each probe is a listener of the capture session (``hfault.capture.hooks``) that owns its state
+and adds its own fields to the report (``contribute``); where one probe reads another's results
+it is handed that probe here.
+"""
+
+from __future__ import annotations
+
+from hfault.capture.hooks import Listener
+from hfault.capture.session import CaptureSession
+from hfault.probes.attention import AttentionWindow
+from hfault.probes.curvature_probe import CurvatureConfig, CurvatureProbe
+from hfault.probes.frozen import FrozenProbe
+from hfault.probes.gradients import GradientStats
+from hfault.probes.init_scale import InitScaleProbe
+from hfault.probes.loss_input import LossInputWatch
+from hfault.probes.numerics import NumericsProbe
+from hfault.probes.zero_grad import StaleGradientWatch
+
+
+def diagnosis_probes(
+    session: CaptureSession, *, nan_watch: bool = True, curvature: CurvatureConfig | None = None
+) -> list[Listener]:
+    """The listeners ``hfault diagnose`` adds to its session (``--no-nan-watch``: no per-output
+    and per-gradient flags; ``curvature`` None: no second-order snapshots)."""
+    gradients = GradientStats(session)
+    loss_inputs = LossInputWatch(session)
+    probes: list[Listener | None] = [
+        gradients,
+        NumericsProbe(session, gradients, watch=nan_watch),
+        StaleGradientWatch(session),
+        loss_inputs,
+        InitScaleProbe(),
+        FrozenProbe(session),
+        AttentionWindow(session, loss_inputs),
+        CurvatureProbe(session, curvature) if curvature is not None else None,
+    ]
+    return [p for p in probes if p is not None]
