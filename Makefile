@@ -20,6 +20,7 @@ demo: $(STAMP)
 # model, which one thread serves as fast as two, so the 2-core box finishes in about half the time.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	OMP_NUM_THREADS=1 $(BIN)/mypy
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=10
 
 lint: $(STAMP)

@@ -35,9 +35,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "curvature"))
-
-from curv_models import Case, make_distilbert, make_han, reference  # noqa: E402
 
 from hfault.curvature import (  # noqa: E402
     CurvatureSettings,
@@ -52,6 +49,7 @@ from hfault.curvature import (  # noqa: E402
 )
 from hfault.curvature.measure import _lanczos_block, _precond_lanczos  # noqa: E402
 from hfault.curvature.pyhessian_ref import pyhessian_block  # noqa: E402
+from tests.curvature.curv_models import Case, make_distilbert, make_han, reference  # noqa: E402
 
 
 def bench_distilbert(seed: int = 0) -> Case:

@@ -270,7 +270,7 @@ def _check_outputs(paths: dict[str, Path | None]) -> None:
                                f"({exc.strerror or exc})") from None
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file beside ``path``, then rename: a killed or failed write
     never leaves a truncated report, nor the previous run's under this run's name."""
     import os

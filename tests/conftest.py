@@ -98,3 +98,12 @@ def cli(tmp_path: Path):
         return run_cli(list(args), tmp_path, **kwargs)
 
     return call
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark end-to-end tests (``-m e2e`` / ``-m "not e2e"``): every test that runs the CLI in a
+    subprocess (the ``cli`` fixture); modules that run training scripts in-process declare
+    ``pytestmark = pytest.mark.e2e`` themselves."""
+    for item in items:
+        if "cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)

@@ -10,15 +10,12 @@ starts to catch it (and the manifest must then be updated).
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
+from benchmarks.samples import load_programs, score
 from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from samples import load_programs, score
+pytestmark = pytest.mark.e2e  # runs real training scripts
 
 PROGRAMS = load_programs()
 

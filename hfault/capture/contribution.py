@@ -35,5 +35,5 @@ class ReportDraft:
     listeners add to those."""
     run: dict[str, Any] = field(default_factory=dict)
     """Fields of ``run`` (``hvps``)."""
-    sections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)
     """Top-level report lists by key (``numerics``, ``loss_inputs``, ``frozen``)."""

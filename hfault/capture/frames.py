@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ def user_caller() -> dict[str, Any] | None:
     """``{"file", "line"}`` of the innermost frame of the current stack in user code: the line
     that called into torch or hfault (for a library such as a Trainer, the user's call into
     it); None when no frame is the user's."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if is_user(frame.f_code.co_filename):
             return {"file": frame.f_code.co_filename, "line": frame.f_lineno}

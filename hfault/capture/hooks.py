@@ -212,7 +212,7 @@ class Hooks:
             if id(opt) not in hooks._optimizers:
                 hooks._created(opt)
 
-        torch.optim.Optimizer.__init__ = init  # type: ignore[method-assign]
+        setattr(torch.optim.Optimizer, "__init__", init)  # noqa: B010 (a patch: no type to check)
         self._restore.append(lambda: setattr(torch.optim.Optimizer, "__init__", original_init))
 
         original_backward = torch.autograd.backward
@@ -238,7 +238,7 @@ class Hooks:
                 hooks._scaled[id(result)] = scaler
             return result
 
-        scaler_cls.scale = scale  # type: ignore[method-assign]
+        setattr(scaler_cls, "scale", scale)  # noqa: B010 (a patch: no type to check)
         self._restore.append(lambda: setattr(scaler_cls, "scale", original_scale))
 
         for event, register in (

@@ -22,7 +22,7 @@ class ParamPart:
 
     def view(self, tensor: torch.Tensor) -> torch.Tensor:
         """The part of ``tensor`` (the parameter itself, its grad, a copy) this part covers."""
-        if self.start is None:
+        if self.start is None or self.stop is None:
             return tensor
         return tensor.narrow(self.dim, self.start, self.stop - self.start)
 

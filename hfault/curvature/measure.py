@@ -350,8 +350,9 @@ def measure(
         elif s.trace_method == "block":
             samples[b] = probe_diagonal(op, b, s.k, generator, deflation=deflation)
         if precond:
-            assert setup is not None and known is not None and lres[b].basis is not None
-            presults[b] = _precond_ritz(op, b, setup, s, lres[b].basis, known)
+            basis = lres[b].basis
+            assert setup is not None and known is not None and basis is not None
+            presults[b] = _precond_ritz(op, b, setup, s, basis, known)
         if b in lres:
             lres[b].basis = None  # release the block's basis now, not at the end
         hvps[b] = op.hvp_count - c0
@@ -382,6 +383,7 @@ def measure(
     for b in range(nblocks):
         name = op.blocks[b].name
         g = op.gradient(b)
+        tr: tuple[float, float]
         if b in samples:
             tr = trace_estimate(samples[b])
         elif b in shared:

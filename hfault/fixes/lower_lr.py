@@ -181,7 +181,7 @@ def split_param_groups(
         lr_before = lr_after = None
         for gi, entries in sources:
             group = groups[gi]
-            lr = group.get("lr", defaults.get("lr"))
+            lr: Any = group.get("lr", defaults.get("lr"))  # a number or a 1-element tensor
             if lr_before is None:
                 lr_before, lr_after = as_float(lr), as_float(lr * factor)
             if len(entries) == len(group["params"]):

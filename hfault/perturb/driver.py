@@ -315,17 +315,17 @@ class _Driver:
     def _experiment_header(self, base: _Run, names: tuple[str, ...]) -> dict[str, Any]:
         comps = [base.record.curvature.get(n, {}) for n in names]
         rms = [base.record.rms.get(n, 0.0) for n in names]
-        traces = [c.get("trace") for c in comps]
+        traces = [t for c in comps if (t := c.get("trace")) is not None and math.isfinite(t)]
         curvature = None
-        if traces and all(t is not None and math.isfinite(t) for t in traces):
+        if comps and len(traces) == len(comps):
             ses = [c.get("trace_se") or 0.0 for c in comps]
             curvature = {
                 "value": sum(r * r * t for r, t in zip(rms, traces, strict=True)),
                 "se": math.sqrt(sum((r * r * s) ** 2 for r, s in zip(rms, ses, strict=True))),
             }
-        gnorms = [c.get("grad_norm") for c in comps]
+        gnorms = [g for c in comps if (g := c.get("grad_norm")) is not None]
         grad_term = None
-        if gnorms and all(g is not None for g in gnorms):
+        if comps and len(gnorms) == len(comps):
             grad_term = math.sqrt(sum((r * g) ** 2 for r, g in zip(rms, gnorms, strict=True)))
         return {
             "label": _label(names),

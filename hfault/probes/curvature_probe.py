@@ -27,6 +27,7 @@ from hfault.capture.math_attention import MathAttention
 from hfault.components import Component
 from hfault.curvature import (
     Block,
+    BlockCurvature,
     BlockPart,
     CurvatureSettings,
     CurvatureSnapshot,
@@ -111,7 +112,9 @@ def measure_step(
         error = _explain(exc)
     # Some op has no double backward. Measure each component alone: those whose second
     # derivatives do not pass through that op's backward are still measured.
-    measured, blocked, hvps = [], [], 0
+    measured: list[BlockCurvature] = []
+    blocked: list[str] = []
+    hvps = 0
     alone = replace(settings, coupling_blocks=())
     for block in blocks:
         try:
@@ -121,9 +124,9 @@ def measure_step(
             continue
         measured.extend(part.blocks)
         hvps += part.hvp_count
-    snap = None
+    alone_snap: CurvatureSnapshot | None = None
     if measured:
-        snap = CurvatureSnapshot(
+        alone_snap = CurvatureSnapshot(
             blocks=tuple(measured),
             edges=(),
             hvp_count=hvps,
@@ -131,7 +134,7 @@ def measure_step(
             settings=settings,
             notes=(f"couplings not measured: {error}",),
         )
-    return CurvatureRecord(step, snap, error, time.perf_counter() - start, tuple(blocked))
+    return CurvatureRecord(step, alone_snap, error, time.perf_counter() - start, tuple(blocked))
 
 
 class NoDoubleBackward(RuntimeError):

@@ -54,7 +54,7 @@ def gradient_stats(component: Component, optimizer: torch.optim.Optimizer) -> di
         zeros += int((view == 0).sum())
     weights = [part.view(part.param) for part in component.parts]
     grad_sq = _sq_norm(grads)
-    lrs = {group_lr(optimizer, part.param) for part in component.parts} - {None}
+    lrs = {lr for part in component.parts if (lr := group_lr(optimizer, part.param)) is not None}
     numel = component.numel
     return {
         "grad_norm": math.sqrt(grad_sq) if math.isfinite(grad_sq) else grad_sq,

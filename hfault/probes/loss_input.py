@@ -9,6 +9,7 @@ code, so it shows from the first step. The wrapped function returns exactly what
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,8 +74,7 @@ class LossInputWatch(Listener):
     def open(self) -> None:
         for name, check in (("cross_entropy", _looks_like_probabilities),
                             ("nll_loss", _non_negative)):
-            self._restore.append(
-                patch(F, name, lambda original, n=name, c=check: self._wrap(n, original, c)))
+            self._restore.append(patch(F, name, functools.partial(self._wrap, name, check=check)))
 
     def close(self) -> None:
         for restore in reversed(self._restore):

@@ -142,7 +142,8 @@ def _header(report: Mapping[str, Any]) -> str:
         _facts(run),
         "</div></header>",
     ]
-    extra = [_crash(run.get("error"))] if run.get("error") else []
+    error = run.get("error")
+    extra = [_crash(error)] if isinstance(error, Mapping) else []
     extra += [f'<p class="note">note: {esc(n)}</p>' for n in report.get("notes") or []]
     extra.append(_numerics(report.get("numerics") or []))
     if any(extra):
@@ -351,9 +352,9 @@ def _verify_fix(vf: Any) -> str:
     parts.append(f'<div class="charts">{"".join(charts)}</div>')
     parts += [_finding_changes(vf.get("findings")), _edge_changes(vf.get("edges")),
               _skipped(vf.get("skipped"))]
-    after = vf.get("after")
-    if isinstance(after, Mapping):
-        parts.append(_findings_diff(vf, after))
+    rerun = vf.get("after")
+    if isinstance(rerun, Mapping):
+        parts.append(_findings_diff(vf, rerun))
     return "".join(parts)
 
 
@@ -437,7 +438,8 @@ def _graph_snapshot(ctx: _Context) -> Mapping[str, Any] | None:
     """The last snapshot whose coupling graph has edges (else the last with a graph)."""
     graphs = [s for s in ctx.snapshots if isinstance(s.get("graph"), Mapping)]
     with_edges = [s for s in graphs if s["graph"].get("edges")]
-    return (with_edges or graphs or [None])[-1]
+    chosen = with_edges or graphs
+    return chosen[-1] if chosen else None
 
 
 def _coupling_nodes(ctx: _Context, graph: Mapping[str, Any]) -> list[str]:
@@ -622,8 +624,8 @@ def _attention_charts(ctx: _Context) -> str:
 
 def _timeline_order(ctx: _Context) -> list[str]:
     """Flagged components first (by rank), then the attention components, then the rest."""
-    names = [c.get("name") for c in ctx.components if isinstance(c.get("name"), str)]
-    attn = [c.get("name") for c in ctx.components if c.get("attention")]
+    names = [n for c in ctx.components if isinstance(n := c.get("name"), str)]
+    attn = [n for c in ctx.components if c.get("attention") and isinstance(n := c.get("name"), str)]
     flagged = [n for n in ctx.flagged if n in names]
     return list(dict.fromkeys([*flagged, *attn, *names]))
 

@@ -243,11 +243,12 @@ def _decimate(points: list[tuple[float, float | None]]) -> list[tuple[float, flo
     out: list[tuple[float, float | None]] = []
     for i in range(0, len(points), size):
         bucket = points[i : i + size]
-        finite = [p for p in bucket if p[1] is not None and math.isfinite(p[1])]
+        finite = [(x, y) for x, y in bucket if y is not None and math.isfinite(y)]
         odd = [p for p in bucket if p[1] is None or not math.isfinite(p[1])]
         keep = set()
         if finite:
-            keep = {min(finite, key=lambda p: p[1]), max(finite, key=lambda p: p[1])}
+            low, high = min(finite, key=lambda p: p[1]), max(finite, key=lambda p: p[1])
+            keep = {low, high}
         out.extend(sorted(keep | set(odd), key=lambda p: p[0]))
     return out
 

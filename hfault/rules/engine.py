@@ -69,8 +69,8 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
         return None
     severity = rule.severity
     for level in SEVERITIES:  # the most severe escalation that holds wins
-        expr = rule.escalate.get(level)
-        if expr is not None and as_bool(expr(env), f"escalate.{level}"):
+        escalate = rule.escalate.get(level)
+        if escalate is not None and as_bool(escalate(env), f"escalate.{level}"):
             severity = level
             break
     component = _scalar(rule.component(env)) if rule.component else subject.component

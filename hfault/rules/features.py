@@ -424,7 +424,7 @@ class Features:
             init_rms = first_norm / math.sqrt(numel) if first_norm is not None else None
             peer_growth = [
                 growth[n][0] for n in others
-                if growth[n][1] is not None and growth[n][1] >= _MIN_PEER_INIT_RMS
+                if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS
             ]
             init = comp.get("init") or {}
             f.update(

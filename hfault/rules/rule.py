@@ -200,7 +200,7 @@ class _RuleParser:
         evidence_names = list(self.table("evidence"))
         known = set(VOCABULARY[scope]) | set(params) | set(evidence_names)
         features = set(VOCABULARY[scope]) | set(params)
-        evidence = {}  # entries may read the ones above them
+        evidence: dict[str, Expr] = {}  # entries may read the ones above them
         for k, v in self.table("evidence").items():
             if k in features or k in TEMPLATE_EXTRAS:
                 raise self.fail(k, f"evidence {k!r} would hide the feature or parameter of that "

@@ -129,7 +129,7 @@ class FixApplier(Listener):
             return (f"no {fix.root} module holds the parameters of the rerun's optimizer "
                     f"#{fix.optimizer}")
         named = dict(roots[fix.root_ordinal].named_parameters())
-        tensors = []
+        tensors: list[torch.Tensor] = []
         for name in fix.names:
             t = named.get(name)
             if t is None or id(t) not in pos:
@@ -155,7 +155,7 @@ class FixApplier(Listener):
             self.notes.append(f"gradient clipping failed and was stopped: {exc}")
             self.clip = None
             return
-        if total is None:  # no parameter has a gradient
+        if total is None or self.clip.max_norm is None:  # no parameter has a gradient
             return
         self.clip_steps += 1
         if not math.isfinite(total) or total > self.clip.max_norm:

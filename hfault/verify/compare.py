@@ -46,8 +46,7 @@ MAX_EDGES_PER_COMPONENT = 5
 
 def _tail(points: Sequence[Sequence[Any]]) -> list[tuple[Any, float]]:
     """The last ``TAIL`` share of the steps (at least one), as (step, loss)."""
-    values = [(p[0], as_float(p[1])) for p in points]
-    values = [(s, v) for s, v in values if v is not None]
+    values = [(p[0], v) for p in points if (v := as_float(p[1])) is not None]
     return values[len(values) - max(1, int(len(values) * TAIL)) :] if values else []
 
 
@@ -211,9 +210,8 @@ def total_grad_norm_row(before: Mapping[str, Any], after: Mapping[str, Any],
     def total(report: Mapping[str, Any]) -> list[Any]:
         snaps, out = _snapshots(report), []
         for step in steps:
-            norms = [as_float(m.get("grad_norm"))
-                     for m in ((snaps.get(step) or {}).get("metrics") or {}).values()]
-            norms = [v for v in norms if v is not None]
+            norms = [v for m in ((snaps.get(step) or {}).get("metrics") or {}).values()
+                     if (v := as_float(m.get("grad_norm"))) is not None]
             out.append(encode(math.sqrt(sum(v * v for v in norms))) if norms else None)
         return out
 
@@ -243,7 +241,7 @@ def edge_rows(before: Mapping[str, Any], after: Mapping[str, Any], steps: Sequen
         for step, snap in _snapshots(report).items():
             graph = snap.get("graph") or {}
             out[step] = {tuple(sorted((e["source"], e["target"]))): e
-                         for e in graph.get("edges", [])}  # type: ignore[misc]
+                         for e in graph.get("edges", [])}
         return out
 
     eb, ea = edges(before), edges(after)
@@ -328,9 +326,9 @@ def verdict(
             parts.append(f"{_names(gone)} gone")
         if weaker:
             parts.append(f"{_names(weaker)} weaker")
-        rest = [d for d in still if d not in weaker]
-        if rest:
-            parts.append(f"{_names(rest)} still {_fires(rest)}")
+        remaining = [d for d in still if d not in weaker]
+        if remaining:
+            parts.append(f"{_names(remaining)} still {_fires(remaining)}")
         if new_errors:
             parts.append(f"new: {_names(new_errors)}")
         return "improved", f"with {applied}: " + "; ".join([*parts, loss_text])

@@ -6,12 +6,15 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from hfault.capture.process_state import ProcessState
 from hfault.capture.rerun import rerun
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession
+
+pytestmark = pytest.mark.e2e  # runs real training scripts
 
 SCRIPT = """
 import json, sys

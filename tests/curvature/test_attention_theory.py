@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from curv_models import make_attention
 
 from hfault.curvature import CurvatureSettings, HessianOperator, measure
+from tests.curvature.curv_models import make_attention
 
 
 def test_value_block_psd_query_key_indefinite() -> None:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from curv_models import (
+
+from hfault.curvature import CurvatureSettings, CurvatureSnapshot, HessianOperator, measure
+from hfault.curvature.dense import DenseHessian
+from tests.curvature.curv_models import (
     Case,
     flat_grad,
     make_attention,
@@ -17,9 +20,6 @@ from curv_models import (
     make_mlp,
     reference,
 )
-
-from hfault.curvature import CurvatureSettings, CurvatureSnapshot, HessianOperator, measure
-from hfault.curvature.dense import DenseHessian
 
 
 @dataclass

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from curv_models import make_distilbert, make_mha, make_mlp, make_scalar_param, reference
 from torch import nn
 
 from hfault.curvature import (
@@ -16,6 +15,13 @@ from hfault.curvature import (
     measure,
     rademacher,
     whole,
+)
+from tests.curvature.curv_models import (
+    make_distilbert,
+    make_mha,
+    make_mlp,
+    make_scalar_param,
+    reference,
 )
 
 

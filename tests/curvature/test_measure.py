@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curv_models import make_han, make_mlp, reference
 
 from hfault.curvature import (
     BUDGETS,
@@ -17,6 +16,7 @@ from hfault.curvature import (
     validate_blocks,
     whole,
 )
+from tests.curvature.curv_models import make_han, make_mlp, reference
 
 
 def test_budget_presets() -> None:

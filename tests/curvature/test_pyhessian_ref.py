@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curv_models import make_attention, make_mlp, reference
 
 from hfault.curvature import CurvatureSettings, HessianOperator, measure
+from tests.curvature.curv_models import make_attention, make_mlp, reference
 
 pytest.importorskip("pyhessian")
 from hfault.curvature.pyhessian_ref import pyhessian_block

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from curv_models import make_attention, make_mha, make_mlp, reference
 
 from hfault.curvature import (
     CurvatureSettings,
@@ -17,6 +16,7 @@ from hfault.curvature import (
 )
 from hfault.curvature.hvp import dot64
 from hfault.curvature.lanczos import ritz_max
+from tests.curvature.curv_models import make_attention, make_mha, make_mlp, reference
 
 
 def _sym(n: int, seed: int) -> torch.Tensor:

@@ -36,6 +36,8 @@ DIVERGE = '''
 import torch
 from torch import nn
 
+pytestmark = pytest.mark.e2e  # runs real training scripts
+
 torch.manual_seed(0)
 x = torch.randn(256, 8)
 y = x @ torch.randn(8, 1)

@@ -15,6 +15,8 @@ from hfault.curvature import Block, BlockPart
 from hfault.curvature.dense import dense_hessian
 from tests.conftest import SCRIPTS
 
+pytestmark = pytest.mark.e2e  # runs real training scripts
+
 NAMES = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "head"]
 
 

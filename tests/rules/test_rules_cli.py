@@ -13,7 +13,7 @@ import pytest
 from hfault.exitcodes import ExitCode
 from tests.conftest import SAMPLES, SCRIPTS, run_cli
 
-ALL_IDS = sorted(p.name[:5] for p in (Path(__file__).parents[1] / "rules").glob("HF*.toml"))
+ALL_IDS = sorted(p.name[:5] for p in (Path(__file__).parents[2] / "rules").glob("HF*.toml"))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from hfault.components import (
 )
 from tests.conftest import SCRIPTS
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "components.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "components.md"
 
 
 @pytest.fixture(autouse=True)

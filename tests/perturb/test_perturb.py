@@ -29,6 +29,8 @@ from hfault.perturb.report import write_json
 from hfault.perturb.stats import mean_ci, t_quantile
 from tests.conftest import ROOT, SAMPLES, SCRIPTS
 
+pytestmark = pytest.mark.e2e  # runs real training scripts
+
 EXACT = SCRIPTS / "exact_train.py"
 INJECT_AT = 2  # the exact script's SGD steps before the injection
 

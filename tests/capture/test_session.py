@@ -10,6 +10,8 @@ import torch
 
 from tests.conftest import SAMPLES, SCRIPTS, assert_same_training, run_plain
 
+pytestmark = pytest.mark.e2e  # runs real training scripts
+
 
 @pytest.mark.parametrize(
     ("script", "extra"),
