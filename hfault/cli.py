@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from hfault import __version__
 from hfault.capture.schedule import ScheduleError, parse_schedule
 from hfault.exitcodes import ExitCode
 from hfault.findings import SEVERITY_ORDER
+from hfault.report.outputs import OutputError, Outputs, check_outputs, write_outputs
 from hfault.rules.rule import RuleError
 
 app = typer.Typer(
@@ -187,8 +187,7 @@ def diagnose(
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
-    _check_outputs({"--json": json_path, "--sarif": sarif_path, "--graph": graph_path,
-                    "--html": html_path})
+    _check_outputs(Outputs(json_path, sarif_path, graph_path, html_path))
     rules = _rule_set(script.resolve().parent, config, rules_dirs, select, ignore)
     try:
         schedule = parse_schedule(at, max_steps)
@@ -251,37 +250,12 @@ def diagnose(
     raise typer.Exit(_findings_code(data, fail_on))
 
 
-def _check_outputs(paths: dict[str, Path | None]) -> None:
-    """Every output path can be written, checked before the script runs: an hour of training
-    must not end in 'cannot write'. Creates missing parent folders (as the writers would)."""
-    import tempfile
-
-    for option, path in paths.items():
-        if path is None:
-            continue
-        if path.is_dir():
-            raise UsageFailure(f"{option} {path}: is a folder, not a file")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".hfault-check-"):
-                pass
-        except OSError as exc:
-            raise UsageFailure(f"{option} {path}: cannot write there "
-                               f"({exc.strerror or exc})") from None
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file beside ``path``, then rename: a killed or failed write
-    never leaves a truncated report, nor the previous run's under this run's name."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.hfault-tmp")
+def _check_outputs(outputs: Outputs) -> None:
+    """Every output path can be written, checked before the script runs (exit 2)."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        check_outputs(outputs)
+    except OutputError as exc:
+        raise UsageFailure(str(exc)) from None
 
 
 def _findings_code(data: dict[str, Any], fail_on: FailOn) -> ExitCode:
@@ -326,35 +300,10 @@ def _emit(
     *,
     html_path: Path | None = None,
 ) -> None:
-    """Every output of a report: terminal, JSON, SARIF, GraphML, HTML."""
-    import json
-
-    from hfault.report.sarif import write_sarif
+    """Every output of a report: its files, then (unless quiet) the terminal report."""
     from hfault.report.terminal import render
 
-    written = []
-    if json_path is not None:
-        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-        _atomic_write(json_path, lambda p: p.write_text(text))
-        written.append(f"JSON report written to {json_path}")
-    if sarif_path is not None:
-        _atomic_write(sarif_path, lambda p: write_sarif(data, catalog, p))
-        written.append(f"SARIF written to {sarif_path}")
-    if graph_path is not None:
-        from hfault.graph import graph_from_json, write_graphml
-
-        last = next((s for s in reversed(data["snapshots"]) if s.get("graph")), None)
-        if last is None:
-            written.append("no coupling graph to export (curvature was not measured)")
-        else:
-            graph = graph_from_json(last["graph"])
-            _atomic_write(graph_path, lambda p: write_graphml(graph, p))
-            written.append(f"GraphML of step {last['step']} written to {graph_path}")
-    if html_path is not None:
-        from hfault.report.html import write_html
-
-        _atomic_write(html_path, lambda p: write_html(data, p))
-        written.append(f"HTML report written to {html_path}")
+    written = write_outputs(data, catalog, Outputs(json_path, sarif_path, graph_path, html_path))
     if not quiet:
         render(data, Console(width=None if sys.stdout.isatty() else 120))
         for line in written:
@@ -592,3 +541,5 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         sys.exit(ExitCode.INTERNAL)
     sys.exit(code if isinstance(code, int) else ExitCode.OK)
+
+
