@@ -269,6 +269,12 @@ class Hooks:
         self._restore.clear()
         self.dispatch("close")
 
+    def adopt(self, opt: torch.optim.Optimizer) -> None:
+        """An optimizer built before capture started (the Python API, a trainer's callback):
+        listeners hear of it as if it had been built now."""
+        if id(opt) not in self._optimizers:
+            self._created(opt)
+
     # ------------------------------------------------------------------ helpers
     def _created(self, opt: torch.optim.Optimizer) -> None:
         index = self._optimizers[id(opt)] = len(self._optimizers)

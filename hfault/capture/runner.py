@@ -73,6 +73,28 @@ def _error(exc: BaseException, script: Path) -> dict[str, object]:
     }
 
 
+def outcome_of(exc: BaseException | None, script: Path) -> RunOutcome:
+    """How a run ended, from the exception that ended it (None: it returned). ``script`` is
+    the file whose folder counts as the user's when locating the error."""
+    if exc is None:
+        return RunOutcome("completed")
+    if isinstance(exc, StopTraining):
+        return RunOutcome("stopped")
+    if isinstance(exc, KeyboardInterrupt):
+        return RunOutcome("stopped", interrupted=True)
+    if isinstance(exc, SystemExit):
+        if exc.code in (None, 0):
+            return RunOutcome("completed")
+        err = _error(exc, script)
+        err["message"] = f"the script called sys.exit({exc.code!r})"
+        return RunOutcome("crashed", err)
+    err = _error(exc, script)
+    if raised_in_hfault(exc.__traceback__):
+        err["internal"] = True
+        err["traceback"] = "".join(traceback.format_exception(exc))
+    return RunOutcome("crashed", err)
+
+
 def run_script(script: Path, argv: list[str], session: CaptureSession) -> RunOutcome:
     """Execute ``script`` under ``session``'s hooks and report how it ended."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
@@ -81,23 +103,9 @@ def run_script(script: Path, argv: list[str], session: CaptureSession) -> RunOut
     try:
         with session:
             runpy.run_path(str(script), run_name="__main__")
-        return RunOutcome("completed")
-    except StopTraining:
-        return RunOutcome("stopped")
-    except KeyboardInterrupt:
-        return RunOutcome("stopped", interrupted=True)
-    except SystemExit as exc:
-        if exc.code in (None, 0):
-            return RunOutcome("completed")
-        err = _error(exc, script)
-        err["message"] = f"the script called sys.exit({exc.code!r})"
-        return RunOutcome("crashed", err)
+        return outcome_of(None, script)
     except BaseException as exc:
-        err = _error(exc, script)
-        if raised_in_hfault(exc.__traceback__):
-            err["internal"] = True
-            err["traceback"] = "".join(traceback.format_exception(exc))
-        return RunOutcome("crashed", err)
+        return outcome_of(exc, script)
     finally:
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path

@@ -1,0 +1,91 @@
+"""The Python API (``hfault.watch``) around real training loops: the same capture, rules and
+report as the CLI, the max-steps stop swallowed, the training code's own errors re-raised after
+the report is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import hfault
+from hfault.report.outputs import OutputError
+from tests.conftest import validate
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int,
+           fail_at: int | None = None) -> int:
+    done = 0
+    for step in range(1, steps + 1):
+        if step == fail_at:
+            raise ValueError("corrupt batch")
+        x = torch.randn(16, 8)
+        loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        done = step
+    return done
+
+
+def test_a_healthy_loop_is_diagnosed_and_max_steps_ends_the_block(tmp_path: Path) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)  # built before the block: adopted
+    report_path = tmp_path / "r.json"
+    with hfault.watch(json=report_path, max_steps=20, optimizers=[opt]) as run:
+        _train(model, opt, 1000)
+        pytest.fail("max_steps did not stop training")
+    assert run.outcome is not None and run.outcome.status == "stopped"
+    report = json.loads(report_path.read_text())
+    validate(report)
+    assert report == run.report
+    assert report["run"]["steps"] == 20
+    assert [c["name"] for c in report["components"]] == ["0", "2"]
+    assert not run.failed("warning"), run.findings
+
+
+def test_a_diverging_loop_is_found_with_the_optimizer_built_inside(tmp_path: Path) -> None:
+    with hfault.watch(max_steps=30) as run:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=5.0)
+        _train(model, opt, 30)
+    assert run.failed()
+    first = run.findings[0]
+    assert (first["rule"], first["component"], first["step"]) == ("HF001", "2", 5)
+
+
+def test_an_error_in_the_training_code_is_reraised_after_the_report(tmp_path: Path) -> None:
+    report_path = tmp_path / "r.json"
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    with pytest.raises(ValueError, match="corrupt batch"), \
+            hfault.watch(json=report_path, optimizers=[opt]):
+        _train(model, opt, 10, fail_at=4)
+    report = json.loads(report_path.read_text())
+    validate(report)
+    run = report["run"]
+    assert run["status"] == "crashed" and run["steps"] == 3
+    assert run["error"]["type"] == "ValueError"
+    assert run["error"]["file"] == __file__ and run["error"]["function"] == "_train"
+
+
+def test_an_unwritable_output_fails_before_training(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="--json"):
+        hfault.watch(json=tmp_path)  # a folder
+
+
+def test_import_hfault_does_not_import_torch() -> None:
+    code = "import sys, hfault; print('torch' in sys.modules); print(hfault.watch.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "Watch"]
