@@ -94,11 +94,9 @@ class Watch:
         self.written = write_outputs(self.report, [r.to_catalog() for r in self.rules],
                                      self.outputs)
         if self.show:
-            from rich.console import Console
+            from hfault.report.terminal import render, report_console
 
-            from hfault.report.terminal import render
-
-            render(self.report, Console())
+            render(self.report, report_console())
             for line in self.written:
                 print(line, file=sys.stderr)
         return isinstance(exc, StopTraining)  # our own --max-steps stop ends the block quietly

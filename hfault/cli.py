@@ -81,8 +81,16 @@ class UsageFailure(Exception):
     """A usage problem found after option parsing (exit 2)."""
 
 
+def _first_line(message: object) -> str:
+    """An exception message's first line, marked when it had more."""
+    lines = [line for line in str(message or "").splitlines() if line.strip()] or [""]
+    return lines[0] + (f" [+{len(lines) - 1} more line(s)]" if len(lines) > 1 else "")
+
+
 def _err(message: str) -> None:
-    print(f"hfault: error: {message}", file=sys.stderr)
+    """One line on stderr, whatever the message: a multi-line exception message keeps its first
+    line (the rest is in the JSON report and under ``--traceback``)."""
+    print(f"hfault: error: {_first_line(message)}", file=sys.stderr)
 
 
 @app.callback(invoke_without_command=True)
@@ -233,9 +241,10 @@ def diagnose(
         where = f" ({err.get('file')}:{err.get('line')})" if err.get("file") else ""
         if err.get("internal"):
             _err(f"internal error while observing the script (not the script's fault): "
-                 f"{err.get('type')}: {err.get('message')} (please report; --traceback for more)")
+                 f"{err.get('type')}: {_first_line(err.get('message'))} (please report; "
+                 "--traceback for more)")
         else:
-            _err(f"the script raised {err.get('type')}: {err.get('message')}{where}")
+            _err(f"the script raised {err.get('type')}: {_first_line(err.get('message'))}{where}")
         if show_traceback and err.get("traceback"):
             print(err["traceback"], file=sys.stderr, end="")
         raise typer.Exit(ExitCode.INTERNAL if err.get("internal") else ExitCode.SCRIPT_CRASHED)
@@ -301,11 +310,11 @@ def _emit(
     html_path: Path | None = None,
 ) -> None:
     """Every output of a report: its files, then (unless quiet) the terminal report."""
-    from hfault.report.terminal import render
+    from hfault.report.terminal import render, report_console
 
     written = write_outputs(data, catalog, Outputs(json_path, sarif_path, graph_path, html_path))
     if not quiet:
-        render(data, Console(width=None if sys.stdout.isatty() else 120))
+        render(data, report_console(None if sys.stdout.isatty() else 120))
         for line in written:
             print(line, file=sys.stderr)
 
@@ -337,6 +346,8 @@ def report_command(
         raise UsageFailure(f"cannot read {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise UsageFailure(f"{path}:{exc.lineno}: not a JSON report: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise UsageFailure(f"{path}: not a JSON report: not UTF-8 text") from None
     if not isinstance(data, dict) or "findings" not in data or "run" not in data:
         raise UsageFailure(f"{path}: not an hfault JSON report (no 'run' and 'findings')")
     derive(data)  # a report saved before a derived metric existed renders the same
@@ -419,6 +430,7 @@ def perturb_command(
     from hfault.perturb.injection import InjectionError, parse_injection
     from hfault.perturb.report import render as render_perturb
     from hfault.perturb.report import write_json
+    from hfault.report.terminal import report_console
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
@@ -457,7 +469,7 @@ def perturb_command(
     if json_path is not None:
         write_json(result.data, json_path)
     if not quiet:
-        render_perturb(result.data, Console(width=None if sys.stdout.isatty() else 120))
+        render_perturb(result.data, report_console(None if sys.stdout.isatty() else 120))
         if json_path is not None:
             print(f"JSON written to {json_path}", file=sys.stderr)
     if result.error:

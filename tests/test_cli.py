@@ -257,3 +257,30 @@ def test_loss_fed_probabilities_is_flagged_at_the_output_layer(cli, tmp_path, mo
     cli("diagnose", str(script), "--no-curvature", "--", "--steps", "6", "--mode", mode,
         "--out", str(watched))
     assert_same_training(plain, watched)
+
+
+def test_report_of_a_file_that_is_not_utf8_is_a_usage_error(cli, tmp_path):
+    path = tmp_path / "report.json"
+    path.write_bytes(b"\xff\xfe{}")
+    result = cli("report", str(path), json_report=False)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert_one_line_error(result.stderr, "not a JSON report: not UTF-8 text")
+
+
+def test_a_syntax_error_is_located_in_the_script(cli, tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("import torch\nx = (\n")
+    result = cli("diagnose", str(script))
+    assert result.returncode == ExitCode.SCRIPT_CRASHED, result.stderr
+    assert_one_line_error(result.stderr, f"({script}:2)")
+    err = result.report["run"]["error"]
+    assert (err["type"], err["file"], err["line"]) == ("SyntaxError", str(script), 2)
+
+
+def test_a_multi_line_exception_message_stays_one_line(cli, tmp_path):
+    script = tmp_path / "multi.py"
+    script.write_text('raise RuntimeError("first\\nsecond\\nthird")\n')
+    result = cli("diagnose", str(script))
+    assert result.returncode == ExitCode.SCRIPT_CRASHED, result.stderr
+    assert_one_line_error(result.stderr, f"RuntimeError: first [+2 more line(s)] ({script}:1)")
+    assert result.report["run"]["error"]["message"] == "first\nsecond\nthird"

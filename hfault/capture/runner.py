@@ -61,13 +61,20 @@ def _error(exc: BaseException, script: Path) -> dict[str, object]:
     outside = [
         f for f in traceback.extract_tb(exc.__traceback__) if not frames.is_hfault(f.filename)
     ]
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
+    where: dict[str, object] = {
         "file": frame.filename if frame else None,
         "line": frame.lineno if frame else None,
         "function": frame.name if frame else None,
         "code": frame.line if frame else None,
+    }
+    if isinstance(exc, SyntaxError) and exc.filename:
+        # Raised while compiling: the traceback ends in runpy, the place is on the exception.
+        where = {"file": exc.filename, "line": exc.lineno, "function": None,
+                 "code": (exc.text or "").strip() or None}
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        **where,
         "traceback": "".join(traceback.format_list(outside))
         + "".join(traceback.format_exception_only(type(exc), exc)),
     }

@@ -31,10 +31,17 @@ MAX_SNIPPETS = 3
 MAX_EDGES = 8
 
 
+def report_console(width: int | None = None) -> Console:
+    """The console reports are printed on. Markup is off: names, messages and paths come from the
+    user's code and may hold ``[`` and ``]`` (a ModuleDict key, an exception message), which rich
+    would otherwise read as markup, drop, or fail on. Styles are set with ``Text`` instead."""
+    return Console(width=width, markup=False)
+
+
 def render(report: Mapping[str, Any], console: Console) -> None:
     """Render a report's JSON form, so a saved report (``hfault report``) looks the same."""
     run, summary = report["run"], report["summary"]
-    console.print(Rule("[bold]hfault report"))
+    console.print(Rule(Text("hfault report", style="bold")))
     verdict, counts = summary["verdict"], summary["counts"]
     head = Text()
     head.append(verdict.replace("_", " ").upper(), style=_VERDICT_STYLE.get(verdict, "bold"))
@@ -116,7 +123,7 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
             console.print(
                 Panel(
                     Syntax(fix["snippet"].strip(), "python", theme="ansi_dark", word_wrap=True),
-                    title=f"fix for #{f['rank']} {f['rule']} ({f.get('component') or 'run'})",
+                    title=Text(f"fix for #{f['rank']} {f['rule']} ({f.get('component') or 'run'})"),
                     title_align="left",
                     box=box.ROUNDED,
                 )
@@ -142,7 +149,8 @@ def _propagation(report: Mapping[str, Any], console: Console) -> None:
         lines.append("group ", style="bold")
         lines.append(", ".join(group) + "\n")
     if lines.plain:
-        console.print(Panel(lines, title=f"How it propagates (coupling graph, step {prop['step']})",
+        console.print(Panel(lines, title=Text(f"How it propagates (coupling graph, step "
+                                              f"{prop['step']})"),
                             title_align="left", box=box.ROUNDED))
 
 
@@ -304,7 +312,7 @@ def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
     vf = report.get("verify_fix")
     if not isinstance(vf, Mapping):
         return
-    console.print(Rule("[bold]Fix verification"))
+    console.print(Rule(Text("Fix verification", style="bold")))
     verdict = str(vf.get("verdict", "?"))
     line = Text(verdict.replace("_", " ").upper(), style=_FIX_VERDICT_STYLE.get(verdict, "bold"))
     line.append(f"  {vf.get('summary', '')}")
