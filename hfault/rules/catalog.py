@@ -52,9 +52,17 @@ def find_pyproject(start: Path) -> Path | None:
         candidate = directory / "pyproject.toml"
         if candidate.is_file():
             try:
-                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError):
-                continue  # someone else's broken pyproject is not ours to report
+                text = candidate.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError:
+                # A broken pyproject is not ours to report, unless it holds our settings: then
+                # dropping them silently would run with thresholds the user did not choose.
+                if "[tool.hfault" in text:
+                    return candidate  # load_config reports the error (exit 2)
+                continue
             if "hfault" in data.get("tool", {}):
                 return candidate
     return None

@@ -471,7 +471,7 @@ def test_split_codes() -> None:
 def test_find_pyproject_takes_the_nearest_with_a_hfault_table(tmp_path: Path) -> None:
     top = write(tmp_path / "a", "pyproject.toml", '[tool.hfault]\nselect = ["HF2"]\n')
     write(tmp_path / "a" / "b", "pyproject.toml", '[project]\nname = "inner"\n')  # not ours
-    write(tmp_path / "a" / "b" / "c", "pyproject.toml", "[tool.hfault\nbroken")  # unreadable
+    write(tmp_path / "a" / "b" / "c", "pyproject.toml", "[project\nbroken")  # someone else's
     nested = tmp_path / "a" / "b" / "c" / "d"
     nested.mkdir(parents=True)
     assert find_pyproject(nested) == top
@@ -479,6 +479,14 @@ def test_find_pyproject_takes_the_nearest_with_a_hfault_table(tmp_path: Path) ->
     inner = write(tmp_path / "a" / "b" / "c" / "d", "pyproject.toml", "[tool.hfault]\n")
     assert find_pyproject(nested) == inner
     assert load_config(inner) == Config(source=inner, text="[tool.hfault]\n")
+
+
+def test_a_broken_pyproject_with_our_table_is_reported_not_skipped(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", '[tool.hfault]\nselect = ["HF2"]\n')
+    broken = write(tmp_path / "a", "pyproject.toml", '[tool.hfault]\nselect = ["HF0"\n')
+    assert find_pyproject(tmp_path / "a") == broken  # not silently the one above
+    with pytest.raises(RuleError, match="invalid TOML"):
+        load_config(broken)
 
 
 def test_find_pyproject_none(tmp_path: Path) -> None:
