@@ -64,23 +64,23 @@ def diagnose_and_verify(
             data, reason or "no finding has a fix that can be applied mechanically (a "
             "per-component learning rate or gradient clipping)", skipped)
         return Verification(first, data)
-    return verify(options, first, plan, skipped, progress, steps, process)
+    return verify(options, first, data, plan, skipped, progress, steps, process)
 
 
 def verify(
     options: DiagnoseOptions,
     first: Diagnosis,
+    data: dict[str, Any],
     plan: list[PlannedFix],
     skipped: list[dict[str, Any]],
     progress: Callable[[str], None] | None = None,
     steps: int | None = None,
     process: ProcessState | None = None,
 ) -> Verification:
-    """Rerun ``first``'s script with ``plan`` applied and compare (``verify_fix``); ``process``:
-    the process state saved before the first run (None: now, for a caller that has not changed
-    it since)."""
+    """Rerun ``first``'s script with ``plan`` applied and compare with ``data`` (``first``'s
+    report dict, which gets ``verify_fix``); ``process``: the process state saved before the
+    first run (None: now, for a caller that has not changed it since)."""
     process = process or ProcessState()
-    data = first.report.to_dict()
     _release(first.state)
     horizon = Horizon.of(options, first, steps)
     before = data
