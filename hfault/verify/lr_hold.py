@@ -75,7 +75,7 @@ class LrHold:
                         if i not in touched and lr), None)
             lr = construction_lrs[group] if group < len(construction_lrs) else None
             if ref is not None and lr is not None:
-                self._add(opt, _Watch(record, group, ref, lr / construction_lrs[ref]))  # type: ignore[operator]
+                self._add(opt, _Watch(record, group, ref, lr / construction_lrs[ref]))
 
     def _add(self, opt: torch.optim.Optimizer, watch: _Watch) -> None:
         self._watches.setdefault(id(opt), []).append(watch)
