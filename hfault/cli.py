@@ -187,11 +187,24 @@ def diagnose(
             "same steps; the exit code still comes from the first run's findings.",
         ),
     ] = False,
+    verify_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--verify-steps",
+            min=1,
+            help="With --verify-fix: compare both runs over N optimizer steps (the rerun "
+            "stops there; where the first run trained other steps, a rerun without fixes is the "
+            "baseline). Default: the first run's steps (--max-steps, else the whole run).",
+        ),
+    ] = None,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
 ) -> None:
     from hfault.diagnose import DiagnoseOptions, diagnose
+
+    if verify_steps is not None and not verify_fix:
+        raise UsageFailure("--verify-steps needs --verify-fix")
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
@@ -225,7 +238,7 @@ def diagnose(
             if not quiet:
                 print(f"hfault: {text}", file=sys.stderr, flush=True)
 
-        verified = diagnose_and_verify(options, progress)
+        verified = diagnose_and_verify(options, progress, verify_steps)
         result, data = verified.first, verified.data
     else:
         result = diagnose(options)

@@ -317,6 +317,10 @@ def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
     line = Text(verdict.replace("_", " ").upper(), style=_FIX_VERDICT_STYLE.get(verdict, "bold"))
     line.append(f"  {vf.get('summary', '')}")
     console.print(line)
+    horizon = vf.get("horizon")
+    if isinstance(horizon, Mapping) and horizon.get("baseline") == "rerun":
+        console.print(f"compared over {horizon.get('steps')} steps (--verify-steps): the before "
+                      "side is a rerun without fixes, the first run trained other steps")
     fixes = [f for f in vf.get("fixes") or [] if isinstance(f, Mapping)]
     if fixes:
         table = Table(title="Fixes applied in the rerun", box=box.SIMPLE, title_justify="left",
@@ -328,8 +332,12 @@ def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
                 what = f"lr {_arrow(f.get('lr_before'), f.get('lr_after'))}"
             else:
                 what = f"clip ‖g‖ ≤ {fmt(f.get('max_norm'))}"
-            table.add_row(str(f.get("rule")), str(f.get("component")), what,
-                          str(f.get("note") or ""))
+            how = str(f.get("note") or "")
+            held = f.get("in_effect")
+            if isinstance(held, Mapping) and held.get("held") is False:
+                how += (f"; NOT IN EFFECT from step {held.get('first_step_off')}: the script "
+                        "sets the LR itself")
+            table.add_row(str(f.get("rule")), str(f.get("component")), what, how)
         console.print(table)
     steps = list(vf.get("steps") or [])
     cols = _pick_steps(steps)

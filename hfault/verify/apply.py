@@ -22,11 +22,13 @@ from hfault.fixes.clip_grad import CLIP_GRAD, clip_gradients
 from hfault.fixes.kind import PlannedFix
 from hfault.fixes.lower_lr import (
     LOWER_LR,
+    as_float,
     as_groups,
     flat_params,
     held_in_order,
     split_param_groups,
 )
+from hfault.verify.lr_hold import LrHold
 
 
 # ---------------------------------------------------------------- applying (rerun)
@@ -44,6 +46,8 @@ class FixApplier(Listener):
         self.clip_steps = 0
         self.clipped_steps = 0
         self.largest_norm: float | None = None
+        self.hold = LrHold()
+        """Whether each LR fix stayed in effect (the script may assign the LR itself)."""
         self._optimizers: dict[int, int] = {}
         self._done: set[int] = set()
 
@@ -58,6 +62,9 @@ class FixApplier(Listener):
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         self._clip(opt)
+
+    def after_step(self, opt: torch.optim.Optimizer) -> None:
+        self.hold.check(opt)
 
     def close(self) -> None:
         for fix in self.lr_fixes:
@@ -110,12 +117,19 @@ class FixApplier(Listener):
             else:
                 moves.append((fix, found))
         results = split_param_groups(groups, [(t, f.factor or 1.0) for f, t in moves], defaults)
+        records = []
         for (fix, _), result in zip(moves, results, strict=True):
             if isinstance(result, str):
                 self._fail(fix, result)
                 continue
             self._done.add(id(fix))
-            self.applied.append(self._record(fix, type(opt).__name__, result))
+            records.append(self._record(fix, type(opt).__name__, result))
+        self.applied += records
+        lrs = [as_float(g.get("lr", defaults.get("lr"))) for g in groups]
+        touched = {c["new_group"] if c["new_group"] is not None else c["group"]
+                   for r in records for c in r["groups"]}
+        for record in records:
+            self.hold.watch(opt, record, lrs, touched)
 
     def _resolve(self, fix: PlannedFix, flat: Sequence[torch.Tensor]) -> list[torch.Tensor] | str:
         """The rerun's tensors of ``fix``'s component: by parameter name on the root module of

@@ -1,17 +1,23 @@
 """Before/after comparison and verdict of ``hfault diagnose --verify-fix``.
 
 Pure functions on two report dicts (the JSON form), so a saved report pair can be compared again
-and the criteria are testable without running anything. The verdict, in this order:
+and the criteria are testable without running anything. The verdict is led by the outcome,
+the training loss over the compared horizon (``--verify-steps``); the findings' change is
+evidence beside it. In this order:
 
-- ``not_applicable``: no mechanical fix among the findings, or none could be applied (no rerun,
-  or a rerun without any change); :mod:`hfault.verify` also sets it when the rerun was
-  interrupted or the param-group split broke the script's LR scheduler (per-group lists).
+- ``not_applicable``: a learning-rate fix was not in effect (the script assigned the LR itself,
+  :mod:`hfault.verify.lr_hold`: no verdict on a fix that was not applied); no mechanical fix
+  among the findings, or none could be applied (no rerun, or a rerun without any change);
+  :mod:`hfault.verify.flow` also sets it when the rerun was interrupted or the param-group split
+  broke the script's LR scheduler (per-group lists).
 - ``worse``: the rerun crashed where the first run did not; or the final loss (mean of the last
   10% of the steps, non-finite = worst) rose by more than its tolerance (5% of the first run's,
-  1% of its first loss, or two standard errors of the difference: :func:`loss_tolerance`); or
-  new error findings appeared while no motivating finding went away and the loss did not improve.
-- ``fixed``: every finding that motivated an applied fix (same rule, same component) is gone, no
-  new error finding appeared, and the final loss is not worse.
+  1% of its first loss, or two standard errors of the difference: :func:`loss_tolerance`), even
+  when the motivating findings stopped firing; or new error findings appeared while no
+  motivating finding went away and the loss did not improve.
+- ``fixed``: the final loss is known and not worse beyond its tolerance, every finding that
+  motivated an applied fix (same rule, same component) is gone, and no new error finding
+  appeared.
 - ``improved``: some motivating finding is gone or weaker (lower severity, or score down by at least
   ``SCORE_DROP`` = 10%), or the final loss dropped by more than the tolerance.
 - ``unchanged``: otherwise.
@@ -28,6 +34,7 @@ from hfault.findings import SEVERITY_ORDER
 from hfault.fixes.kind import ALL_PARAMETERS
 from hfault.fixes.registry import KINDS
 from hfault.numbers import as_float, encode, fmt
+from hfault.verify.lr_hold import manual_text, not_in_effect
 
 LOSS_TOLERANCE = 0.05
 """Relative change of the final loss within which it counts as unchanged."""
@@ -295,6 +302,9 @@ def verdict(
 ) -> tuple[str, str]:
     """(verdict, one-sentence summary); the criteria are in the module docstring. ``final``
     holds the final losses ``before``/``after`` and their ``tolerance``."""
+    off = not_in_effect(fixes)
+    if off:
+        return "not_applicable", "; ".join(manual_text(f) for f in off)
     applied = "; ".join(describe_fix(f) for f in fixes)
     tolerance = final.get("tolerance") or 0.0
     loss = loss_change(final.get("before"), final.get("after"), tolerance)
@@ -310,14 +320,16 @@ def verdict(
     still = [d for d in targets if d["status"] != "gone"]
     new_errors = [d for d in diff if d["status"] == "new" and d["severity_after"] == "error"]
     if loss == "worse":
-        head = f"{_names(gone)} gone, but " if gone else ""
-        return "worse", (f"with {applied}: {head}the {loss_text} rose by more than its "
-                         f"tolerance ±{_fmt(tolerance)}")
-    if targets and len(gone) == len(targets) and not new_errors:
+        tail = (f"; {_names(gone)} no longer {_fires(gone)}, but the training is worse"
+                if gone else "")
+        return "worse", (f"the {loss_text} rose by more than its tolerance ±{_fmt(tolerance)} "
+                         f"with {applied}{tail}")
+    if targets and len(gone) == len(targets) and not new_errors and loss in ("same", "better"):
         others = [d for d in diff if d["status"] != "gone" and d["severity_after"] == "error"]
         rest = f"; other error findings remain: {_names(others)}" if others else ""
-        return "fixed", (f"{_names(gone)} no longer {_fires(gone)} with {applied}; "
-                         f"{loss_text}{rest}")
+        how = "lower" if loss == "better" else f"within ±{_fmt(tolerance)}"
+        return "fixed", (f"{loss_text} ({how}) and {_names(gone)} no longer {_fires(gone)} "
+                         f"with {applied}{rest}")
     if new_errors and not gone and loss != "better":
         return "worse", f"with {applied}: new error finding(s) {_names(new_errors)}; {loss_text}"
     if gone or weaker or loss == "better":
@@ -331,6 +343,8 @@ def verdict(
             parts.append(f"{_names(remaining)} still {_fires(remaining)}")
         if new_errors:
             parts.append(f"new: {_names(new_errors)}")
+        if loss is None:
+            parts.append("no loss was recorded to judge the outcome: not fixed")
         return "improved", f"with {applied}: " + "; ".join([*parts, loss_text])
     within = f" (within ±{_fmt(tolerance)})" if tolerance else ""
     return "unchanged", (f"with {applied}: {_names(still) or 'the findings'} still "

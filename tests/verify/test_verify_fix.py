@@ -31,12 +31,12 @@ from hfault.verify.compare import (
 )
 from tests.conftest import SAMPLES, SCRIPTS, CliResult, run_cli
 
+pytestmark = pytest.mark.e2e  # runs real training scripts
+
 # SGD far beyond 2/λmax on a linear regression: the loss grows every step (HF010, HF201 fire).
 DIVERGE = '''
 import torch
 from torch import nn
-
-pytestmark = pytest.mark.e2e  # runs real training scripts
 
 torch.manual_seed(0)
 x = torch.randn(256, 8)
