@@ -165,14 +165,15 @@ def _where(site: OptimizerSite, variant: str, optimizer: str) -> str:
             "makes Trainer(...) (or build the optimizer, split it as below and pass "
             "Trainer(..., optimizers=(optimizer, None))).")
     else:
-        built = "the statement that builds the optimizer"
+        built, at = "the statement that builds the optimizer", ""
         if site.file and site.line:
             lines = (f"line {site.line}" if not site.end_line or site.end_line == site.line
                      else f"lines {site.line}-{site.end_line}")
-            built = f"{lines} of {site.file}, where the optimizer is built"
+            at = f"{lines} of {site.file}"
+            built = f"{at}, where the optimizer is built"
         if site.returned:
-            text = (f"Assign the optimizer to {optimizer} at {built} instead of returning it, "
-                    "then paste this after it, before the first step")
+            text = (f"Where the optimizer is returned ({at or 'its construction'}), assign it to "
+                    f"{optimizer} instead, then paste this right after, before the first step")
         else:
             text = f"Paste right after {built}, before the first step"
         if variant == "method":
