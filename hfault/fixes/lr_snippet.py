@@ -19,7 +19,7 @@ import ast
 import re
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def read_site(optimizer: Mapping[str, Any], script: str | None = None) -> Optimi
         str(file)).parts)
     trainer = in_library and "Trainer(" in (script_text or "")
     if in_library:  # built inside a library: its line is no place to paste
-        return _replace(base, file=None, line=None, trainer=trainer)
+        return replace(base, file=None, line=None, trainer=trainer)
     if text is None or base.line is None:
         return base
     try:
@@ -83,7 +83,7 @@ def read_site(optimizer: Mapping[str, Any], script: str | None = None) -> Optimi
             target = ast.unparse(first)
     method = function is not None and function.args.args[:1] != [] and \
         function.args.args[0].arg == "self"
-    return _replace(
+    return replace(
         base, end_line=stmt.end_lineno, target=target, returned=isinstance(stmt, ast.Return),
         function=function.name if function else None,
         self_is_model=method and function is not None
@@ -220,9 +220,3 @@ def _read(path: str | None) -> str | None:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def _replace(site: OptimizerSite, **changes: Any) -> OptimizerSite:
-    from dataclasses import replace
-
-    return replace(site, **changes)
