@@ -14,6 +14,7 @@ from hfault.capture.contribution import ReportDraft
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
+from hfault.fixes.dedupe import relate
 from hfault.graph.analysis import output_nodes, propagation_summary, strongest_path
 from hfault.numbers import as_float
 from hfault.probes.curvature_probe import CurvatureConfig
@@ -126,8 +127,9 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
 
 
 def judge(report: Report, rules: list[Rule]) -> None:
-    """Apply the rules to a report's data: ranked findings, and the propagation of the flagged
-    components through the last coupling graph."""
+    """Apply the rules to a report's data: ranked findings, the propagation of the flagged
+    components through the last coupling graph, and which findings are consequences of others
+    or share their fix."""
     for snapshot in report.snapshots:  # stored once: the rules and the renderers read them
         derive_metrics(snapshot.metrics)
     graph = next((s.graph for s in reversed(report.snapshots) if s.graph is not None), None)
@@ -146,3 +148,4 @@ def judge(report: Report, rules: list[Rule]) -> None:
         flagged = list(dict.fromkeys(f.component for f in report.findings if f.component))
         step = next(s.step for s in reversed(report.snapshots) if s.graph is graph)
         report.propagation = {"step": step, **propagation_summary(graph, flagged)}
+    relate(report.findings, report.to_dict())  # one fix per root cause (presentation only)

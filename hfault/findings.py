@@ -46,6 +46,13 @@ class Finding:
     """Hash of rule, component and script: the same fault keeps it across runs (SARIF dedup)."""
     related: list[str] = field(default_factory=list)
     """Other components the finding involves (the far end of a coupling, a propagation path)."""
+    consequence_of: int | None = None
+    """Rank of the higher-ranked finding the report shows this one to be a consequence of (its
+    fix is that finding's; :mod:`hfault.fixes.dedupe`)."""
+    fix_of: int | None = None
+    """Rank of the higher-ranked finding whose identical fix this one shares (shown there)."""
+    relation: str | None = None
+    """Why: the relation recorded in the report (a coupling, a propagation path, the same fix)."""
 
     def sort_key(self) -> tuple[int, bool, float, str, str]:
         """Severity, then score (highest first; an unknown, NaN score after every known one of
@@ -69,6 +76,9 @@ class Finding:
             "location": self.location,
             "fingerprint": self.fingerprint,
             "related": self.related,
+            "consequence_of": self.consequence_of,
+            "fix_of": self.fix_of,
+            "relation": self.relation,
         }
 
 

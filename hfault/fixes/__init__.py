@@ -3,7 +3,7 @@ mechanically, how it is planned and applied in the rerun. One module per kind, r
 :mod:`.registry`; every finding's ``fix.values["kind"]`` names one (docs/fixes.md)."""
 
 from hfault.fixes.kind import ALL_PARAMETERS, FixKind, FixTarget, PlanContext, PlannedFix, Skip
-from hfault.fixes.lower_lr import param_group_snippet
+from hfault.fixes.lr_snippet import param_group_snippet
 from hfault.fixes.registry import ALIASES, KINDS, kind_of
 
 __all__ = [

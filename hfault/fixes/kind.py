@@ -35,6 +35,8 @@ class FixTarget:
     """The component's learning rate at its last measured step."""
     optimizer: Mapping[str, Any] = field(default_factory=dict)
     """The report's record (``run.optimizers[i]``) of the optimizer training the component."""
+    script: str | None = None
+    """The script the report ran (``run.script``): snippets read it for how it builds things."""
 
 
 @dataclass

@@ -2,8 +2,9 @@
 group.
 
 - Filled in: ``factor`` (the rule's expression, in (0, 1), to 3 significant digits) times the
-  component's last measured learning rate gives ``new_lr``; the snippet rebuilds the script's
-  optimizer class with the split (:func:`param_group_snippet`).
+  component's last measured learning rate gives ``new_lr``; the snippet splits the component out
+  of the param groups of the optimizer the script built, keeping each group's settings, with
+  ``lr × factor`` (:mod:`hfault.fixes.lr_snippet`).
 - Planned: one fix per component, from its highest-ranked finding. Parameters are matched by
   name: the first run records the component's parameter names from ``named_parameters()`` of
   its root module; the rerun finds the module of that class holding the new optimizer's
@@ -32,6 +33,7 @@ from hfault.fixes.kind import (
     number_text,
     positive,
 )
+from hfault.fixes.lr_snippet import param_group_snippet, read_site
 
 if TYPE_CHECKING:
     import torch
@@ -59,11 +61,10 @@ class LowerLr(FixKind):
             return None  # no learning rate known
         factor = float(f"{factor:.3g}")
         new_lr = lr * factor
-        opt, opt_lr = target.optimizer, target.optimizer.get("lr")
-        base_lr = float(opt_lr) if isinstance(opt_lr, (int, float)) else float(lr)
         values = {"kind": self.name, "component": comp["name"], "lr": lr, "new_lr": new_lr,
                   "factor": factor}
-        return values, param_group_snippet(comp, str(opt.get("class", "SGD")), base_lr, new_lr)
+        return values, param_group_snippet(comp, factor,
+                                           read_site(target.optimizer, target.script))
 
     def plan(self, finding: Mapping[str, Any], values: Mapping[str, Any], context: PlanContext
              ) -> PlannedFix | Skip | None:
@@ -117,34 +118,6 @@ class LowerLr(FixKind):
 
 
 LOWER_LR = LowerLr()
-
-
-# ---------------------------------------------------------------- the snippet
-def param_group_snippet(
-    component: Mapping[str, Any], optimizer_class: str, base_lr: float, new_lr: float
-) -> str:
-    """Optimizer construction with the component's parameters in their own param group.
-
-    ``component`` is a report component (``Component.to_dict()``): fixes are built from report
-    data so that a saved report can be re-judged."""
-    note = ""
-    if any("[" in p for p in component.get("parameters", [])):
-        note = (
-            f"# {component['name']} is a slice of a fused tensor: param groups cannot split it,\n"
-            "# so the whole fused module gets the lower learning rate.\n"
-        )
-    access = component.get("access") or (
-        f'list(model.get_submodule("{component["name"]}").parameters())'
-    )
-    return (
-        f"{note}flagged = {access}\n"
-        "flagged_ids = {id(p) for p in flagged}\n"
-        "rest = [p for p in model.parameters() if id(p) not in flagged_ids]\n"
-        f"optimizer = torch.optim.{optimizer_class}(\n"
-        f'    [{{"params": rest}}, {{"params": flagged, "lr": {new_lr:.3g}}}],\n'
-        f"    lr={base_lr:.3g},\n"
-        ")"
-    )
 
 
 # ---------------------------------------------------------------- the split (rerun)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfault.fixes.dedupe import relation_text
 from hfault.numbers import as_float, fmt
 from hfault.report import svg
 from hfault.report.svg import HLine, Mark, Series, esc
@@ -256,9 +257,12 @@ def _finding_card(f: Mapping[str, Any]) -> str:
         f"<p>{esc(f.get('message', ''))}</p>",
         _evidence_block(f.get("evidence") or {}),
     ]
-    if fix.get("summary"):
+    relation = relation_text(f)
+    if relation:
+        parts.append(f'<p class="relation">{esc(relation)}</p>')
+    elif fix.get("summary"):
         parts.append(f'<p class="fix"><strong>Fix:</strong> {esc(fix["summary"])}</p>')
-    if fix.get("snippet"):
+    if fix.get("snippet") and not relation:
         parts.append(f'<pre class="snippet"><code>{esc(str(fix["snippet"]).strip())}</code></pre>')
     meta = []
     if loc.get("path"):
@@ -814,7 +818,7 @@ margin:14px 0;background:#fff}
 dl.evidence{display:flex;flex-wrap:wrap;gap:4px 8px;margin:6px 0;font-size:12.5px}
 dl.evidence div{background:#f3f5f7;border-radius:6px;padding:2px 8px;display:flex;gap:6px}
 dl.evidence dt{color:var(--muted)}dl.evidence dd{margin:0;font-variant-numeric:tabular-nums}
-.fix{margin:8px 0 6px}.fix strong{color:var(--ok)}
+.fix{margin:8px 0 6px}.relation{margin:8px 0 6px;font-style:italic}.fix strong{color:var(--ok)}
 pre{background:#101820;color:#e6edf3;padding:10px 14px;border-radius:8px;overflow:auto;
 font-size:12.5px;line-height:1.45;margin:6px 0}
 .meta,.muted{color:var(--muted);font-size:12.5px}.ok{color:var(--ok);font-weight:600}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hfault.fixes.dedupe import relation_text
 from hfault.numbers import encode
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -161,8 +162,10 @@ def _fingerprint(finding: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------ results
 def _message(finding: Mapping[str, Any]) -> str:
     text = str(finding.get("message") or finding.get("name") or finding.get("rule"))
-    fix = finding.get("fix")
-    if isinstance(fix, Mapping) and fix.get("summary"):
+    fix, relation = finding.get("fix"), relation_text(finding)
+    if relation:
+        text = f"{text} {relation[0].upper()}{relation[1:]}."
+    elif isinstance(fix, Mapping) and fix.get("summary"):
         text = f"{text} Fix: {fix['summary']}"
     return text
 
@@ -180,6 +183,10 @@ def _result(
         props["related"] = _json_safe(finding["related"])
     if finding.get("fix"):
         props["fix"] = _json_safe(finding["fix"])
+    for key, name in (("consequence_of", "consequenceOf"), ("fix_of", "fixOf"),
+                      ("relation", "relation")):
+        if finding.get(key) is not None:
+            props[name] = _json_safe(finding[key])
     return {
         "ruleId": str(finding["rule"]),
         "ruleIndex": rule_index,

@@ -16,6 +16,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from hfault.fixes.dedupe import relation_text
 from hfault.numbers import fmt
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -107,8 +108,10 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
         line.append(f"{f['rule']}", style=_SEVERITY_STYLE[f["severity"]])
         line.append(f"  {f['message']}")
         console.print(line)
-        fix = f.get("fix")
-        if fix:
+        fix, relation = f.get("fix"), relation_text(f)
+        if relation:
+            console.print(Padding(Text(relation, style="cyan"), (0, 0, 0, 5)))
+        elif fix:
             console.print(Padding(Text("fix: " + fix["summary"], style="green"), (0, 0, 0, 5)))
         loc = f.get("location")
         if loc:
@@ -118,7 +121,7 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
     shown = 0
     for f in findings:
         fix = f.get("fix")
-        if fix and fix.get("snippet") and shown < MAX_SNIPPETS:
+        if fix and fix.get("snippet") and shown < MAX_SNIPPETS and not relation_text(f):
             shown += 1
             console.print(
                 Panel(

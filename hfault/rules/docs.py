@@ -98,9 +98,14 @@ expressions, evaluated in order, each may read the ones above it), `step`, `comp
 (`error = "expr"`), `suppressed_by`, `[[fix]]` (`kind`, `summary`, `snippet`, `when`, `values`,
 and the kind's own fields), `example` and `references`.
 
+Two evidence names record which way a fault travels, so that a finding a higher-ranked one
+explains is shown as its consequence rather than with a fix of its own (`consequence_of`,
+[report.md](report.md)): `pushed_by`, the component that pushed this finding's component, and
+`downstream_component`, the component this finding's component cascades into (HF203).
+
 A fix's `kind` says what it changes, and is written into the finding's `fix.values.kind`:
 `manual` (the default: a code change made by hand), `lower_lr` with a `factor` expression (a
-param-group split for the script's optimizer, with its snippet), `clip_grad` with `max_norm` (a
+param-group split of the script's own optimizer, with its snippet), `clip_grad` with `max_norm` (a
 number or expression). `--verify-fix` applies `lower_lr` and `clip_grad` fixes without touching
 the script. The kinds, their values and how to add one: [fixes.md](fixes.md).
 

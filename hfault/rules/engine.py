@@ -142,7 +142,9 @@ def _target(features: Features, component: str | None) -> FixTarget:
     lr_series = features.component_features(comp["name"]).get("lr")
     lr = _scalar(lr_series.present()[-1][1] if isinstance(lr_series, Series)
                  and lr_series.present() else None)
-    return FixTarget(comp, lr, _optimizer_of(features.report, comp))
+    script = features.report.get("run", {}).get("script")
+    return FixTarget(comp, lr, _optimizer_of(features.report, comp),
+                     script if isinstance(script, str) else None)
 
 
 def _optimizer_of(report: Mapping[str, Any], comp: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def test_rule_fires_on_its_fixture(rule_id: str, which: str) -> None:
     if "expect_new_lr" in spec and spec.get("expect_fix_kind", "lower_lr") == "lower_lr":
         assert finding.fix is not None
         assert finding.fix.values["new_lr"] == pytest.approx(spec["expect_new_lr"], rel=1e-3)
-        assert "torch.optim." in (finding.fix.snippet or "")
+        assert ".add_param_group(split)" in (finding.fix.snippet or "")
 
 
 @pytest.mark.parametrize(("rule_id", "which"), _cases("quiet"))

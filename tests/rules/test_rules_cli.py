@@ -145,7 +145,11 @@ def test_demo_fault_is_localized_with_evidence_fix_and_propagation(demo) -> None
     fix = lr_fixes[0]["fix"]
     assert fix["values"]["lr"] == pytest.approx(0.3)
     assert fix["values"]["new_lr"] == pytest.approx(0.003, rel=0.05)
-    assert "torch.optim.AdamW(" in fix["snippet"]
+    assert "optimizer.add_param_group(split)" in fix["snippet"]
+    # build_optimizer returns it: assigned, split, returned
+    assert "transformer_lr_fault.py), assign it to optimizer" in fix["snippet"].replace(
+        "\n# ", " ")
+    assert fix["snippet"].rstrip().endswith("return optimizer")
     assert lr_fixes[0]["location"]["path"].endswith("transformer_lr_fault.py")
     prop = result.report["propagation"]
     assert prop["paths"] and prop["paths"][0]["source"] == "blocks.0.attn.q_proj"
