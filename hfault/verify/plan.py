@@ -31,6 +31,13 @@ def plan_fixes(
         kind = kind_of(values)
         if kind is None or not kind.mechanical:
             continue
+        if f.get("consequence_of") is not None:
+            # A symptom of a higher-ranked finding: fixing the cause is the fix; applying both
+            # over-fixes (the report shows it without a fix of its own).
+            skipped.append({"rule": f["rule"], "component": f.get("component") or ALL_PARAMETERS,
+                            "kind": kind.name, "reason": "a consequence of finding "
+                            f"#{f['consequence_of']}, whose fix is applied instead"})
+            continue
         planned = kind.plan(f, values, context)
         if isinstance(planned, Skip):
             skipped.append({"rule": f["rule"], "component": planned.component or ALL_PARAMETERS,

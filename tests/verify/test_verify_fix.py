@@ -427,3 +427,22 @@ def test_verify_fix_object_has_the_agreed_shape(lr_verified) -> None:  # type: i
         assert len(m["steps"]) == len(m["before"]) == len(m["after"])
     assert all(len(p) == 2 for p in vf["loss"]["before"] + vf["loss"]["after"])
     json.dumps(vf, allow_nan=False)
+
+
+def test_a_consequence_gets_no_fix_of_its_own_in_the_rerun() -> None:
+    """A finding the report explains by a higher-ranked one (``consequence_of``) is skipped:
+    applying both fixes over-fixes."""
+    first = diagnose(DiagnoseOptions(SCRIPTS / "basic_train.py", ["--steps", "2"],
+                                     curvature=None))
+
+    def finding(rank: int, component: str, **extra: Any) -> dict[str, Any]:
+        return {"rule": "HF006", "component": component, "severity": "error", "score": 1.0,
+                "rank": rank, **extra, "fix": {"summary": "", "snippet": None, "values": {
+                    "kind": "lower_lr", "component": component, "lr": 0.1, "new_lr": 0.01,
+                    "factor": 0.1}}}
+
+    report = {"findings": [finding(1, "head"), finding(2, "embed", consequence_of=1)]}
+    fixes, skipped = plan_fixes(report, first.state)
+    assert [f.component for f in fixes] == ["head"]
+    assert skipped == [{"rule": "HF006", "component": "embed", "kind": "lower_lr",
+                        "reason": "a consequence of finding #1, whose fix is applied instead"}]
