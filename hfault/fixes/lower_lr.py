@@ -209,8 +209,9 @@ def applied_record(fix: PlannedFix, opt_class: str, result: Mapping[str, Any]
     if fix.lr is not None and lr_before is not None and not math.isclose(
             lr_before, fix.lr, rel_tol=1e-6):
         note += (f"; the finding saw lr {fix.lr:.3g} ({fix.rule}), the optimizer was built "
-                 f"with {lr_before:.3g} (a scheduler): ×{fix.factor:.3g} scales the whole "
-                 "schedule")
+                 f"with {lr_before:.3g} (a scheduler or the script changes it later): "
+                 f"×{fix.factor:.3g} scales the value it was built with (whether the factor "
+                 "held at every step is in in_effect)")
     return {
         "rule": fix.rule,
         "component": fix.component,

@@ -186,7 +186,8 @@ def test_applied_record_and_texts() -> None:
         "AdamW #0: moved from param group 0 to new group 1; attn.in_proj.query is a slice of "
         "attn.in_proj_weight, which param groups cannot split: the whole tensor gets the new "
         "learning rate; the finding saw lr 0.05 (HF201), the optimizer was built with 0.1 (a "
-        "scheduler): ×0.1 scales the whole schedule")
+        "scheduler or the script changes it later): ×0.1 scales the value it was built with "
+        "(whether the factor held at every step is in in_effect)")
     assert LOWER_LR.applied_text(record) == "attn.in_proj.query: lr 0.1 → 0.01 (×0.1, HF201)"
     assert LOWER_LR.describe(record) == "lr of attn.in_proj.query 0.1 → 0.01"
     assert LOWER_LR.plan_text(fix) == "attn.in_proj.query lr ×0.1 (HF201)"
