@@ -3,6 +3,12 @@
 :class:`GradientStats` takes them at every step; the scheduled steps (and the last one seen) are
 the report's snapshots, with the update ratio of the weights and what the script's own gradient
 processing (clipping) did to the step.
+
+Any step may turn out to be the last, so every step computes every statistic, but on the device:
+a few fused ``torch._foreach_norm`` calls over all the stepping optimizer's gradients and weights
+(:mod:`hfault.probes.fused_stats`). Only whether they are all finite is read at each step, with
+the step's other values in one host transfer (``capture.host_reads``); the per-component numbers
+are read when someone asks for them (a snapshot, the last step, a NaN to localize).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 from hfault.capture.contribution import ReportDraft, SnapshotDraft
 from hfault.capture.hooks import MEASURE, BackwardEvent, Listener
 from hfault.components import Component
+from hfault.probes.fused_stats import FusedStats, StepLayout
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -27,43 +34,6 @@ def _sq_norm(tensors: Sequence[torch.Tensor]) -> float:
         return 0.0
     total = torch.stack([t.detach().double().pow(2).sum() for t in tensors]).sum()
     return float(total)
-
-
-def group_lr(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> float | None:
-    for group in optimizer.param_groups:
-        if any(p is param for p in group["params"]):
-            lr = group.get("lr")
-            return float(lr) if lr is not None else None
-    return None
-
-
-def gradient_stats(component: Component, optimizer: torch.optim.Optimizer) -> dict[str, object]:
-    """Gradient norm, weight norm, zero-gradient fraction and learning rate of one component.
-
-    A parameter whose ``.grad`` is None received no gradient (cut from the graph, e.g. by a stray
-    ``.detach()``): it counts as all-zero and sets ``grad_missing``.
-    """
-    grads, missing, zeros = [], 0, 0
-    for part in component.parts:
-        g = part.param.grad
-        if g is None:
-            missing += part.numel
-            continue
-        view = part.view(g)
-        grads.append(view)
-        zeros += int((view == 0).sum())
-    weights = [part.view(part.param) for part in component.parts]
-    grad_sq = _sq_norm(grads)
-    lrs = {lr for part in component.parts if (lr := group_lr(optimizer, part.param)) is not None}
-    numel = component.numel
-    return {
-        "grad_norm": math.sqrt(grad_sq) if math.isfinite(grad_sq) else grad_sq,
-        "grad_rms": math.sqrt(grad_sq / numel) if math.isfinite(grad_sq) else grad_sq,
-        "weight_norm": math.sqrt(_sq_norm(weights)),
-        "zero_grad_fraction": (zeros + missing) / numel,
-        "grad_missing": missing == numel,
-        "lr": max(lrs) if lrs else None,
-    }
 
 
 def grad_norm(component: Component) -> float:
@@ -118,10 +88,33 @@ def grad_scale(applied_norm: object, raw_sq: torch.Tensor | None) -> float | Non
 
 @dataclass
 class StepRecord:
-    """First-order statistics of one optimizer step, per component."""
+    """First-order statistics of one optimizer step, per component; the fused device values are
+    read into ``metrics`` when it is first asked for."""
 
     step: int
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _pending: list[FusedStats] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Component name -> ``grad_norm``, ``grad_rms``, ``weight_norm``,
+        ``zero_grad_fraction``, ``grad_missing``, ``lr`` (and, at scheduled steps,
+        ``grad_scale`` and ``update_ratio``)."""
+        for pending in self._pending:
+            self._metrics.update(pending.metrics())
+        self._pending.clear()
+        return self._metrics
+
+    def add(self, stats: FusedStats) -> None:
+        self._pending.append(stats)
+
+    def finite(self) -> bool:
+        """Whether every gradient and weight norm of the step is finite, without reading the
+        per-component values."""
+        if not all(p.finite() for p in self._pending):
+            return False
+        return all(math.isfinite(float(m["grad_norm"])) and math.isfinite(m["weight_norm"])
+                   for m in self._metrics.values())
 
 
 class GradientStats(Listener):
@@ -136,6 +129,7 @@ class GradientStats(Listener):
         self.last: StepRecord | None = None
         self._before: dict[str, list[torch.Tensor]] = {}
         self._raw_grad_sq: dict[str, torch.Tensor] = {}
+        self._layouts: dict[int, StepLayout] = {}
 
     def after_backward(self, event: BackwardEvent) -> None:
         session = self.session
@@ -148,21 +142,33 @@ class GradientStats(Listener):
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         session = self.session
         step = session.step_of(opt)
-        index = session.optimizer_index(opt)
         record = self.last if self.last and self.last.step == step else None
         if record is None:
             record = StepRecord(step)
-        wanted = session.schedule.wants(step)
-        for comp in session.state.components:
-            if comp.optimizer != index:
-                continue
-            metrics = record.metrics[comp.name] = gradient_stats(comp, opt)
-            if wanted:
-                self._before[comp.name] = copy_weights(comp)
-                metrics["grad_scale"] = grad_scale(
-                    metrics["grad_norm"], self._raw_grad_sq.pop(comp.name, None)
-                )
         self.last = record
+        layout = self._layout(opt)
+        if not layout.components:
+            return
+        record.add(FusedStats.measure(layout, session.reads))
+        if session.schedule.wants(step):
+            metrics = record.metrics
+            for comp in layout.components:
+                self._before[comp.name] = copy_weights(comp)
+                metrics[comp.name]["grad_scale"] = grad_scale(
+                    metrics[comp.name]["grad_norm"], self._raw_grad_sq.pop(comp.name, None)
+                )
+
+    def _layout(self, opt: torch.optim.Optimizer) -> StepLayout:
+        """The optimizer's components flattened into parts, built again when the components
+        are rebuilt or the optimizer's param groups change."""
+        components = self.session.state.components
+        layout = self._layouts.get(id(opt))
+        if layout is None or not layout.fits(opt, components):
+            index = self.session.optimizer_index(opt)
+            layout = StepLayout.build(opt, components, [c for c in components
+                                                        if c.optimizer == index])
+            self._layouts[id(opt)] = layout
+        return layout
 
     def after_step(self, opt: torch.optim.Optimizer) -> None:
         record = self.last
@@ -179,6 +185,7 @@ class GradientStats(Listener):
 
     def close(self) -> None:
         self._before.clear()
+        self._layouts.clear()
 
     def contribute(self, draft: ReportDraft) -> None:
         records = dict(self.snapshots)
