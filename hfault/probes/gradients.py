@@ -23,7 +23,7 @@ import torch
 from hfault.capture.contribution import ReportDraft, SnapshotDraft
 from hfault.capture.hooks import MEASURE, BackwardEvent, Listener
 from hfault.components import Component
-from hfault.probes.fused_stats import FusedStats, StepLayout
+from hfault.probes.fused_stats import FusedStats, StepLayout, stack
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -59,28 +59,32 @@ def update_ratio(component: Component, before: Sequence[torch.Tensor]) -> float 
     return math.sqrt(delta / base)
 
 
-def raw_grad_sq(
-    components: Sequence[Component], loss_scale: float = 1.0
-) -> dict[str, torch.Tensor]:
-    """‖g_b‖² of each component as backward left it (before the script's clipping), as device
-    tensors: no sync until the step reads them. ``loss_scale`` undoes an AMP GradScaler's scale."""
+def raw_grad_norms(components: Sequence[Component]) -> dict[str, torch.Tensor]:
+    """The float64 norms of each component's gradient views as backward left them (before the
+    script's clipping), as device tensors: no sync until the step reads them."""
     out: dict[str, torch.Tensor] = {}
     for comp in components:
-        views = [part.view(part.param.grad).detach() for part in comp.parts
+        views = [part.view(part.param.grad) for part in comp.parts
                  if part.param.grad is not None]
         if views:
-            sq = torch.stack([v.double().pow(2).sum() for v in views]).sum()
-            out[comp.name] = sq / (loss_scale * loss_scale)
+            with torch.no_grad():
+                out[comp.name] = stack(torch._foreach_norm(views, 2, dtype=torch.float64))
     return out
 
 
-def grad_scale(applied_norm: object, raw_sq: torch.Tensor | None) -> float | None:
+def grad_scale(applied_norm: object, raw_norms: torch.Tensor | None,
+               loss_scale: float = 1.0) -> float | None:
     """‖g applied by the optimizer‖ / ‖g from backward‖: what the script's clipping (or any
     gradient rescaling) did to the step. 1 = untouched; ``clip_grad_norm_(max_norm=c)`` with a
-    total norm N > c gives c/N on every component. The effective learning rate is lr × this."""
-    if raw_sq is None or not isinstance(applied_norm, (int, float)):
+    total norm N > c gives c/N on every component. The effective learning rate is lr × this.
+    ``raw_norms`` are ``raw_grad_norms``' (summed as ``FusedStats`` sums, so an untouched
+    gradient gives exactly 1); ``loss_scale`` undoes an AMP GradScaler's scale."""
+    if raw_norms is None or not isinstance(applied_norm, (int, float)):
         return None
-    raw = math.sqrt(float(raw_sq))
+    raw_sq = 0.0
+    for norm in raw_norms.tolist():
+        raw_sq += norm ** 2
+    raw = math.sqrt(raw_sq / (loss_scale * loss_scale))
     if not math.isfinite(raw) or not math.isfinite(applied_norm) or raw == 0.0:
         return None
     return float(applied_norm) / raw
@@ -128,7 +132,8 @@ class GradientStats(Listener):
         self.snapshots: dict[int, StepRecord] = {}
         self.last: StepRecord | None = None
         self._before: dict[str, list[torch.Tensor]] = {}
-        self._raw_grad_sq: dict[str, torch.Tensor] = {}
+        self._raw_grad_norms: dict[str, torch.Tensor] = {}
+        self._raw_loss_scale = 1.0
         self._layouts: dict[int, StepLayout] = {}
 
     def after_backward(self, event: BackwardEvent) -> None:
@@ -137,7 +142,8 @@ class GradientStats(Listener):
         if components and session.schedule.wants(session.state.step + 1):
             # Gradients as backward left them (accumulated over micro-batches: the last call
             # wins), unscaled by the AMP loss scale; device tensors, read at the step.
-            self._raw_grad_sq = raw_grad_sq(components, session.loss_scale)
+            self._raw_grad_norms = raw_grad_norms(components)
+            self._raw_loss_scale = session.loss_scale
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         session = self.session
@@ -155,8 +161,8 @@ class GradientStats(Listener):
             for comp in layout.components:
                 self._before[comp.name] = copy_weights(comp)
                 metrics[comp.name]["grad_scale"] = grad_scale(
-                    metrics[comp.name]["grad_norm"], self._raw_grad_sq.pop(comp.name, None)
-                )
+                    metrics[comp.name]["grad_norm"], self._raw_grad_norms.pop(comp.name, None),
+                    self._raw_loss_scale)
 
     def _layout(self, opt: torch.optim.Optimizer) -> StepLayout:
         """The optimizer's components flattened into parts, built again when the components
