@@ -49,9 +49,9 @@ class StepLayout:
             mine: list[dict[str, Any]] = []
             for part in comp.parts:
                 parts.append((i, part, part.numel))
-                group = group_of.get(id(part.param))
-                if group is not None and not any(g is group for g in mine):
-                    mine.append(group)
+                found = group_of.get(id(part.param))
+                if found is not None and not any(g is found for g in mine):
+                    mine.append(found)
             groups.append(mine)
         return cls(list(components), parts, groups, all_components, len(opt.param_groups))
 

@@ -148,7 +148,9 @@ class GradientWatch:
         self.norms: torch.Tensor | None = None
 
     def record(self, components: Iterable[Any]) -> None:
-        names, owners, views = [], [], []
+        names: list[str] = []
+        owners: list[int] = []
+        views: list[torch.Tensor] = []
         for comp in components:
             for part in comp.parts:
                 if part.param.grad is not None:

@@ -79,7 +79,8 @@ def _step(poison: float | None = None) -> tuple[list[Component], torch.optim.Opt
 @pytest.mark.parametrize("poison", [None, math.nan, math.inf])
 def test_fused_statistics_equal_the_per_component_ones(poison: float | None):
     components, opt = _step(poison)
-    assert {"attn.in_proj.query", "attn.in_proj.key", "attn.in_proj.value"} <= {c.name for c in components}
+    names = {c.name for c in components}
+    assert {"attn.in_proj.query", "attn.in_proj.key", "attn.in_proj.value"} <= names
     reads = HostReads()
     stats = FusedStats.measure(StepLayout.build(opt, components, components), reads)
     fused = stats.metrics()
