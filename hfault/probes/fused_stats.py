@@ -118,7 +118,9 @@ class FusedStats:
         return math.isfinite(self._finite.value())
 
     def metrics(self) -> dict[str, dict[str, object]]:
-        """Per component, as :class:`~hfault.probes.gradients.StepRecord` reports them."""
+        """Per component, as :class:`~hfault.probes.gradients.StepRecord` reports them (one host
+        read). A parameter whose ``.grad`` is None received no gradient (cut from the graph, e.g.
+        by a stray ``.detach()``): it counts as all-zero and sets ``grad_missing``."""
         values = self.values.tolist()
         n_grads, n = len(self.owners), len(self.layout.components)
         grad_sq, weight_sq, zeros = [0.0] * n, [0.0] * n, [0] * n

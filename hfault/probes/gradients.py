@@ -37,7 +37,8 @@ def _sq_norm(tensors: Sequence[torch.Tensor]) -> float:
 
 
 def grad_norm(component: Component) -> float:
-    """‖g‖ of the component as the optimizer sees it (``gradient_stats``' ``grad_norm``)."""
+    """‖g‖ of the component as the optimizer sees it (the step statistics' ``grad_norm``, read
+    now: one host sync)."""
     grads = [part.view(part.param.grad) for part in component.parts
              if part.param.grad is not None]
     grad_sq = _sq_norm(grads)
