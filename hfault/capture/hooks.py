@@ -39,6 +39,7 @@ from hfault.capture.frames import user_caller
 
 if TYPE_CHECKING:
     from hfault.capture.contribution import ReportDraft
+    from hfault.capture.host_reads import Reading
     from hfault.components import Component
 
 FIX = -200
@@ -86,11 +87,17 @@ class BackwardEvent:
     """The AMP ``GradScaler`` scale of ``loss`` (1.0 when it was not scaled)."""
     step: int = 0
     """Filled by the session (CORE): the optimizer step this backward belongs to (the next one)."""
-    value: float | None = None
-    """Filled by the session (CORE): ``loss`` unscaled, as a float."""
     measured: bool = False
     """Filled by the session (CORE): the first backward of the measured-step window; the window
     is closed, and its probes stop watching after reading it."""
+    reading: Reading | None = None
+    """Filled by the session (CORE): ``loss`` (as float32) on its device until it is read."""
+
+    @property
+    def value(self) -> float | None:
+        """``loss`` unscaled, as a float. Read before the step, it costs a host sync of its own;
+        read at the step, it comes with the step's other values (``capture.host_reads``)."""
+        return None if self.reading is None else self.reading.value() / self.scale
 
 
 class Listener:

@@ -22,6 +22,7 @@ from torch import nn
 
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
+from hfault.capture.host_reads import HostReads, Reading
 from hfault.capture.schedule import Schedule
 from hfault.components import Component, build_components, find_roots, root_prefixes
 
@@ -69,8 +70,9 @@ class CaptureSession(Listener):
         self._opt_index: dict[int, int] = {}
         self._opt_steps: dict[int, int] = {}
         self._components_for: int = -1  # number of optimizers the components were built from
-        self._pending_loss = 0.0
-        self._pending_seen = False
+        self.reads = HostReads()
+        """Device values listeners want on the host, read in one transfer per step."""
+        self._pending_losses: list[tuple[Reading, float]] = []  # (loss, its AMP scale)
 
     # ----------------------------------------------------------------- listeners
     def add(self, listener: L) -> L:
@@ -131,10 +133,9 @@ class CaptureSession(Listener):
             return
         if state.device is None:
             state.device = str(loss.device)
-        event.value = float(loss.detach().float()) / event.scale
+        event.reading = self.reads.put(loss.detach().float())  # read with the step's values
         self.loss_scale = event.scale
-        self._pending_loss += event.value
-        self._pending_seen = True
+        self._pending_losses.append((event.reading, event.scale))
         self._ensure_components()
         if self.window_step == event.step:
             event.measured = True
@@ -161,11 +162,14 @@ class CaptureSession(Listener):
         state = self.state
         state.step = max(state.step, count)
         self._open_window(state.step + 1)
-        if self._pending_seen:
+        if self._pending_losses:
             # The loss of step s is the sum of the losses backpropagated since step s-1 (the
             # gradient it applies is theirs): micro-batch losses of an accumulated step add up.
-            state.losses[state.step] = state.losses.get(state.step, 0.0) + self._pending_loss
-            self._pending_loss, self._pending_seen = 0.0, False
+            total = 0.0
+            for reading, scale in self._pending_losses:
+                total += reading.value() / scale
+            state.losses[state.step] = state.losses.get(state.step, 0.0) + total
+            self._pending_losses.clear()
 
     # ----------------------------------------------------------------- measured-step window
     def open(self) -> None:

@@ -3,6 +3,12 @@
 :class:`GradientStats` takes them at every step; the scheduled steps (and the last one seen) are
 the report's snapshots, with the update ratio of the weights and what the script's own gradient
 processing (clipping) did to the step.
+
+Any step may turn out to be the last, so every step computes every statistic, but on the device:
+a few fused ``torch._foreach_norm`` calls over all the stepping optimizer's gradients and weights
+(:mod:`hfault.probes.fused_stats`). Only whether they are all finite is read at each step, with
+the step's other values in one host transfer (``capture.host_reads``); the per-component numbers
+are read when someone asks for them (a snapshot, the last step, a NaN to localize).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 from hfault.capture.contribution import ReportDraft, SnapshotDraft
 from hfault.capture.hooks import MEASURE, BackwardEvent, Listener
 from hfault.components import Component
+from hfault.probes.fused_stats import FusedStats, StepLayout, stack
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -29,45 +36,9 @@ def _sq_norm(tensors: Sequence[torch.Tensor]) -> float:
     return float(total)
 
 
-def group_lr(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> float | None:
-    for group in optimizer.param_groups:
-        if any(p is param for p in group["params"]):
-            lr = group.get("lr")
-            return float(lr) if lr is not None else None
-    return None
-
-
-def gradient_stats(component: Component, optimizer: torch.optim.Optimizer) -> dict[str, object]:
-    """Gradient norm, weight norm, zero-gradient fraction and learning rate of one component.
-
-    A parameter whose ``.grad`` is None received no gradient (cut from the graph, e.g. by a stray
-    ``.detach()``): it counts as all-zero and sets ``grad_missing``.
-    """
-    grads, missing, zeros = [], 0, 0
-    for part in component.parts:
-        g = part.param.grad
-        if g is None:
-            missing += part.numel
-            continue
-        view = part.view(g)
-        grads.append(view)
-        zeros += int((view == 0).sum())
-    weights = [part.view(part.param) for part in component.parts]
-    grad_sq = _sq_norm(grads)
-    lrs = {lr for part in component.parts if (lr := group_lr(optimizer, part.param)) is not None}
-    numel = component.numel
-    return {
-        "grad_norm": math.sqrt(grad_sq) if math.isfinite(grad_sq) else grad_sq,
-        "grad_rms": math.sqrt(grad_sq / numel) if math.isfinite(grad_sq) else grad_sq,
-        "weight_norm": math.sqrt(_sq_norm(weights)),
-        "zero_grad_fraction": (zeros + missing) / numel,
-        "grad_missing": missing == numel,
-        "lr": max(lrs) if lrs else None,
-    }
-
-
 def grad_norm(component: Component) -> float:
-    """‖g‖ of the component as the optimizer sees it (``gradient_stats``' ``grad_norm``)."""
+    """‖g‖ of the component as the optimizer sees it (the step statistics' ``grad_norm``, read
+    now: one host sync)."""
     grads = [part.view(part.param.grad) for part in component.parts
              if part.param.grad is not None]
     grad_sq = _sq_norm(grads)
@@ -89,28 +60,32 @@ def update_ratio(component: Component, before: Sequence[torch.Tensor]) -> float 
     return math.sqrt(delta / base)
 
 
-def raw_grad_sq(
-    components: Sequence[Component], loss_scale: float = 1.0
-) -> dict[str, torch.Tensor]:
-    """‖g_b‖² of each component as backward left it (before the script's clipping), as device
-    tensors: no sync until the step reads them. ``loss_scale`` undoes an AMP GradScaler's scale."""
+def raw_grad_norms(components: Sequence[Component]) -> dict[str, torch.Tensor]:
+    """The float64 norms of each component's gradient views as backward left them (before the
+    script's clipping), as device tensors: no sync until the step reads them."""
     out: dict[str, torch.Tensor] = {}
     for comp in components:
-        views = [part.view(part.param.grad).detach() for part in comp.parts
+        views = [part.view(part.param.grad) for part in comp.parts
                  if part.param.grad is not None]
         if views:
-            sq = torch.stack([v.double().pow(2).sum() for v in views]).sum()
-            out[comp.name] = sq / (loss_scale * loss_scale)
+            with torch.no_grad():
+                out[comp.name] = stack(torch._foreach_norm(views, 2, dtype=torch.float64))
     return out
 
 
-def grad_scale(applied_norm: object, raw_sq: torch.Tensor | None) -> float | None:
+def grad_scale(applied_norm: object, raw_norms: torch.Tensor | None,
+               loss_scale: float = 1.0) -> float | None:
     """‖g applied by the optimizer‖ / ‖g from backward‖: what the script's clipping (or any
     gradient rescaling) did to the step. 1 = untouched; ``clip_grad_norm_(max_norm=c)`` with a
-    total norm N > c gives c/N on every component. The effective learning rate is lr × this."""
-    if raw_sq is None or not isinstance(applied_norm, (int, float)):
+    total norm N > c gives c/N on every component. The effective learning rate is lr × this.
+    ``raw_norms`` are ``raw_grad_norms``' (summed as ``FusedStats`` sums, so an untouched
+    gradient gives exactly 1); ``loss_scale`` undoes an AMP GradScaler's scale."""
+    if raw_norms is None or not isinstance(applied_norm, (int, float)):
         return None
-    raw = math.sqrt(float(raw_sq))
+    raw_sq = 0.0
+    for norm in raw_norms.tolist():
+        raw_sq += norm ** 2
+    raw = math.sqrt(raw_sq / (loss_scale * loss_scale))
     if not math.isfinite(raw) or not math.isfinite(applied_norm) or raw == 0.0:
         return None
     return float(applied_norm) / raw
@@ -118,10 +93,33 @@ def grad_scale(applied_norm: object, raw_sq: torch.Tensor | None) -> float | Non
 
 @dataclass
 class StepRecord:
-    """First-order statistics of one optimizer step, per component."""
+    """First-order statistics of one optimizer step, per component; the fused device values are
+    read into ``metrics`` when it is first asked for."""
 
     step: int
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _pending: list[FusedStats] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Component name -> ``grad_norm``, ``grad_rms``, ``weight_norm``,
+        ``zero_grad_fraction``, ``grad_missing``, ``lr`` (and, at scheduled steps,
+        ``grad_scale`` and ``update_ratio``)."""
+        for pending in self._pending:
+            self._metrics.update(pending.metrics())
+        self._pending.clear()
+        return self._metrics
+
+    def add(self, stats: FusedStats) -> None:
+        self._pending.append(stats)
+
+    def finite(self) -> bool:
+        """Whether every gradient and weight norm of the step is finite, without reading the
+        per-component values."""
+        if not all(p.finite() for p in self._pending):
+            return False
+        return all(math.isfinite(float(m["grad_norm"])) and math.isfinite(m["weight_norm"])
+                   for m in self._metrics.values())
 
 
 class GradientStats(Listener):
@@ -135,7 +133,9 @@ class GradientStats(Listener):
         self.snapshots: dict[int, StepRecord] = {}
         self.last: StepRecord | None = None
         self._before: dict[str, list[torch.Tensor]] = {}
-        self._raw_grad_sq: dict[str, torch.Tensor] = {}
+        self._raw_grad_norms: dict[str, torch.Tensor] = {}
+        self._raw_loss_scale = 1.0
+        self._layouts: dict[int, StepLayout] = {}
 
     def after_backward(self, event: BackwardEvent) -> None:
         session = self.session
@@ -143,26 +143,39 @@ class GradientStats(Listener):
         if components and session.schedule.wants(session.state.step + 1):
             # Gradients as backward left them (accumulated over micro-batches: the last call
             # wins), unscaled by the AMP loss scale; device tensors, read at the step.
-            self._raw_grad_sq = raw_grad_sq(components, session.loss_scale)
+            self._raw_grad_norms = raw_grad_norms(components)
+            self._raw_loss_scale = session.loss_scale
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         session = self.session
         step = session.step_of(opt)
-        index = session.optimizer_index(opt)
         record = self.last if self.last and self.last.step == step else None
         if record is None:
             record = StepRecord(step)
-        wanted = session.schedule.wants(step)
-        for comp in session.state.components:
-            if comp.optimizer != index:
-                continue
-            metrics = record.metrics[comp.name] = gradient_stats(comp, opt)
-            if wanted:
-                self._before[comp.name] = copy_weights(comp)
-                metrics["grad_scale"] = grad_scale(
-                    metrics["grad_norm"], self._raw_grad_sq.pop(comp.name, None)
-                )
         self.last = record
+        layout = self._layout(opt)
+        if not layout.components:
+            return
+        record.add(FusedStats.measure(layout, session.reads))
+        if session.schedule.wants(step):
+            metrics = record.metrics
+            for comp in layout.components:
+                self._before[comp.name] = copy_weights(comp)
+                metrics[comp.name]["grad_scale"] = grad_scale(
+                    metrics[comp.name]["grad_norm"], self._raw_grad_norms.pop(comp.name, None),
+                    self._raw_loss_scale)
+
+    def _layout(self, opt: torch.optim.Optimizer) -> StepLayout:
+        """The optimizer's components flattened into parts, built again when the components
+        are rebuilt or the optimizer's param groups change."""
+        components = self.session.state.components
+        layout = self._layouts.get(id(opt))
+        if layout is None or not layout.fits(opt, components):
+            index = self.session.optimizer_index(opt)
+            layout = StepLayout.build(opt, components, [c for c in components
+                                                        if c.optimizer == index])
+            self._layouts[id(opt)] = layout
+        return layout
 
     def after_step(self, opt: torch.optim.Optimizer) -> None:
         record = self.last
@@ -179,6 +192,7 @@ class GradientStats(Listener):
 
     def close(self) -> None:
         self._before.clear()
+        self._layouts.clear()
 
     def contribute(self, draft: ReportDraft) -> None:
         records = dict(self.snapshots)

@@ -3,12 +3,14 @@ NaN/Inf (in completion order, so the innermost culprit is named first), or the p
 gradient does, and the step where it happens.
 
 Checks are recorded as device tensors and read only when the loss itself is non-finite, so a
-healthy run pays one reduction per module output and no extra host synchronisation. Weights and
-gradients are checked at every step from the first-order statistics (their norms).
+healthy run pays one reduction per module output and no host read of its own: the loss is read
+at the step with the step's other values (``capture.host_reads``), and so is whether the
+first-order statistics (the norms of weights and gradients) are all finite.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from torch import nn
 
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CHECK, BackwardEvent, Listener
+from hfault.probes.fused_stats import stack
 from hfault.probes.gradients import GradientStats, StepRecord
 
 if TYPE_CHECKING:
@@ -58,8 +61,38 @@ def _tensors(output: object) -> Iterable[torch.Tensor]:
                 yield item
 
 
+_SUMMABLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def finite_probe(t: torch.Tensor) -> torch.Tensor:
+    """A float64 scalar that is finite exactly when ``t`` is: for float32/16 and bfloat16 the
+    float64 sum (it cannot overflow; a NaN or Inf entry makes it non-finite), one kernel and no
+    temporary of ``t``'s size; for other dtypes log(all finite): 0 or -inf."""
+    if t.dtype in _SUMMABLE:
+        return t.sum(dtype=torch.float64)
+    return torch.isfinite(t).all().to(torch.float64).log()
+
+
+@dataclass
+class ForwardFlags:
+    """The modules whose outputs one forward recorded, in completion order, and their finite
+    probes stacked into one device tensor."""
+
+    modules: list[nn.Module]
+    probes: torch.Tensor | None
+
+    def first_bad(self) -> nn.Module | None:
+        """The first module whose output was non-finite, if any (reads the probes)."""
+        if self.probes is None:
+            return None
+        for module, value in zip(self.modules, self.probes.tolist(), strict=True):
+            if not math.isfinite(value):
+                return module
+        return None
+
+
 class ActivationWatch:
-    """Collects, per forward pass, a non-finite flag for each module output."""
+    """Collects, per forward pass, a finite probe of each module output (no host read)."""
 
     MAX_PENDING = 20000
 
@@ -69,27 +102,26 @@ class ActivationWatch:
     def record(self, module: nn.Module, output: object) -> None:
         if not torch.is_grad_enabled():
             return
-        flags = [
-            ~torch.isfinite(t.detach()).all()
+        probes = [
+            finite_probe(t.detach())
             for t in _tensors(output)
             if t.is_floating_point() or t.is_complex()
         ]
-        if not flags:
+        if not probes:
             return
         if len(self.pending) >= self.MAX_PENDING:
             del self.pending[: self.MAX_PENDING // 2]
-        flag = flags[0] if len(flags) == 1 else torch.stack(flags).any()
-        self.pending.append((module, flag))
+        probe = probes[0]
+        for other in probes[1:]:
+            probe = probe + other  # non-finite if any is (inf - inf is NaN)
+        self.pending.append((module, probe))
 
-    def first_bad(self) -> nn.Module | None:
-        """The first module (in completion order) whose output was non-finite, if any."""
-        if not self.pending:
-            return None
-        flags = torch.stack([f.to("cpu") for _, f in self.pending]).tolist()
-        for (module, _), bad in zip(self.pending, flags, strict=True):
-            if bad:
-                return module
-        return None
+    def take(self) -> ForwardFlags:
+        """What the forward since the last ``take`` recorded; starts a new one."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return ForwardFlags([], None)
+        return ForwardFlags([m for m, _ in pending], torch.stack([p for _, p in pending]))
 
     def clear(self) -> None:
         self.pending.clear()
@@ -102,36 +134,51 @@ def describe_value(x: float) -> str:
 
 
 class GradientWatch:
-    """Non-finite flags of each component's ``.grad`` right after ``backward`` returns.
+    """Whether each component's ``.grad`` was finite right after ``backward`` returned.
 
     The optimizer-step hook sees gradients only after the script's own post-processing:
     ``clip_grad_norm_`` with a NaN total norm multiplies *every* gradient by NaN, which would hide
-    where the NaN came from. Flags are device tensors, read only when a step's gradients are bad.
+    where the NaN came from. One fused float64 norm per backward (finite exactly when the
+    gradient is), kept on the device and read only when a step's gradients are bad.
     """
 
     def __init__(self) -> None:
-        self.flags: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []
+        self.owners: list[int] = []
+        self.norms: torch.Tensor | None = None
 
     def record(self, components: Iterable[Any]) -> None:
-        flags: dict[str, torch.Tensor] = {}
+        names: list[str] = []
+        owners: list[int] = []
+        views: list[torch.Tensor] = []
         for comp in components:
-            views = [part.view(part.param.grad) for part in comp.parts
-                     if part.param.grad is not None]
-            if views:
-                bad = [~torch.isfinite(v.detach()).all() for v in views]
-                flags[comp.name] = bad[0] if len(bad) == 1 else torch.stack(bad).any()
-        self.flags = flags
+            for part in comp.parts:
+                if part.param.grad is not None:
+                    if not names or names[-1] != comp.name:
+                        names.append(comp.name)
+                    owners.append(len(names) - 1)
+                    views.append(part.view(part.param.grad))
+        self.names, self.owners = names, owners
+        if not views:
+            self.norms = None
+            return
+        with torch.no_grad():
+            norms = torch._foreach_norm(views, 2, dtype=torch.float64)
+        self.norms = stack(norms)
 
     def bad_components(self) -> list[str] | None:
         """Components whose gradient was non-finite after the last backward (None: no record)."""
-        if not self.flags:
+        if self.norms is None:
             return None
-        names = list(self.flags)
-        values = torch.stack([f.to("cpu") for f in self.flags.values()]).tolist()
-        return [n for n, bad in zip(names, values, strict=True) if bad]
+        bad: list[str] = []
+        for owner, value in zip(self.owners, self.norms.tolist(), strict=True):
+            name = self.names[owner]
+            if not math.isfinite(value) and (not bad or bad[-1] != name):
+                bad.append(name)
+        return bad
 
     def clear(self) -> None:
-        self.flags = {}
+        self.names, self.owners, self.norms = [], [], None
 
 
 class NumericsProbe(Listener):
@@ -150,6 +197,7 @@ class NumericsProbe(Listener):
         self.activations = ActivationWatch()
         self.gradient_flags = GradientWatch()
         self.events: list[NonFiniteEvent] = []
+        self._forwards: list[tuple[BackwardEvent, ForwardFlags]] = []
 
     def listens(self, event: str) -> bool:
         if event in ("forward", "after_backward") and not self.watch:
@@ -160,20 +208,30 @@ class NumericsProbe(Listener):
         self.activations.record(module, output)
 
     def before_backward(self, event: BackwardEvent) -> None:
-        if event.value is not None and not math.isfinite(event.value):
-            self._locate_nonfinite_forward(event.step, event.value)
-        self.activations.clear()
+        # The loss is read at the step, with the step's other values: keep this forward's flags.
+        # (Without the loss tensor itself: the step should not keep the script's graph alive.)
+        kept = dataclasses.replace(event, tensors=None, loss=None)
+        self._forwards.append((kept, self.activations.take()))
+
+    def _check_forwards(self) -> None:
+        forwards, self._forwards = self._forwards, []
+        for event, flags in forwards:
+            value = event.value
+            if value is not None and not math.isfinite(value):
+                self._locate_nonfinite_forward(event.step, value, flags)
 
     def after_backward(self, event: BackwardEvent) -> None:
         if self.session.state.components:
             self.gradient_flags.record(self.session.state.components)
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
+        self._check_forwards()
         record = self.gradients.last
-        if record is not None:
+        if record is not None and not record.finite():
             self._check_gradients(record, record.step)
 
     def close(self) -> None:
+        self._check_forwards()
         self.activations.clear()
         self.gradient_flags.clear()
 
@@ -181,10 +239,10 @@ class NumericsProbe(Listener):
         draft.sections["numerics"] = [e.to_dict() for e in self.events]
 
     # ------------------------------------------------------------------ culprits
-    def _locate_nonfinite_forward(self, step: int, value: float) -> None:
+    def _locate_nonfinite_forward(self, step: int, value: float, flags: ForwardFlags) -> None:
         if any(e.kind in ("activation", "loss") for e in self.events):
             return
-        module = self.activations.first_bad()
+        module = flags.first_bad()
         if module is not None:
             name = self.session.module_names().get(id(module), type(module).__name__)
             self.events.append(

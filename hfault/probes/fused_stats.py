@@ -1,0 +1,144 @@
+"""One optimizer step's first-order statistics of all its components, in a few fused kernels.
+
+Per component and per step the statistics need ‖g‖, ‖θ‖ and the number of zero gradient entries.
+Taken one component at a time they cost several kernels and three host reads each; here one
+``torch._foreach_norm`` in float64 gives ‖·‖ of every gradient and weight view (a slice of a
+fused parameter is a ``narrow`` view: its norm is exactly the slice's), a second one with
+``ord=0`` counts the non-zero gradient entries, and the results stay on the device as one
+tensor. Float64 makes the norm of any finite float32/float16/bfloat16 tensor finite, so
+"every norm is finite" is "every gradient and weight is finite": that one value is read at each
+step; the rest when asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hfault.capture.host_reads import HostReads, Reading
+from hfault.components import Component, ParamPart
+
+
+@dataclass
+class StepLayout:
+    """An optimizer's components flattened into their parameter parts, with each part's param
+    group (the first group that holds the parameter: where its learning rate is)."""
+
+    components: list[Component]
+    parts: list[tuple[int, ParamPart, int]]
+    """(index of the component in ``components``, part, its numel)."""
+    groups: list[list[dict[str, Any]]]
+    """Per component, the distinct param groups of its parts."""
+    built_from: list[Component]
+    """The session's component list this was built from (a rebuild makes a new list)."""
+    group_count: int
+
+    @classmethod
+    def build(cls, opt: torch.optim.Optimizer, all_components: list[Component],
+              components: Sequence[Component]) -> StepLayout:
+        group_of: dict[int, dict[str, Any]] = {}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                group_of.setdefault(id(p), group)
+        parts, groups = [], []
+        for i, comp in enumerate(components):
+            mine: list[dict[str, Any]] = []
+            for part in comp.parts:
+                parts.append((i, part, part.numel))
+                found = group_of.get(id(part.param))
+                if found is not None and not any(g is found for g in mine):
+                    mine.append(found)
+            groups.append(mine)
+        return cls(list(components), parts, groups, all_components, len(opt.param_groups))
+
+    def fits(self, opt: torch.optim.Optimizer, components: list[Component]) -> bool:
+        return components is self.built_from and len(opt.param_groups) == self.group_count
+
+
+def _lr(value: object) -> float | torch.Tensor | None:
+    """A group's learning rate as of now: a tensor one (``capturable``) is copied, not read."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return float(value)  # type: ignore[arg-type]
+
+
+def stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of scalars, moved to the first one's device if they are not all there."""
+    device = values[0].device
+    if any(v.device != device for v in values):  # a model split over devices
+        values = [v.to(device) for v in values]
+    return torch.stack(list(values))
+
+
+class FusedStats:
+    """The statistics of one step of one optimizer, on the device until :meth:`metrics`."""
+
+    def __init__(self, layout: StepLayout, owners: list[int], grad_numels: list[int],
+                 missing: list[int], lrs: list[list[float | torch.Tensor]],
+                 values: torch.Tensor, finite: Reading) -> None:
+        self.layout = layout
+        self.owners = owners
+        self.grad_numels = grad_numels
+        self.missing = missing
+        self.lrs = lrs
+        self.values = values
+        self._finite = finite
+
+    @classmethod
+    def measure(cls, layout: StepLayout, reads: HostReads) -> FusedStats:
+        """Launch the kernels (no host read); ``reads`` gets the all-finite value."""
+        owners, grad_numels, grads, weights = [], [], [], []
+        missing = [0] * len(layout.components)
+        for i, part, numel in layout.parts:
+            weights.append(part.view(part.param))
+            g = part.param.grad
+            if g is None:
+                missing[i] += numel
+                continue
+            grads.append(part.view(g))
+            owners.append(i)
+            grad_numels.append(numel)
+        with torch.no_grad():
+            norms = torch._foreach_norm(grads + weights, 2, dtype=torch.float64)
+            nonzero = torch._foreach_norm(grads, 0, dtype=torch.float64) if grads else []
+            values = stack([*norms, *nonzero])
+            finite = reads.put(values[: len(norms)].sum())
+        lrs = [[lr for g in groups if (lr := _lr(g.get("lr"))) is not None]
+               for groups in layout.groups]
+        return cls(layout, owners, grad_numels, missing, lrs, values, finite)
+
+    def finite(self) -> bool:
+        """Whether every gradient and weight is finite (read with the step's other values)."""
+        return math.isfinite(self._finite.value())
+
+    def metrics(self) -> dict[str, dict[str, object]]:
+        """Per component, as :class:`~hfault.probes.gradients.StepRecord` reports them (one host
+        read). A parameter whose ``.grad`` is None received no gradient (cut from the graph, e.g.
+        by a stray ``.detach()``): it counts as all-zero and sets ``grad_missing``."""
+        values = self.values.tolist()
+        n_grads, n = len(self.owners), len(self.layout.components)
+        grad_sq, weight_sq, zeros = [0.0] * n, [0.0] * n, [0] * n
+        for k, i in enumerate(self.owners):
+            grad_sq[i] += values[k] ** 2
+            zeros[i] += self.grad_numels[k] - int(values[n_grads + len(self.layout.parts) + k])
+        for k, (i, _, _) in enumerate(self.layout.parts):
+            weight_sq[i] += values[n_grads + k] ** 2
+        out: dict[str, dict[str, object]] = {}
+        for i, comp in enumerate(self.layout.components):
+            numel, sq = comp.numel, grad_sq[i]
+            lrs = {float(lr) for lr in self.lrs[i]}
+            out[comp.name] = {
+                "grad_norm": math.sqrt(sq) if math.isfinite(sq) else sq,
+                "grad_rms": math.sqrt(sq / numel) if math.isfinite(sq) else sq,
+                "weight_norm": math.sqrt(weight_sq[i]),
+                "zero_grad_fraction": (zeros[i] + self.missing[i]) / numel,
+                "grad_missing": self.missing[i] == numel,
+                "lr": max(lrs) if lrs else None,
+            }
+        return out
