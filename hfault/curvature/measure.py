@@ -137,6 +137,12 @@ class BlockCurvature:
     stability: StabilityResult | None = None
     hvps: int = 0
 
+    @property
+    def eig_residual(self) -> float | None:
+        """The looser of the two Ritz residual bounds (what the report gives per block)."""
+        return max((r for r in (self.eig_residual_max, self.eig_residual_min) if r is not None),
+                   default=None)
+
 
 @dataclass(frozen=True)
 class EdgeCurvature:

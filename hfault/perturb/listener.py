@@ -290,10 +290,7 @@ class PerturbListener(Listener):
                     "trace_se": b.trace_se,
                     "lambda_max": b.lambda_max,
                     "lambda_min": b.lambda_min,
-                    "eig_residual": max(
-                        (r for r in (b.eig_residual_max, b.eig_residual_min) if r is not None),
-                        default=None,
-                    ),
+                    "eig_residual": b.eig_residual,
                     "grad_norm": b.grad_norm,
                     "hvps": b.hvps,
                 }

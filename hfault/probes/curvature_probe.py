@@ -242,10 +242,7 @@ def block_metrics(snapshot: CurvatureSnapshot) -> dict[str, dict[str, Any]]:
             "trace_se": b.trace_se,
             "lambda_max": b.lambda_max,
             "lambda_min": b.lambda_min,
-            "eig_residual": max(
-                (r for r in (b.eig_residual_max, b.eig_residual_min) if r is not None),
-                default=None,
-            ),
+            "eig_residual": b.eig_residual,
             "lambda_precond": b.lambda_precond,
             "hvps": b.hvps,
         }
