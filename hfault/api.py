@@ -27,7 +27,7 @@ from hfault.capture.frames import user_caller
 from hfault.capture.runner import RunOutcome, outcome_of
 from hfault.capture.schedule import parse_schedule
 from hfault.capture.session import CaptureSession, StopTraining
-from hfault.findings import SEVERITY_ORDER
+from hfault.findings import any_at_or_above
 from hfault.report.outputs import Outputs, check_outputs, write_outputs
 
 __all__ = ["Watch", "watch"]
@@ -107,8 +107,7 @@ class Watch:
 
     def failed(self, severity: str = "error") -> bool:
         """Whether a finding is at or above ``severity`` (the CLI's ``--fail-on``)."""
-        limit = SEVERITY_ORDER[severity]
-        return any(SEVERITY_ORDER[f["severity"]] <= limit for f in self.findings)
+        return any_at_or_above(self.findings, severity)
 
     def _options(self) -> Any:
         from hfault.diagnose import DiagnoseOptions

@@ -18,7 +18,7 @@ from rich.table import Table
 from hfault import __version__
 from hfault.capture.schedule import ScheduleError, parse_schedule
 from hfault.exitcodes import ExitCode
-from hfault.findings import SEVERITY_ORDER
+from hfault.findings import any_at_or_above
 from hfault.report.outputs import OutputError, Outputs, check_outputs, write_outputs
 from hfault.rules.rule import RuleError
 
@@ -283,8 +283,7 @@ def _check_outputs(outputs: Outputs) -> None:
 def _findings_code(data: dict[str, Any], fail_on: FailOn) -> ExitCode:
     if fail_on is FailOn.never:
         return ExitCode.OK
-    limit = SEVERITY_ORDER[fail_on.value]
-    hit = any(SEVERITY_ORDER[f["severity"]] <= limit for f in data.get("findings", []))
+    hit = any_at_or_above(data.get("findings", []), fail_on.value)
     return ExitCode.FINDINGS if hit else ExitCode.OK
 
 

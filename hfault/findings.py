@@ -4,6 +4,7 @@ Rules produce them, the report carries them, renderers and CI read them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,12 @@ from hfault.numbers import clean, encode
 
 SEVERITIES = ("error", "warning", "info")
 SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+def any_at_or_above(findings: Iterable[Mapping[str, Any]], severity: str) -> bool:
+    """Whether a report finding is at least as severe as ``severity`` (``--fail-on``)."""
+    limit = SEVERITY_ORDER[severity]
+    return any(SEVERITY_ORDER[f["severity"]] <= limit for f in findings)
 
 
 @dataclass
