@@ -126,7 +126,9 @@ class Mutation:
         self.root: nn.Module | None = None
         self.module: nn.Module | None = None
         self._patches: list[tuple[Any, str, Any, Callable[[Any], Any]]] = []
-        self._wrappers: set[int] = set()
+        self._wrappers: list[Any] = []
+        """Every wrapper this mutation installed, kept alive: a wrapper that someone else's restore
+        dropped must not be freed, or a new foreign function could get its id and pass for it."""
         self._handles: list[Any] = []
         self._undo: list[Callable[[], None]] = []
         self._optimizers = 0
@@ -162,7 +164,7 @@ class Mutation:
             undo()
         self._undo.clear()
         for owner, name, original, _ in reversed(self._patches):
-            if id(owner.__dict__.get(name)) in self._wrappers:
+            if self._is_mine(owner.__dict__.get(name)):
                 setattr(owner, name, original)
         self._patches.clear()
 
@@ -195,15 +197,18 @@ class Mutation:
         wrapper = make(current)
         if hasattr(wrapper, "__code__"):  # hfault's "user line" lookups skip "<...>" frames
             wrapper.__code__ = wrapper.__code__.replace(co_filename=WRAPPER_FILE)
-        self._wrappers.add(id(wrapper))
+        self._wrappers.append(wrapper)
         setattr(owner, name, wrapper)
         self._patches.append((owner, name, current, make))
 
     def ensure_patches(self) -> None:
         """Re-wrap every patched attribute that was replaced since (by a restore elsewhere)."""
         for owner, name, _, make in list(self._patches):
-            if id(owner.__dict__.get(name)) not in self._wrappers:
+            if not self._is_mine(owner.__dict__.get(name)):
                 self.patch(owner, name, make)
+
+    def _is_mine(self, attribute: Any) -> bool:
+        return any(attribute is w for w in self._wrappers)
 
     def skip(self, frame: Any) -> bool:
         """Whether a wrapper must call straight through (caller frame given)."""

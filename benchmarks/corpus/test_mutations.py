@@ -612,3 +612,32 @@ def test_batch_mix_hf(impl: str) -> None:
         make_optimizer(bert)
         out = bert(ids, attention_mask=mask).last_hidden_state
     assert mut.effective and out.shape == (3, 5, D) and torch.isfinite(out).all()
+
+
+def test_a_foreign_patch_over_a_dropped_wrapper_is_always_re_wrapped() -> None:
+    """hfault's attention probe patches F.scaled_dot_product_attention at each measured step and
+    restores what it found when the step ends. The mutation re-wraps at its target's forward, so
+    its wrapper stays outermost; the re-wrap is then dropped by the probe's restore. When the
+    dropped wrapper was remembered by id only, it was freed, the probe's next wrapper could get
+    its id, and the mutation then took it for its own: the probe's pass-through wrapper stayed
+    outermost and, being hfault code, made the mutation call straight through for that step
+    (a run under hfault then trained differently from the plain run on some machines)."""
+
+    class Owner:
+        @staticmethod
+        def fn(x: int) -> int:
+            return x
+
+    mut = M.Mutation("softmax_scale", "attn", factor=2.0, log=lambda msg: None)
+    mut.patch(Owner, "fn", lambda original: lambda x: original(x) + 1)
+    first = Owner.__dict__["fn"]
+    for _ in range(200):  # the probe's cycle: patch, the mutation re-wraps, the probe restores
+        saved = Owner.__dict__["fn"]
+        probe = (lambda original: lambda x: original(x))(saved)
+        Owner.fn = probe
+        mut.ensure_patches()
+        assert Owner.__dict__["fn"] is not probe
+        Owner.fn = saved
+        del probe
+    assert Owner.__dict__["fn"] is first
+    mut.uninstall()
