@@ -70,6 +70,10 @@ class LossInputWatch(Listener):
         self._restore: list[Callable[[], None]] = []
         self.entries: list[dict[str, object]] = []
         """The flagged losses as reported, with the output component (set at ``close``)."""
+        self.observers: list[Callable[[str, Any, tuple[Any, ...], dict[str, Any]], None]] = []
+        """Probes that read every loss call too (name, input, the other arguments): the wrapper
+        is in place for the whole run, so a wrapper of the script's own, installed after the
+        session opened, stays outside it and its changes are seen."""
 
     def open(self) -> None:
         for name, check in (("cross_entropy", _looks_like_probabilities),
@@ -102,6 +106,8 @@ class LossInputWatch(Listener):
                 event.calls_checked += 1
                 if check(input):
                     event.calls_flagged += 1
+            for observe in self.observers:
+                observe(name, input, args, kwargs)
             return original(input, *args, **kwargs)
 
         wrapped.__wrapped__ = original  # type: ignore[attr-defined]

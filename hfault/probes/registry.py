@@ -14,6 +14,7 @@ from hfault.probes.curvature_probe import CurvatureConfig, CurvatureProbe
 from hfault.probes.frozen import FrozenProbe
 from hfault.probes.gradients import GradientStats
 from hfault.probes.init_scale import InitScaleProbe
+from hfault.probes.label_fit import LabelFitProbe
 from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import NumericsProbe
 from hfault.probes.zero_grad import StaleGradientWatch
@@ -34,6 +35,7 @@ def diagnosis_probes(
         InitScaleProbe(),
         FrozenProbe(session),
         AttentionWindow(session, loss_inputs),
+        LabelFitProbe(session, loss_inputs),
         CurvatureProbe(session, curvature) if curvature is not None else None,
     ]
     return [p for p in probes if p is not None]

@@ -87,6 +87,7 @@ class Report:
     numerics: list[dict[str, Any]] = field(default_factory=list)
     loss_inputs: list[dict[str, Any]] = field(default_factory=list)
     frozen: list[dict[str, Any]] = field(default_factory=list)
+    label_fit: list[dict[str, Any]] = field(default_factory=list)
     """Modules whose parameters all have requires_grad off, in models that otherwise train."""
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
@@ -132,6 +133,7 @@ class Report:
             "numerics": self.numerics,
             "loss_inputs": self.loss_inputs,
             "frozen": self.frozen,
+            "label_fit": clean(self.label_fit),
             "findings": [f.to_dict() for f in self.findings],
             "propagation": clean(self.propagation),
             "rules": [

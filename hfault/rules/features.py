@@ -68,6 +68,20 @@ RUN_FEATURES: dict[str, str] = {
     "frozen_module": "the first frozen, untrained module in forward order",
     "frozen_kurtosis": "the kurtosis of its largest weight",
     "frozen_in_optimizer": "whether its parameters were handed to an optimizer",
+    "label_fit_records": "measured steps at which the targets of a cross_entropy over 3 classes "
+    "or more were ranked (the label-fit probe)",
+    "label_fit_step": "the last of those steps",
+    "label_fit_classes": "number of classes there",
+    "label_fit_samples": "rows (samples, or samples × positions) read over the last two of them",
+    "label_fit_accuracy": "share of those rows whose target was the model's first choice",
+    "label_fit_accuracy_min": "the smaller of the two steps' shares",
+    "label_fit_lower_half": "share of those rows whose target sat in the lower half of the "
+    "model's ranking of the classes",
+    "label_fit_lower_half_min": "the smaller of the two steps' shares",
+    "label_fit_miss_rank": "mean normalized rank (0 first, 1 last) of the missed targets; about "
+    "0.5 when they are random",
+    "label_fit_loss_trend": "mean loss over the last quarter of the steps up to label_fit_step "
+    "over the mean of the quarter before: near 1 once the loss has levelled off",
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
     "curvature_error_step": "the step of that error",
     "curvature_blocked": "number of components whose curvature was blocked",
@@ -289,6 +303,39 @@ class Features:
             "frozen_in_optimizer": first.get("in_optimizer"),
         }
 
+    def _label_fit_features(self) -> dict[str, Any]:
+        """The last two measured steps pooled: one step of a small batch is a few dozen rows."""
+        records = [r for r in self.report.get("label_fit") or [] if r.get("samples")]
+        last = records[-2:]
+        n = sum(int(r["samples"]) for r in last)
+        misses = sum(int(r["samples"]) * (1 - float(r["accuracy"])) for r in last)
+        miss_rank = sum(int(r["samples"]) * (1 - float(r["accuracy"]))
+                        * float(r["miss_rank_mean"] or 0.0) for r in last)
+        return {
+            "label_fit_records": len(records),
+            "label_fit_step": last[-1]["step"] if last else None,
+            "label_fit_classes": last[-1]["classes"] if last else None,
+            "label_fit_samples": n,
+            "label_fit_accuracy": (sum(int(r["samples"]) * float(r["accuracy"]) for r in last) / n
+                                   if n else None),
+            "label_fit_accuracy_min": min((float(r["accuracy"]) for r in last), default=None),
+            "label_fit_lower_half": (sum(int(r["samples"]) * float(r["lower_half"]) for r in last)
+                                     / n if n else None),
+            "label_fit_lower_half_min": min((float(r["lower_half"]) for r in last), default=None),
+            "label_fit_miss_rank": miss_rank / misses if misses > 0 else None,
+            "label_fit_loss_trend": self._loss_trend(int(last[-1]["step"])) if last else None,
+        }
+
+    def _loss_trend(self, until: int) -> float | None:
+        timeline = self.report.get("timeline", {}).get("loss", [])
+        losses = [v for p in timeline if int(p["step"]) <= until
+                  and (v := as_float(p["loss"])) is not None and math.isfinite(v)]
+        quarter = len(losses) // 4
+        if quarter == 0:
+            return None
+        before = sum(losses[-2 * quarter:-quarter]) / quarter
+        return sum(losses[-quarter:]) / quarter / before if before > 0 else None
+
     def _run_features(self) -> dict[str, Any]:
         run = self.report.get("run", {})
         timeline = self.report.get("timeline", {}).get("loss", [])
@@ -306,6 +353,7 @@ class Features:
             **self._loss_input_features(),
             **self._frozen_features(),
             **self._stale_grad_features(optimizers),
+            **self._label_fit_features(),
             "loss": Series(loss_steps, losses),
             "loss_points": len(finite),
             "loss_all_finite": len(finite) == len(losses),

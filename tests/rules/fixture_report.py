@@ -111,4 +111,5 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         "numerics": spec.get("numerics", []),
         "loss_inputs": spec.get("loss_inputs", []),
         "frozen": spec.get("frozen", []),
+        "label_fit": spec.get("label_fit", []),
     }

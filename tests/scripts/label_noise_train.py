@@ -1,0 +1,41 @@
+"""A 6-class task with a clean rule (the class is the argmax of a fixed projection of x); --noise
+replaces that share of each batch's labels by random classes (a data-pipeline bug), --smooth
+trains on label-smoothed one-hot rows (class-probability targets), --ignore marks a share of the
+labels ignore_index."""
+
+import torch
+import torch.nn.functional as F
+from common import parse, save
+from torch import nn
+
+
+def main() -> None:
+    args = parse({"--noise": {"type": float, "default": 0.0},
+                  "--smooth": {"action": "store_true"},
+                  "--ignore": {"type": float, "default": 0.0}})
+    torch.manual_seed(args.seed)
+    classes = 6
+    rule = torch.randn(8, classes)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, classes))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(args.steps):
+        x = torch.randn(128, 8)
+        y = (x @ rule).argmax(1)
+        flip = torch.rand(128) < args.noise
+        y = torch.where(flip, torch.randint(0, classes, (128,)), y)
+        z = model(x)
+        if args.smooth:
+            loss = F.cross_entropy(z, F.one_hot(y, classes).float() * 0.9 + 0.1 / classes)
+        else:
+            y = torch.where(torch.rand(128) < args.ignore, torch.full_like(y, -100), y)
+            loss = nn.CrossEntropyLoss(ignore_index=-100)(z, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    save(args.out, losses, model)
+
+
+if __name__ == "__main__":
+    main()
