@@ -95,12 +95,17 @@ class AttentionProbe:
         self._operands: dict[int, tuple[float, float, int]] = {}
         """Per attention module: RMS of the two operands of its latest matrix product and the
         inner size (the scores are the product that precedes the softmax)."""
+        self.input_axes: tuple[int, int] | None = None
+        """The two leading sizes of the first tensor of ≥ 2 dimensions a module was called with
+        in the window: the model's input, (batch, positions) or (positions, batch). When the
+        loss input is flattened (samples × positions), they still tell the batch axis apart."""
 
     # ------------------------------------------------------------------ window
     def start(self) -> None:
         if self._restore:
             return
         self.stats, self.modules, self._stack = {}, {}, []
+        self.input_axes = None
         self._handles = module_hooks(self._push, self._pop, always_call=True)
         self._patch(F, "softmax", self._wrap_softmax)
         self._patch(torch, "softmax", self._wrap_softmax)
@@ -124,6 +129,10 @@ class AttentionProbe:
 
     # ------------------------------------------------------------------ module stack
     def _push(self, module: nn.Module, args: Any) -> None:
+        if self.input_axes is None:
+            first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2), None)
+            if first is not None:
+                self.input_axes = (int(first.shape[0]), int(first.shape[1]))
         if self.is_attention(module):
             self._stack.append(module)
             self._operands.pop(id(module), None)  # a product of an earlier call is not this one's
@@ -277,6 +286,7 @@ class AttentionWindow(Listener):
             faults = [axis_fault(a["shape"], a["dim"], batch) for a in record["softmax_axes"]]
             record["axis_fault"] = next((f for f in faults if f), None)
             record["batch"] = batch
+            record["input_axes"] = list(self.probe.input_axes) if self.probe.input_axes else None
             record["type"] = type(modules[mid]).__name__
             out[name] = record
         self.records[step] = out

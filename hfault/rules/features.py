@@ -216,6 +216,10 @@ ATTENTION_FEATURES: dict[str, str] = {
     "keys_peers": "median keys_first of the same-role modules of other layers",
     "batch": "leading size of the loss input at the first measured step (its samples; samples × "
     "positions when the script flattens them)",
+    "keys_peer_count": "number of same-role modules of other layers with a key count",
+    "input_axis_other": "when keys_first is one of the two leading sizes of the model's input "
+    "at the first measured step and keys_peers the other: that other size (the axis the other "
+    "layers attend over); none otherwise",
 }
 
 VOCABULARY: dict[str, dict[str, str]] = {
@@ -660,6 +664,8 @@ class Features:
                 keys_peers=_median(float(k) for k in (first[m].get("keys") for m in same_role)
                                    if k),
                 batch=first[module].get("batch"),
+                input_axis_other=_other_axis(first[module]),
+                keys_peer_count=len([m for m in same_role if first[m].get("keys")]),
                 causal_peer=causal[0] if causal else None,
             )
             subjects.append(Subject("attention", module, {**self.run, **f},
@@ -676,6 +682,19 @@ class Features:
         if scope == "attention":
             return self.attention_subjects()
         raise ValueError(f"unknown scope {scope!r}")
+
+
+def _other_axis(record: Mapping[str, Any]) -> int | None:
+    """For an attention record whose key count is one leading size of the model's input: the
+    other one (the peers of a module that attends over the wrong axis attend over it)."""
+    axes, keys = record.get("input_axes"), record.get("keys")
+    if not isinstance(axes, list) or len(axes) != 2 or not keys or axes[0] == axes[1]:
+        return None
+    if keys == axes[0]:
+        return int(axes[1])
+    if keys == axes[1]:
+        return int(axes[0])
+    return None
 
 
 def _where(source: Any) -> str | None:

@@ -197,3 +197,17 @@ def test_healthy_sample_has_no_error_finding(cli) -> None:  # type: ignore[no-un
     assert result.returncode == ExitCode.OK, result.stdout
     assert not [f for f in result.findings() if f["severity"] == "error"]
     assert not [f for f in result.findings() if f["rule"].startswith("HF2")], result.findings()
+
+
+@pytest.mark.parametrize("swap_layer", [-1, 0, 1, 2])
+def test_attention_over_the_batch_is_found_when_the_loss_is_flattened(cli, swap_layer) -> None:  # type: ignore[no-untyped-def]
+    """A language model flattens batch × positions into the loss, so the loss does not give the
+    batch; the model's (8, 12) input does: the block handed (positions, batch, d) attends over 8
+    keys where the other two attend over 12."""
+    result = cli("diagnose", str(SCRIPTS / "batch_axis_train.py"), "--no-curvature",
+                 "--fail-on", "never", "--", "--steps", "20", "--swap-layer", str(swap_layer))
+    attention = result.report["snapshots"][0]["attention"]
+    assert {m: a["input_axes"] for m, a in attention.items()} == {
+        f"blocks.{i}.attn": [8, 12] for i in range(3)}
+    found = [(f["component"], f["severity"]) for f in result.findings("HF212")]
+    assert found == ([] if swap_layer < 0 else [(f"blocks.{swap_layer}.attn", "error")])
