@@ -21,7 +21,11 @@ class ParamPart:
     stop: int | None = None
 
     def view(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The part of ``tensor`` (the parameter itself, its grad, a copy) this part covers."""
+        """The part of ``tensor`` (the parameter itself, its grad, a copy) this part covers. A
+        sparse gradient (``nn.Embedding(sparse=True)``) is made dense: norms, zero counts and
+        finiteness checks have no sparse kernels, and reading it must not crash the run."""
+        if tensor.layout != torch.strided:
+            tensor = tensor.to_dense()
         if self.start is None or self.stop is None:
             return tensor
         return tensor.narrow(self.dim, self.start, self.stop - self.start)

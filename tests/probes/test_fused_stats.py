@@ -12,6 +12,7 @@ from torch import nn
 from hfault.capture.host_reads import HostReads
 from hfault.components import Component, build_components
 from hfault.probes.fused_stats import FusedStats, StepLayout
+from tests.conftest import SCRIPTS, assert_same_training, run_plain
 
 
 def reference_stats(component: Component, optimizer: torch.optim.Optimizer) -> dict[str, object]:
@@ -99,3 +100,18 @@ def test_fused_statistics_equal_the_per_component_ones(poison: float | None):
                 assert str(got[key]) == str(value), (comp.name, key)
     bad = {c.name for c in components if not math.isfinite(float(fused[c.name]["grad_norm"]))}
     assert bad == (set() if poison is None else {"attn.in_proj.value"})
+
+
+def test_sparse_gradients_are_measured_and_training_is_unchanged(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``nn.Embedding(sparse=True)`` gives a sparse ``.grad``, which norm kernels reject: it used
+    to crash hfault at the first step (an internal error, exit 4)."""
+    script = SCRIPTS / "sparse_train.py"
+    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
+    run_plain(script, ["--steps", "12", "--out", str(plain)])
+    result = cli("diagnose", str(script), "--no-curvature", "--fail-on", "never", "--",
+                 "--steps", "12", "--out", str(watched))
+    assert result.returncode == 0, result.stderr
+    last = result.report["snapshots"][-1]["metrics"]["Embedding"]
+    # 32 ids of 100 rows: at least 68 rows got no gradient, their entries are exactly zero
+    assert last["grad_norm"] > 0 and last["zero_grad_fraction"] >= 0.68
+    assert_same_training(plain, watched)
