@@ -319,24 +319,32 @@ def _verify_fix(vf: Any) -> str:
         return ""
     verdict = vf.get("verdict") if vf.get("verdict") in _FIX_VERDICTS else "unknown"
     final = vf.get("final_loss") or {}
+    tolerance = as_float(final.get("tolerance"))
     parts = [
         f'<p class="verdict-line"><span class="badge f-{verdict}">'
         f'{esc(str(vf.get("verdict", "?")).replace("_", " "))}</span> '
         f'{esc(vf.get("summary", ""))}</p>',
-        f'<p class="meta">final loss {esc(fmt(as_float(final.get("before"))))} → '
-        f'{esc(fmt(as_float(final.get("after"))))}</p>',
+        f'<p class="meta">final loss (mean of the last 10% of the steps) '
+        f'{esc(fmt(as_float(final.get("before"))))} → {esc(fmt(as_float(final.get("after"))))}'
+        + (f" (±{esc(fmt(tolerance, 2))} counts as unchanged)" if tolerance else "") + "</p>",
     ]
+    horizon = vf.get("horizon")
+    if isinstance(horizon, Mapping) and horizon.get("baseline") == "rerun":
+        parts.append(f'<p class="meta">compared over {esc(horizon.get("steps"))} steps '
+                     "(--verify-steps): the before side is a rerun without fixes, the first run "
+                     "trained other steps</p>")
     rows = "".join(
         f"<tr><td><code>{esc(x.get('rule'))}</code></td><td>{_name(x.get('component'))}"
         f"</td><td>{esc(x.get('kind'))}</td>"
         f"<td class=num>{esc(fmt(as_float(x.get('lr_before'))))}</td>"
         f"<td class=num>{esc(fmt(as_float(x.get('lr_after'))))}</td>"
-        f"<td class=num>{esc(fmt(as_float(x.get('max_norm'))))}</td></tr>"
+        f"<td class=num>{esc(fmt(as_float(x.get('max_norm'))))}</td>"
+        f"<td>{_fix_how(x)}</td></tr>"
         for x in vf.get("fixes") or [] if isinstance(x, Mapping))
     if rows:
         parts.append("<table><thead><tr><th>rule</th><th>component</th><th>fix</th>"
-                     "<th>lr before</th><th>lr after</th><th>max_norm</th></tr></thead>"
-                     f"<tbody>{rows}</tbody></table>")
+                     "<th>lr before</th><th>lr after</th><th>max_norm</th><th>how</th></tr>"
+                     f"</thead><tbody>{rows}</tbody></table>")
     loss = vf.get("loss") or {}
     charts = [svg.line_chart(
         [Series("before", _points(loss.get("before")), svg.PALETTE[3]),
@@ -359,7 +367,26 @@ def _verify_fix(vf: Any) -> str:
     rerun = vf.get("after")
     if isinstance(rerun, Mapping):
         parts.append(_findings_diff(vf, rerun))
+    parts += [f'<p class="meta">note: {esc(n)}</p>' for n in vf.get("notes") or []]
     return "".join(parts)
+
+
+def _fix_how(fix: Mapping[str, Any]) -> str:
+    """How the fix was applied, and whether it held: a script that sets the learning rate itself
+    overrides a lowered one, and the comparison then says nothing about the fix."""
+    how = esc(fix.get("note") or "")
+    held = fix.get("in_effect")
+    if isinstance(held, Mapping) and held.get("held") is False:
+        off = (f'<strong class="sev-error">not in effect</strong> from step '
+               f'{esc(held.get("first_step_off"))}: the script sets the LR itself')
+        where = held.get("assigned_at")
+        if isinstance(where, Mapping) and where.get("file"):
+            off += f' (<code>{esc(where.get("file"))}:{esc(where.get("line"))}</code>)'
+        how = f"{how}; {off}" if how else off
+    elif isinstance(held, Mapping) and held.get("held") is True:
+        checked = held.get("steps_checked")
+        how += ("; " if how else "") + f"held at every step checked ({esc(checked)})"
+    return how
 
 
 def _arrow(before: Any, after: Any, digits: int = 3) -> str:

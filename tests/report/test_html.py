@@ -229,13 +229,18 @@ def verify_fix_block(report: dict[str, Any]) -> dict[str, Any]:
     rerun["summary"] = {**rerun["summary"], "verdict": "suspicious", "headline": "better"}
     return {
         "fixes": [{"rule": "HF006", "component": "blocks.0.attn.q_proj", "kind": "lower_lr",
-                   "lr_before": 0.3, "lr_after": 0.003, "max_norm": None},
+                   "lr_before": 0.3, "lr_after": 0.003, "max_norm": None,
+                   "note": "param group 0 scaled x0.01",
+                   "in_effect": {"held": False, "first_step_off": 7, "steps_checked": 20,
+                                 "assigned_at": {"file": "train.py", "line": 41}}},
                   {"rule": "HF205", "component": "blocks.0.attn.q_proj", "kind": "clip_grad",
                    "lr_before": None, "lr_after": None, "max_norm": 1.0}],
         "verdict": "fixed",
         "summary": "HF204 and HF205 are gone <after> the fix & the loss is lower",
         "loss": {"before": before, "after": after},
-        "final_loss": {"before": before[-1][1], "after": "nan"},
+        "final_loss": {"before": before[-1][1], "after": "nan", "tolerance": 0.05},
+        "horizon": {"baseline": "rerun", "steps": 40},
+        "notes": ["the rerun used --verify-steps 40"],
         "metrics": [
             {"component": "blocks.0.attn.q_proj", "metric": "lambda_max", "steps": steps,
              "before": lmax, "after": [v / 2 for v in lmax[:-1]] + [None]},
@@ -280,6 +285,12 @@ def test_verify_fix_renders_before_and_after(lr_report):
     assert "– → 0.3" in section  # ρ unmeasured before
     assert "shares a tensor with &lt;a fixed&gt; component" in section
     assert "lower_lr" in section and "clip_grad" in section and "0.003" in section
+    # whether the lowered LR held, the horizon and the tolerance of the comparison
+    assert "param group 0 scaled x0.01; <strong" in section
+    assert "not in effect</strong> from step 7" in section and "train.py:41" in section
+    assert "compared over 40 steps (--verify-steps)" in section
+    assert "(±0.05 counts as unchanged)" in section
+    assert "note: the rerun used --verify-steps 40" in section
     charts = [s for s in svgs(section) if s.get("class") == "chart"]
     assert len(charts) == 1 + 2  # loss overlay + one per metrics entry
     assert "loss, before vs after" in section and "after (fixed)" in section
