@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,19 @@ def assert_same_training(plain: Path, watched: Path) -> dict[str, Any]:
         for key in sa:
             assert torch.equal(sa[key], sb[key]), key
     return b
+
+
+@pytest.fixture(scope="module")
+def one_math_thread() -> Iterator[None]:
+    """One intra-op thread for in-process training and tiny float64 models: the machine's 2
+    cores are shared, and 2 OpenMP threads per process busy-waiting under contention made the
+    suite ~20x slower. The previous setting is restored after the test module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture

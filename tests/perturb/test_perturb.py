@@ -13,7 +13,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,20 +28,10 @@ from hfault.perturb.report import write_json
 from hfault.perturb.stats import mean_ci, t_quantile
 from tests.conftest import ROOT, SAMPLES, SCRIPTS
 
-pytestmark = pytest.mark.e2e  # runs real training scripts
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_math_thread")]  # real training
 
 EXACT = SCRIPTS / "exact_train.py"
 INJECT_AT = 2  # the exact script's SGD steps before the injection
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _exact_module():
