@@ -17,6 +17,7 @@ from hfault.probes.init_scale import InitScaleProbe
 from hfault.probes.label_fit import LabelFitProbe
 from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import NumericsProbe
+from hfault.probes.printed_validation import PrintedValidation
 from hfault.probes.zero_grad import StaleGradientWatch
 
 
@@ -36,6 +37,7 @@ def diagnosis_probes(
         FrozenProbe(session),
         AttentionWindow(session, loss_inputs),
         LabelFitProbe(session, loss_inputs),
+        PrintedValidation(session),
         CurvatureProbe(session, curvature) if curvature is not None else None,
     ]
     return [p for p in probes if p is not None]

@@ -328,6 +328,11 @@ def _verify_fix(vf: Any) -> str:
         f'{esc(fmt(as_float(final.get("before"))))} → {esc(fmt(as_float(final.get("after"))))}'
         + (f" (±{esc(fmt(tolerance, 2))} counts as unchanged)" if tolerance else "") + "</p>",
     ]
+    val = vf.get("validation")
+    if isinstance(val, Mapping):
+        parts.append(f'<p class="meta">validation loss the script printed, at step '
+                     f'{esc(val.get("step"))}: {esc(fmt(as_float(val.get("before"))))} → '
+                     f'{esc(fmt(as_float(val.get("after"))))} ({esc(val.get("change"))})</p>')
     horizon = vf.get("horizon")
     if isinstance(horizon, Mapping) and horizon.get("baseline") == "rerun":
         parts.append(f'<p class="meta">compared over {esc(horizon.get("steps"))} steps '

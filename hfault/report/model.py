@@ -88,6 +88,8 @@ class Report:
     loss_inputs: list[dict[str, Any]] = field(default_factory=list)
     frozen: list[dict[str, Any]] = field(default_factory=list)
     label_fit: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[list[float]] = field(default_factory=list)
+    """[step, loss] of every validation loss the script printed."""
     """Modules whose parameters all have requires_grad off, in models that otherwise train."""
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
@@ -134,6 +136,7 @@ class Report:
             "loss_inputs": self.loss_inputs,
             "frozen": self.frozen,
             "label_fit": clean(self.label_fit),
+            "validation": clean(self.validation),
             "findings": [f.to_dict() for f in self.findings],
             "propagation": clean(self.propagation),
             "rules": [

@@ -12,8 +12,10 @@ evidence beside it. In this order:
   broke the script's LR scheduler (per-group lists).
 - ``worse``: the rerun crashed where the first run did not; or the final loss (mean of the last
   10% of the steps, non-finite = worst) rose by more than its tolerance (5% of the first run's,
-  1% of its first loss, or two standard errors of the difference: :func:`loss_tolerance`), even
-  when the motivating findings stopped firing; or new error findings appeared while no
+  1% of its first loss, or two standard errors of the difference: :func:`loss_tolerance`), or
+  the validation loss the script printed rose by more than 5% (:func:`validation_outcome`: the
+  held-out outcome leads, whatever the training loss did), even when the motivating findings
+  stopped firing; or new error findings appeared while no
   motivating finding went away and the loss did not improve.
 - ``fixed``: the final loss is known and not worse beyond its tolerance, every finding that
   motivated an applied fix (same rule, same component) is gone, and no new error finding
@@ -120,6 +122,25 @@ def loss_change(before: Any, after: Any, tolerance: float = 0.0) -> str | None:
 
 def loss_points(report: Mapping[str, Any]) -> list[list[Any]]:
     return [[p["step"], p["loss"]] for p in report.get("timeline", {}).get("loss", [])]
+
+
+def validation_outcome(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The last validation loss each run printed (``validation`` of the report), at the same
+    step when both printed one there, and their change (``LOSS_TOLERANCE`` relative: one value
+    has no noise estimate). Empty when either run printed none."""
+    vb = [(int(s), as_float(v)) for s, v in before.get("validation") or []]
+    va = [(int(s), as_float(v)) for s, v in after.get("validation") or []]
+    if not vb or not va:
+        return {}
+    common = sorted({s for s, _ in vb} & {s for s, _ in va})
+    if common:  # compare at the last step both runs evaluated
+        at = common[-1]
+        b = next(v for s, v in reversed(vb) if s == at)
+        a = next(v for s, v in reversed(va) if s == at)
+    else:
+        (at, b), a = vb[-1], va[-1][1]
+    return {"step": at, "before": encode(b), "after": encode(a),
+            "change": loss_change(b, a)}
 
 
 # ---------------------------------------------------------------- findings
@@ -299,9 +320,11 @@ def verdict(
     fixes: Sequence[Mapping[str, Any]],
     diff: Sequence[Mapping[str, Any]],
     final: Mapping[str, Any],
+    validation: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """(verdict, one-sentence summary); the criteria are in the module docstring. ``final``
-    holds the final losses ``before``/``after`` and their ``tolerance``."""
+    holds the final losses ``before``/``after`` and their ``tolerance``; ``validation`` the
+    printed validation losses (:func:`validation_outcome`), when both runs printed one."""
     off = not_in_effect(fixes)
     if off:
         return "not_applicable", "; ".join(manual_text(f) for f in off)
@@ -309,6 +332,13 @@ def verdict(
     tolerance = final.get("tolerance") or 0.0
     loss = loss_change(final.get("before"), final.get("after"), tolerance)
     loss_text = f"final loss {_fmt(final.get('before'))} → {_fmt(final.get('after'))}"
+    val = validation or {}
+    if val.get("change") == "worse":  # the held-out outcome leads: train-loss gains do not count
+        loss = "worse"
+        loss_text += (f", validation loss {_fmt(val.get('before'))} → {_fmt(val.get('after'))} "
+                      f"at step {val.get('step')}")
+    elif val:
+        loss_text += f", validation loss {_fmt(val.get('before'))} → {_fmt(val.get('after'))}"
     run_b, run_a = before.get("run", {}), after.get("run", {})
     if run_a.get("status") == "crashed" and run_b.get("status") != "crashed":
         err = run_a.get("error") or {}
@@ -322,6 +352,9 @@ def verdict(
     if loss == "worse":
         tail = (f"; {_names(gone)} no longer {_fires(gone)}, but the training is worse"
                 if gone else "")
+        if val.get("change") == "worse":
+            return "worse", (f"the validation loss rose by more than {LOSS_TOLERANCE:.0%} with "
+                             f"{applied} ({loss_text}){tail}")
         return "worse", (f"the {loss_text} rose by more than its tolerance ±{_fmt(tolerance)} "
                          f"with {applied}{tail}")
     if targets and len(gone) == len(targets) and not new_errors and loss in ("same", "better"):
@@ -373,8 +406,9 @@ def compare(
     ))
     if not watched and before.get("summary", {}).get("top_component"):
         watched = [before["summary"]["top_component"]]
+    validation = validation_outcome(before, after)
     if fixes:
-        result, summary = verdict(before, after, fixes, diff, final)
+        result, summary = verdict(before, after, fixes, diff, final, validation)
     else:
         result = "not_applicable"
         summary = "no fix could be applied in the rerun" + (
@@ -386,6 +420,7 @@ def compare(
         "loss": {"before": loss_points(before), "after": loss_points(after)},
         "final_loss": {k: encode(as_float(v)) if k in ("before", "after") and v is not None else v
                        for k, v in final.items()},
+        "validation": validation or None,
         "metrics": ([total_grad_norm_row(before, after, steps)]
                     if any(KINDS[f["kind"]].bounds_total_norm for f in fixes) else [])
         + metric_rows(before, after, steps, watched),

@@ -240,6 +240,7 @@ def verify_fix_block(report: dict[str, Any]) -> dict[str, Any]:
         "loss": {"before": before, "after": after},
         "final_loss": {"before": before[-1][1], "after": "nan", "tolerance": 0.05},
         "horizon": {"baseline": "rerun", "steps": 40},
+        "validation": {"step": 40, "before": 1.5, "after": 1.25, "change": "better"},
         "notes": ["the rerun used --verify-steps 40"],
         "metrics": [
             {"component": "blocks.0.attn.q_proj", "metric": "lambda_max", "steps": steps,
@@ -289,6 +290,7 @@ def test_verify_fix_renders_before_and_after(lr_report):
     assert "param group 0 scaled x0.01; <strong" in section
     assert "not in effect</strong> from step 7" in section and "train.py:41" in section
     assert "compared over 40 steps (--verify-steps)" in section
+    assert "validation loss the script printed, at step 40: 1.5 → 1.25 (better)" in section
     assert "(±0.05 counts as unchanged)" in section
     assert "note: the rerun used --verify-steps 40" in section
     charts = [s for s in svgs(section) if s.get("class") == "chart"]

@@ -135,6 +135,24 @@ def test_fix_that_slows_training_is_worse_although_its_finding_is_gone() -> None
     assert "no longer fires, but the training is worse" in vf["summary"]
 
 
+def test_a_printed_validation_loss_leads_the_verdict() -> None:
+    """The same false fix on a script that prints its validation loss: the report records it at
+    the steps it was printed, and the verdict is led by it."""
+    options = DiagnoseOptions(HEALTHY, ["--steps", "60", "--print-val", "20"], Schedule(), None,
+                              True, None)
+    first = diagnose(options)
+    data = first.report.to_dict()
+    assert [step for step, _ in data["validation"]] == [20, 40, 60]
+    data["findings"] = [_lower_lr_finding("weight", 0.01)]
+    plan, skipped = plan_fixes(data, first.state)
+    vf = verify(options, first, data, plan, skipped).data["verify_fix"]
+    val = vf["validation"]
+    assert val["step"] == 60 and val["change"] == "worse", val
+    assert val["after"] > 1.05 * val["before"]
+    assert vf["verdict"] == "worse"
+    assert vf["summary"].startswith("the validation loss rose by more than 5%"), vf["summary"]
+
+
 def test_verify_steps_with_a_baseline_rerun(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     script = tmp_path / "diverge.py"
     script.write_text(ASSIGNED.read_text().replace(

@@ -27,6 +27,7 @@ from hfault.verify.compare import (
     findings_diff,
     loss_change,
     loss_tolerance,
+    validation_outcome,
     verdict,
 )
 from tests.conftest import SAMPLES, SCRIPTS, CliResult, run_cli
@@ -414,6 +415,34 @@ def test_verdict(after_findings, after_loss, status, expected) -> None:  # type:
     result, summary = verdict(before, after, fixes, diff, final)
     assert result == expected, summary
     assert "lr of q 0.3 → 0.003" in summary
+
+
+@pytest.mark.parametrize(
+    ("val_before", "val_after", "expected"),
+    [
+        ([[50, 2.0], [100, 1.0]], [[50, 2.0], [100, 1.2]], "worse"),  # held-out loss rose 20%
+        ([[50, 2.0], [100, 1.0]], [[50, 2.0], [100, 1.03]], "fixed"),  # within 5%
+        ([[50, 2.0], [100, 1.0]], [[50, 1.0]], "fixed"),  # last common step: 50, better
+        ([[50, 2.0], [100, 1.0]], [], "fixed"),  # the rerun printed none: no evidence
+    ],
+)
+def test_a_printed_validation_loss_leads_the_verdict(val_before, val_after, expected) -> None:  # type: ignore[no-untyped-def]
+    """Training loss the same, the motivating finding gone: the validation loss decides."""
+    before = {**_run([_finding("HF201", "q")], [2.0] * 10 + [1.0]), "validation": val_before}
+    after = {**_run([], [2.0] * 10 + [1.0]), "validation": val_after}
+    fixes = [{"rule": "HF201", "component": "q", "kind": "lower_lr", "lr_before": 0.3,
+              "lr_after": 0.003, "max_norm": None}]
+    diff = findings_diff(before["findings"], after["findings"], {("HF201", "q")})
+    final = {"before": 1.0, "after": 1.0}
+    val = validation_outcome(before, after)
+    result, summary = verdict(before, after, fixes, diff, final, val)
+    assert result == expected, summary
+    if expected == "worse":
+        assert val == {"step": 100, "before": 1.0, "after": 1.2, "change": "worse"}
+        assert summary.startswith("the validation loss rose by more than 5%")
+        assert "HF201 on q no longer fires, but the training is worse" in summary
+    elif val_after:
+        assert "validation loss" in summary
 
 
 def test_verify_fix_object_has_the_agreed_shape(lr_verified) -> None:  # type: ignore[no-untyped-def]
