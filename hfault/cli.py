@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.table import Table
 
 from hfault import __version__
 from hfault.capture.schedule import ScheduleError, parse_schedule
@@ -508,14 +506,16 @@ def rules_list(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    from hfault.report.columns import Column, fit
     from hfault.rules import load_rules
 
-    table = Table(box=box.SIMPLE, title="hfault rules")
-    for col in ("id", "name", "scope", "severity", "summary"):
-        table.add_column(col, overflow="fold", no_wrap=col != "summary")
-    for rule in load_rules(None, rules_dirs or ()):
-        table.add_row(rule.id, rule.name, rule.scope, rule.severity, rule.summary)
-    Console(width=terminal_width()).print(table)
+    rules = load_rules(None, rules_dirs or ())
+    columns = [Column(key, [str(getattr(r, key)) for r in rules], justify="left",
+                      kind="wrap" if key == "summary" else "fixed")
+               for key in ("id", "name", "scope", "severity", "summary")]
+    width = terminal_width()
+    table = fit(columns, ("severity", "scope"), width).table("hfault rules")
+    Console(width=width).print(table)
 
 
 @rules_app.command("explain", help="Print one rule: condition, thresholds, rationale, example.")

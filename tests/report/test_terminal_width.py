@@ -187,3 +187,12 @@ def test_fit_gives_way_in_priority_order() -> None:
     narrow = fit(columns, ("z", "x", "y"), table_width([9, 8, 8]))  # room for two of three
     assert [c.key for c in narrow.columns] == ["component", "x", "z"]
     assert narrow.dropped == ["y"]
+
+
+def test_rules_list_fits_columns_with_every_rule_name_whole(tmp_path: Path) -> None:
+    result = run_cli(["rules"], tmp_path, json_report=False, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(cell_len(line) for line in lines) <= 80
+    names = [line.split()[1] for line in lines if re.match(r"\s+HF\d{3}\s", line)]
+    assert len(names) >= 20 and all(re.fullmatch(r"[a-z0-9-]+", n) for n in names), names
