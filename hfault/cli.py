@@ -10,16 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.table import Table
 
 from hfault import __version__
 from hfault.capture.schedule import ScheduleError, parse_schedule
 from hfault.exitcodes import ExitCode
 from hfault.findings import any_at_or_above
 from hfault.report.outputs import OutputError, Outputs, check_outputs, write_outputs
+from hfault.report.width import terminal_width
 from hfault.rules.rule import RuleError
 
 app = typer.Typer(
@@ -326,7 +325,7 @@ def _emit(
 
     written = write_outputs(data, catalog, Outputs(json_path, sarif_path, graph_path, html_path))
     if not quiet:
-        render(data, report_console(None if sys.stdout.isatty() else 120))
+        render(data, report_console())
         for line in written:
             print(line, file=sys.stderr)
 
@@ -481,7 +480,7 @@ def perturb_command(
     if json_path is not None:
         write_json(result.data, json_path)
     if not quiet:
-        render_perturb(result.data, report_console(None if sys.stdout.isatty() else 120))
+        render_perturb(result.data, report_console())
         if json_path is not None:
             print(f"JSON written to {json_path}", file=sys.stderr)
     if result.error:
@@ -507,14 +506,16 @@ def rules_list(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    from hfault.report.columns import Column, fit
     from hfault.rules import load_rules
 
-    table = Table(box=box.SIMPLE, title="hfault rules")
-    for col in ("id", "name", "scope", "severity", "summary"):
-        table.add_column(col, overflow="fold", no_wrap=col != "summary")
-    for rule in load_rules(None, rules_dirs or ()):
-        table.add_row(rule.id, rule.name, rule.scope, rule.severity, rule.summary)
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    rules = load_rules(None, rules_dirs or ())
+    columns = [Column(key, [str(getattr(r, key)) for r in rules], justify="left",
+                      kind="wrap" if key == "summary" else "fixed")
+               for key in ("id", "name", "scope", "severity", "summary")]
+    width = terminal_width()
+    table = fit(columns, ("severity", "scope"), width).table("hfault rules")
+    Console(width=width).print(table)
 
 
 @rules_app.command("explain", help="Print one rule: condition, thresholds, rationale, example.")
@@ -529,7 +530,7 @@ def rules_explain(
     match = [r for r in rules if rule_id.upper() == r.id or rule_id == r.name]
     if not match:
         raise UsageFailure(f"no rule {rule_id!r}; see hfault rules")
-    Console(width=None if sys.stdout.isatty() else 100).print(Markdown(explain(match[0])))
+    Console(width=terminal_width(piped=100)).print(Markdown(explain(match[0])))
 
 
 @app.command(help="Print the version.")

@@ -24,7 +24,7 @@ from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
 from hfault.capture.host_reads import HostReads, Reading
 from hfault.capture.schedule import Schedule
-from hfault.components import Component, build_components, find_roots, root_prefixes
+from hfault.components import Component, build_components, module_paths
 
 L = TypeVar("L", bound=Listener)
 
@@ -208,22 +208,11 @@ class CaptureSession(Listener):
 
     def module_names(self) -> dict[int, str]:
         """id(module) -> name relative to its root, for every module seen running."""
-        seen = list(self.state.modules.values())
         params = [p for c in self.state.components for p in (part.param for part in c.parts)]
-        if not params:  # before the first backward: name by what the optimizers hold
+        if not params:  # before the first step: name by what the optimizers hold
             params = [p for opt in self.state.optimizers for g in opt.param_groups
                       for p in g["params"]]
-        roots = find_roots(seen, params)
-        names: dict[int, str] = {}
-        for root, prefix in zip(roots, root_prefixes(roots), strict=True):
-            for path, module in root.named_modules():
-                full = prefix + path if path else (prefix.rstrip(".") or type(root).__name__)
-                names.setdefault(id(module), full)
-        for other in find_roots(seen):  # modules outside the trained models (a loss module)
-            for path, module in other.named_modules():
-                full = f"{type(other).__name__}.{path}" if path else type(other).__name__
-                names.setdefault(id(module), full)
-        return names
+        return module_paths(list(self.state.modules.values()), params)
 
     def output_component(self) -> str | None:
         """The component whose parameters the last module with parameters in the forward used:

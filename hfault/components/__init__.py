@@ -15,7 +15,12 @@ docs/components.md) and the assembly (:mod:`.build`).
 from hfault.components.attention import is_attention_module
 from hfault.components.build import build_components
 from hfault.components.model import ROLES, Component, ParamPart
-from hfault.components.roots import find_roots, module_has_children, root_prefixes
+from hfault.components.roots import (
+    find_roots,
+    module_has_children,
+    module_paths,
+    root_prefixes,
+)
 from hfault.components.source import class_source
 from hfault.components.splitters import (
     QKV,
@@ -40,6 +45,7 @@ __all__ = [
     "fused",
     "is_attention_module",
     "module_has_children",
+    "module_paths",
     "register_splitter",
     "root_prefixes",
     "splitters",

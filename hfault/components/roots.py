@@ -62,6 +62,33 @@ def root_prefixes(roots: Sequence[nn.Module]) -> list[str]:
     return prefixes
 
 
+def module_paths(
+    seen: Sequence[nn.Module], params: Sequence[nn.Parameter]
+) -> dict[int, str]:
+    """id(module) -> its dotted path, in the scheme components are named in: relative to its
+    model root (``pool``, ``pool.score``), with the roots' prefixes when there are several, and
+    the root itself by its class name. A module outside every model (a loss module, a frozen
+    copy) is named ``Class.path`` from its own root.
+
+    The models are the roots holding ``params`` (the trained ones); before any optimizer is
+    known (a sanity-check forward before the optimizer is built), the roots holding trainable
+    parameters, so a module has the same name whenever it is named.
+    """
+    if not params:
+        params = [p for m in seen for p in m.parameters() if p.requires_grad]
+    roots = find_roots(seen, params)
+    names: dict[int, str] = {}
+    for root, prefix in zip(roots, root_prefixes(roots), strict=True):
+        for path, module in root.named_modules():
+            full = prefix + path if path else (prefix.rstrip(".") or type(root).__name__)
+            names.setdefault(id(module), full)
+    for other in find_roots(seen):
+        for path, module in other.named_modules():
+            full = f"{type(other).__name__}.{path}" if path else type(other).__name__
+            names.setdefault(id(module), full)
+    return names
+
+
 def owners(
     params: Sequence[nn.Parameter], roots: Sequence[nn.Module]
 ) -> dict[int, tuple[Owner, str]]:

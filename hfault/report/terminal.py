@@ -1,5 +1,10 @@
 """The terminal report (rich): verdict, ranked findings with evidence and fixes, how the fault
-propagates (coupling paths, hubs), the components, the strongest couplings, attention, cost."""
+propagates (coupling paths, hubs), the components, the strongest couplings, attention, cost.
+
+Every table fits the console's width (:mod:`hfault.report.columns`): below what a table needs,
+its columns are abbreviated, then dropped, in the order the ``*_COLUMN_PRIORITY`` lists give
+(most important first; a table's name columns always stay), component names are shortened from
+the left, and the report says which columns it left out."""
 
 from __future__ import annotations
 
@@ -18,8 +23,11 @@ from rich.text import Text
 
 from hfault.fixes.dedupe import relation_text
 from hfault.numbers import fmt
+from hfault.report.columns import Column, Fitted, fit, table_width
+from hfault.report.width import terminal_width
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+_SEVERITY_SHORT = {"error": "err", "warning": "warn", "info": "info"}
 _VERDICT_STYLE = {
     "healthy": "bold green",
     "suspicious": "bold yellow",
@@ -28,15 +36,29 @@ _VERDICT_STYLE = {
     "not_diagnosed": "bold magenta",
 }
 MAX_COMPONENT_ROWS = 40
+
+# Columns that give way at a narrow width, most important first: the last ones are abbreviated,
+# then dropped, first. The component table keeps what says a component is beyond its stability
+# limit (r, λmax) and moving too fast (‖g‖, the update ratio, its lr) longest.
+COMPONENT_COLUMN_PRIORITY = ("r", "λmax", "‖g‖", "‖Δθ‖/‖θ‖", "lr", "zero g", "tr H ± se", "role",
+                             "λmin", "params")
+FINDING_COLUMN_PRIORITY = ("rule", "severity", "step", "evidence")  # messages repeat evidence
+COUPLING_COLUMN_PRIORITY = ("κ ± se", "ρ")
+ATTENTION_COLUMN_PRIORITY = ("entropy / log keys", "max logit", "lowest head")
+FIX_COLUMN_PRIORITY = ("fix", "how")
+FIXED_COUPLING_COLUMN_PRIORITY = ("κ before → after", "ρ before → after")
+_ROLE_SHORT = {"attention-pooling": "pool", "cross-attention": "cross"}
 MAX_SNIPPETS = 3
 MAX_EDGES = 8
 
 
 def report_console(width: int | None = None) -> Console:
-    """The console reports are printed on. Markup is off: names, messages and paths come from the
-    user's code and may hold ``[`` and ``]`` (a ModuleDict key, an exception message), which rich
-    would otherwise read as markup, drop, or fail on. Styles are set with ``Text`` instead."""
-    return Console(width=width, markup=False)
+    """The console reports are printed on, ``width`` columns wide (default: ``COLUMNS``, else the
+    terminal's width, else 120; see :mod:`hfault.report.width`). Markup is off: names, messages
+    and paths come from the user's code and may hold ``[`` and ``]`` (a ModuleDict key, an
+    exception message), which rich would otherwise read as markup, drop, or fail on. Styles are
+    set with ``Text`` instead."""
+    return Console(width=terminal_width() if width is None else width, markup=False)
 
 
 def render(report: Mapping[str, Any], console: Console) -> None:
@@ -70,6 +92,22 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     _verify_fix(report, console)
 
 
+def _count(n: int) -> str:
+    """A parameter count in at most 4 cells (``590k``, ``4.1M``)."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= limit:
+            value = n / limit
+            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.0f}{suffix}"
+    return str(n)
+
+
+def _left_out(fitted: Fitted, console: Console) -> None:
+    """Which columns a table left out for the width, so a reader knows to widen it."""
+    if fitted.dropped:
+        console.print(Text(f"not shown at {console.width} columns: {', '.join(fitted.dropped)} "
+                           "(set COLUMNS wider; the JSON report has them)", style="dim"))
+
+
 def _evidence(f: Mapping[str, Any]) -> str:
     ev = f.get("evidence") or {}
     metric, value, threshold = ev.get("metric"), ev.get("value"), ev.get("threshold")
@@ -86,27 +124,30 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
     if not findings:
         console.print(Text("No findings.", style="green"))
         return
-    table = Table(title="Findings, ranked", box=box.SIMPLE, title_justify="left", expand=True)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("rule", no_wrap=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("component", overflow="fold", ratio=2)
-    table.add_column("evidence", overflow="fold", ratio=2)
-    table.add_column("step", justify="right", no_wrap=True)
+    severity = [Text(f["severity"], style=_SEVERITY_STYLE[f["severity"]]) for f in findings]
+    columns = [
+        Column("#", [str(f["rank"]) for f in findings]),
+        Column("rule", [f"{f['rule']} {f['name']}" for f in findings], justify="left",
+               short=("rule", [f["rule"] for f in findings])),
+        Column("severity", severity, justify="left",
+               short=("sev", [Text(_SEVERITY_SHORT[t.plain], style=t.style)
+                              for t in severity])),
+        Column("component", [f.get("component") or "(run)" for f in findings], justify="left",
+               kind="name"),
+        Column("evidence", [_evidence(f) for f in findings], justify="left", kind="wrap"),
+        Column("step", [fmt(f.get("step")) for f in findings]),
+    ]
+    fitted = fit(columns, FINDING_COLUMN_PRIORITY, console.width)
+    console.print(fitted.table("Findings, ranked", title_justify="left"))
+    _left_out(fitted, console)
     for f in findings:
-        table.add_row(
-            str(f["rank"]),
-            f"{f['rule']} {f['name']}",
-            Text(f["severity"], style=_SEVERITY_STYLE[f["severity"]]),
-            f.get("component") or "(run)",
-            _evidence(f),
-            fmt(f.get("step")),
-        )
-    console.print(table)
-    for f in findings:
-        line = Text(f"{f['rank']:>3}  ")
-        line.append(f"{f['rule']}", style=_SEVERITY_STYLE[f["severity"]])
-        line.append(f"  {f['message']}")
+        # rank, rule, then the message wrapped at words beside them (a hanging indent)
+        line = Table.grid(padding=(0, 2))
+        line.add_column(justify="right", no_wrap=True, width=3)
+        line.add_column(no_wrap=True)
+        line.add_column()
+        line.add_row(str(f["rank"]), Text(f["rule"], style=_SEVERITY_STYLE[f["severity"]]),
+                     Text(f["message"]))
         console.print(line)
         fix, relation = f.get("fix"), relation_text(f)
         if relation:
@@ -166,47 +207,38 @@ def _components(report: Mapping[str, Any], console: Console) -> None:
     title = f"Components at step {last['step']} (loss {fmt(last.get('loss'), 4)})"
     if curved is not None:
         title += f"; curvature at step {curved['step']}"
-    table = Table(title=title, box=box.SIMPLE)
+    shown = components[:MAX_COMPONENT_ROWS]
+    metrics = [last["metrics"].get(c["name"], {}) for c in shown]
     columns = [
-        ("component", "left"),
-        ("role", "left"),
-        ("params", "right"),
-        ("‖g‖", "right"),
-        ("‖Δθ‖/‖θ‖", "right"),
-        ("lr", "right"),
+        Column("component", [c["name"] for c in shown], justify="left", kind="name"),
+        Column("role", [c["role"] for c in shown], justify="left",
+               short=("role", [_ROLE_SHORT.get(c["role"], c["role"]) for c in shown])),
+        Column("params", [f"{c['numel']:,}" for c in shown],
+               short=("params", [_count(c["numel"]) for c in shown])),
+        Column("‖g‖", [fmt(m.get("grad_norm")) for m in metrics]),
+        Column("‖Δθ‖/‖θ‖", [fmt(m.get("update_ratio")) for m in metrics]),
     ]
     if curved is None:
-        columns.insert(5, ("zero g", "right"))
+        columns.append(Column("zero g", [f"{m['zero_grad_fraction']:.0%}"
+                                         if "zero_grad_fraction" in m else "–"
+                                         for m in metrics]))
+    columns.append(Column("lr", [fmt(m.get("lr")) for m in metrics]))
     if curved is not None:
-        columns += [("tr H ± se", "right"), ("λmin", "right"), ("λmax", "right"), ("r", "right")]
-    for col, just in columns:
-        if col == "component":
-            longest = max(len(c["name"]) for c in components[:MAX_COMPONENT_ROWS])
-            table.add_column(col, min_width=min(longest, 36), overflow="fold")
-        else:
-            table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
-    flagged = {f["component"] for f in report.get("findings", []) if f.get("component")}
-    for comp in components[:MAX_COMPONENT_ROWS]:
-        m = last["metrics"].get(comp["name"], {})
-        row = [
-            comp["name"],
-            comp["role"],
-            f"{comp['numel']:,}",
-            fmt(m.get("grad_norm")),
-            fmt(m.get("update_ratio")),
-            fmt(m.get("lr")),
+        curv = [curved["metrics"].get(c["name"], {}) for c in shown]
+        columns += [
+            Column("tr H ± se", [f"{fmt(c['trace'])} ± {fmt(c.get('trace_se'), 2)}"
+                                 if "trace" in c else "–" for c in curv],
+                   short=("tr H", [fmt(c.get("trace")) for c in curv])),
+            Column("λmin", [fmt(c.get("lambda_min")) for c in curv]),
+            Column("λmax", [fmt(c.get("lambda_max")) for c in curv]),
+            Column("r", [fmt(c.get("stability_ratio"), 2) for c in curv]),
         ]
-        if curved is None:
-            row.insert(5, f"{m['zero_grad_fraction']:.0%}" if "zero_grad_fraction" in m else "–")
-        if curved is not None:
-            c = curved["metrics"].get(comp["name"], {})
-            trace = (
-                f"{fmt(c['trace'])} ± {fmt(c.get('trace_se'), 2)}" if "trace" in c else "–"
-            )
-            row += [trace, fmt(c.get("lambda_min")), fmt(c.get("lambda_max")),
-                    fmt(c.get("stability_ratio"), 2)]
-        table.add_row(*row, style="bold" if comp["name"] in flagged else None)
+    flagged = {f["component"] for f in report.get("findings", []) if f.get("component")}
+    fitted = fit(columns, COMPONENT_COLUMN_PRIORITY, console.width)
+    table = fitted.table(title, row_styles=["bold" if c["name"] in flagged else None
+                                            for c in shown])
     console.print(table)
+    _left_out(fitted, console)
     if len(components) > MAX_COMPONENT_ROWS:
         console.print(
             Text(
@@ -231,17 +263,20 @@ def _couplings(graph: Mapping[str, Any], console: Console) -> None:
     edges = sorted(graph.get("edges", []), key=lambda e: -_weight(e))[:MAX_EDGES]
     if not edges:
         return
-    table = Table(title="Strongest couplings κ = ‖H_ab‖/√(‖H_a·‖‖H_b·‖)", box=box.SIMPLE)
-    for col in ("component a", "component b", "κ ± se", "ρ"):
-        table.add_column(col, justify="left" if "component" in col else "right")
-    for e in edges:
-        table.add_row(e["source"], e["target"],
-                      f"{fmt(e.get('kappa'), 2)} ± {fmt(e.get('kappa_se'), 1)}",
-                      _rho(e.get("rho")))
-    if any(_indefinite(e.get("rho")) for e in edges):
+    kappa = [f"{fmt(e.get('kappa'), 2)} ± {fmt(e.get('kappa_se'), 1)}" for e in edges]
+    columns = [
+        Column("component a", [e["source"] for e in edges], justify="left", kind="name"),
+        Column("component b", [e["target"] for e in edges], justify="left", kind="name"),
+        Column("κ ± se", kappa, short=("κ", [fmt(e.get("kappa"), 2) for e in edges])),
+        Column("ρ", [_rho(e.get("rho")) for e in edges]),
+    ]
+    fitted = fit(columns, COUPLING_COLUMN_PRIORITY, console.width)
+    table = fitted.table("Strongest couplings κ = ‖H_ab‖/√(‖H_a·‖‖H_b·‖)")
+    if any(_indefinite(e.get("rho")) for e in edges) and "ρ" not in fitted.dropped:
         table.caption = ("ρ* : |ρ| > 1, the 2×2 Hessian along the two gradients is indefinite: "
                          "a sign of negative curvature, not a correlation")
     console.print(table)
+    _left_out(fitted, console)
 
 
 def _indefinite(rho: Any) -> bool:
@@ -254,13 +289,18 @@ def _rho(rho: Any) -> str:
 
 
 def _attention(snapshot: Mapping[str, Any], console: Console) -> None:
-    table = Table(title=f"Attention at step {snapshot['step']}", box=box.SIMPLE)
-    for col in ("attention module", "entropy / log keys", "lowest head", "max logit"):
-        table.add_column(col, justify="left" if col == "attention module" else "right")
-    for name, a in snapshot["attention"].items():
-        table.add_row(name, fmt(a.get("entropy_norm_mean"), 2),
-                      fmt(a.get("entropy_norm_head_min"), 2), fmt(a.get("max_logit"), 3))
-    console.print(table)
+    items = list(snapshot["attention"].items())
+    columns = [
+        Column("attention module", [name for name, _ in items], justify="left", kind="name"),
+        Column("entropy / log keys", [fmt(a.get("entropy_norm_mean"), 2) for _, a in items],
+               short=("entropy", [fmt(a.get("entropy_norm_mean"), 2) for _, a in items])),
+        Column("lowest head", [fmt(a.get("entropy_norm_head_min"), 2) for _, a in items],
+               short=("min head", [fmt(a.get("entropy_norm_head_min"), 2) for _, a in items])),
+        Column("max logit", [fmt(a.get("max_logit"), 3) for _, a in items]),
+    ]
+    fitted = fit(columns, ATTENTION_COLUMN_PRIORITY, console.width)
+    console.print(fitted.table(f"Attention at step {snapshot['step']}"))
+    _left_out(fitted, console)
 
 
 def _cost(report: Mapping[str, Any], console: Console) -> None:
@@ -296,13 +336,37 @@ _METRIC_LABEL = {
 MAX_STEP_COLUMNS = 5
 
 
-def _pick_steps(steps: list[Any]) -> list[int]:
-    """Indices of at most MAX_STEP_COLUMNS steps, first and last included."""
-    n = len(steps)
-    if n <= MAX_STEP_COLUMNS:
+def _pick_steps(steps: list[Any], limit: int = MAX_STEP_COLUMNS) -> list[int]:
+    """Indices of at most ``limit`` (at least 2) steps, first and last included."""
+    n, limit = len(steps), max(2, limit)
+    if n <= limit:
         return list(range(n))
-    k = MAX_STEP_COLUMNS - 1
+    k = limit - 1
     return sorted({round(i * (n - 1) / k) for i in range(k + 1)})
+
+
+def _step_table(name: str, steps: list[Any], rows: list[Mapping[str, Any]],
+                width: int) -> Table:
+    """One component's metrics before → after, with as many of the matched steps (first and
+    last always) as fit the width."""
+    labels = [_METRIC_LABEL.get(str(m.get("metric")), str(m.get("metric"))) for m in rows]
+
+    def cells(i: int) -> list[str]:
+        out = []
+        for m in rows:
+            before, after = list(m.get("before") or []), list(m.get("after") or [])
+            out.append(_arrow(before[i] if i < len(before) else None,
+                              after[i] if i < len(after) else None))
+        return out
+
+    columns = [Column("metric", labels, justify="left")]
+    for limit in range(MAX_STEP_COLUMNS, 1, -1):
+        columns = [columns[0]] + [Column(f"step {steps[i]}", cells(i))
+                                  for i in _pick_steps(steps, limit)]
+        if table_width([c.natural() for c in columns]) <= width:
+            break
+    return fit(columns, (), width).table(f"{name}: before → after at matched steps",
+                                         title_justify="left")
 
 
 def _arrow(before: Any, after: Any, digits: int = 3) -> str:
@@ -326,59 +390,62 @@ def _verify_fix(report: Mapping[str, Any], console: Console) -> None:
                       "side is a rerun without fixes, the first run trained other steps")
     fixes = [f for f in vf.get("fixes") or [] if isinstance(f, Mapping)]
     if fixes:
-        table = Table(title="Fixes applied in the rerun", box=box.SIMPLE, title_justify="left",
-                      expand=True)
-        for col in ("rule", "component", "fix", "how"):
-            table.add_column(col, overflow="fold", ratio=3 if col == "how" else None)
+        what, how = [], []
         for f in fixes:
             if f.get("kind") == "lower_lr":
-                what = f"lr {_arrow(f.get('lr_before'), f.get('lr_after'))}"
+                what.append(f"lr {_arrow(f.get('lr_before'), f.get('lr_after'))}")
             else:
-                what = f"clip ‖g‖ ≤ {fmt(f.get('max_norm'))}"
-            how = str(f.get("note") or "")
+                what.append(f"clip ‖g‖ ≤ {fmt(f.get('max_norm'))}")
+            note = str(f.get("note") or "")
             held = f.get("in_effect")
             if isinstance(held, Mapping) and held.get("held") is False:
-                how += (f"; NOT IN EFFECT from step {held.get('first_step_off')}: the script "
-                        "sets the LR itself")
-            table.add_row(str(f.get("rule")), str(f.get("component")), what, how)
-        console.print(table)
+                note += (f"; NOT IN EFFECT from step {held.get('first_step_off')}: the script "
+                         "sets the LR itself")
+            how.append(note)
+        columns = [
+            Column("rule", [str(f.get("rule")) for f in fixes], justify="left"),
+            Column("component", [str(f.get("component")) for f in fixes], justify="left",
+                   kind="name"),
+            Column("fix", what, justify="left", kind="wrap"),
+            Column("how", how, justify="left", kind="wrap"),
+        ]
+        fitted = fit(columns, FIX_COLUMN_PRIORITY, console.width)
+        console.print(fitted.table("Fixes applied in the rerun", title_justify="left"))
+        _left_out(fitted, console)
     steps = list(vf.get("steps") or [])
-    cols = _pick_steps(steps)
     rows = [m for m in vf.get("metrics") or [] if isinstance(m, Mapping)]
     for name in dict.fromkeys(str(m.get("component")) for m in rows):
-        if not cols:
+        if not steps:
             break
         # One small table per component: the step columns need the width.
-        table = Table(title=f"{name}: before → after at matched steps", box=box.SIMPLE,
-                      title_justify="left")
-        table.add_column("metric", no_wrap=True)
-        for i in cols:
-            table.add_column(f"step {steps[i]}", justify="right", no_wrap=True)
-        for m in rows:
-            if str(m.get("component")) != name:
-                continue
-            before, after = list(m.get("before") or []), list(m.get("after") or [])
-            cells = [_arrow(before[i] if i < len(before) else None,
-                            after[i] if i < len(after) else None) for i in cols]
-            table.add_row(_METRIC_LABEL.get(str(m.get("metric")), str(m.get("metric"))), *cells)
-        console.print(table)
-    edges = [e for e in vf.get("edges") or [] if isinstance(e, Mapping)]
-    if edges and cols:
-        table = Table(title=f"Couplings of the fixed components at step {steps[cols[-1]]}",
-                      box=box.SIMPLE, title_justify="left")
-        for col in ("component a", "component b", "κ before → after", "ρ before → after"):
-            table.add_column(col, justify="left" if "component" in col else "right")
-        last = cols[-1]
-        for e in edges[:MAX_EDGES]:
-            kappa, rho = e.get("kappa") or {}, e.get("rho") or {}
+        console.print(_step_table(name, steps, [m for m in rows
+                                                if str(m.get("component")) == name],
+                                  console.width))
+    edges = [e for e in vf.get("edges") or [] if isinstance(e, Mapping)][:MAX_EDGES]
+    if edges and steps:
+        last = len(steps) - 1
 
-            def at(series: Any, i: int = last) -> Any:
-                return series[i] if isinstance(series, list) and i < len(series) else None
+        def at(series: Any) -> Any:
+            return series[last] if isinstance(series, list) and last < len(series) else None
 
-            table.add_row(str(e.get("source")), str(e.get("target")),
-                          _arrow(at(kappa.get("before")), at(kappa.get("after")), 2),
-                          _arrow(at(rho.get("before")), at(rho.get("after")), 2))
-        console.print(table)
+        kappa = [e.get("kappa") or {} for e in edges]
+        rho = [e.get("rho") or {} for e in edges]
+        columns = [
+            Column("component a", [str(e.get("source")) for e in edges], justify="left",
+                   kind="name"),
+            Column("component b", [str(e.get("target")) for e in edges], justify="left",
+                   kind="name"),
+            Column("κ before → after", [_arrow(at(k.get("before")), at(k.get("after")), 2)
+                                        for k in kappa]),
+            Column("ρ before → after", [_arrow(at(r.get("before")), at(r.get("after")), 2)
+                                        for r in rho]),
+        ]
+        columns = [c if c.kind == "name" else
+                   Column(c.key, c.cells, short=(c.key.split()[0], c.cells)) for c in columns]
+        fitted = fit(columns, FIXED_COUPLING_COLUMN_PRIORITY, console.width)
+        console.print(fitted.table(f"Couplings of the fixed components at step {steps[last]}",
+                                   title_justify="left"))
+        _left_out(fitted, console)
     final = vf.get("final_loss") or {}
     if not isinstance(vf.get("after"), Mapping):
         final = {}  # nothing was rerun
