@@ -7,7 +7,10 @@ the missed samples the target's rank is uniform over the other classes, and a sh
 targets sits in the lower half of the model's ranking. That share stays near 0 in a fitted
 healthy run and near the noise rate × ½ under label noise, whatever the architecture, the
 optimizer or the loss scale (Arpit et al. 2017 show the clean part is fitted first, so the
-noisy part stands out once the model ranks the clean targets first).
+noisy part stands out once the model ranks the clean targets first). A model that cannot fit
+part of its data ranks those targets low too, but it is unsure there; a random label is
+independent of the input, so the model is as confident on the noisy rows as on any: the probe
+also records the model's confidence on all rows and on the lower-half ones.
 
 The probe reads the ``cross_entropy`` calls made with grad enabled inside a measured step's
 window (through :class:`~hfault.probes.loss_input.LossInputWatch`'s wrapper, which is in place
@@ -31,16 +34,20 @@ if TYPE_CHECKING:
 
 MAX_ROWS = 4096
 """Rows (samples, or samples × positions) read per loss call: enough for shares of a few per
-cent, and a bounded cost on a language model's (tokens × vocabulary) logits."""
+cent."""
+MAX_ENTRIES = 1 << 24
+"""Rows × classes read per call (64 MB of float32): a language model's (tokens × vocabulary)
+logits are read on fewer rows (335 for GPT-2's 50,257 classes)."""
 MIN_CLASSES = 3
 """With two classes every miss ranks the target last: rank says nothing about noise."""
 
 
-def label_ranks(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
-                ) -> torch.Tensor | None:
-    """Per row, the target's rank among the classes normalized to [0, 1] (0: the model's first
-    choice, 1: its last), for ``cross_entropy``'s (N, C, ...) logits and class-index or
-    class-probability targets; None when the call is not a classification over ≥ 3 classes."""
+def label_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``cross_entropy``'s (N, C, ...) logits and class-index or class-probability targets as
+    (rows, classes) logits and one class per row (ignored rows left out, at most ``MAX_ROWS``
+    and ``MAX_ENTRIES``, evenly spaced); None when the call is not a classification over ≥ 3
+    classes."""
     if logits.dim() < 2 or not logits.is_floating_point():
         return None
     classes = int(logits.shape[1])
@@ -58,19 +65,39 @@ def label_ranks(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 
             return None
         keep = t != ignore_index
         x, t = x[keep], t[keep]
-    if x.shape[0] > MAX_ROWS:
-        stride = -(-x.shape[0] // MAX_ROWS)
+    cap = max(1, min(MAX_ROWS, MAX_ENTRIES // classes))
+    if x.shape[0] > cap:
+        stride = -(-x.shape[0] // cap)
         x, t = x[::stride], t[::stride]
     if x.shape[0] == 0:
         return None
-    at_target = x.gather(1, t.long().clamp(0, classes - 1).unsqueeze(1))
-    above = (x > at_target).sum(1)
-    return above.to(torch.float32) / (classes - 1)
+    return x, t.long().clamp(0, classes - 1)
+
+
+def ranks_of(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per row, the target's rank among the classes normalized to [0, 1] (0: the model's first
+    choice, 1: its last; ties count for the target)."""
+    above = (x > x.gather(1, t.unsqueeze(1))).sum(1)
+    return above.to(torch.float32) / (x.shape[1] - 1)
+
+
+def confidence_of(x: torch.Tensor) -> torch.Tensor:
+    """Per row, the probability of the model's first choice (its softmax maximum)."""
+    x = x.float()
+    return (x.max(1).values - x.logsumexp(1)).exp()
+
+
+def label_ranks(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+                ) -> torch.Tensor | None:
+    """:func:`ranks_of` the rows :func:`label_rows` reads, or None."""
+    rows = label_rows(logits, target, ignore_index)
+    return ranks_of(*rows) if rows is not None else None
 
 
 class LabelFitProbe(Listener):
     """Per measured step: samples read, top-1 agreement with the targets, the share of targets
-    in the lower half of the model's ranking, and the mean normalized rank of the missed ones."""
+    in the lower half of the model's ranking, the mean normalized rank of the missed ones, and
+    the model's confidence (its first choice's probability) on all rows and on those rows."""
 
     priority = WINDOW
 
@@ -97,7 +124,7 @@ class LabelFitProbe(Listener):
     def close(self) -> None:
         self._open = False
         for step, classes, reading in self._pending:
-            n, hit, low, miss_rank = reading.values()
+            n, hit, low, miss_rank, confidence, confidence_low = reading.values()
             if n <= 0:
                 continue
             misses = n - hit
@@ -108,6 +135,8 @@ class LabelFitProbe(Listener):
                 "accuracy": hit / n,
                 "lower_half": low / n,
                 "miss_rank_mean": miss_rank / misses if misses > 0 else None,
+                "confidence": confidence / n,
+                "confidence_lower_half": confidence_low / low if low > 0 else None,
             })
         self._pending.clear()
 
@@ -123,14 +152,18 @@ class LabelFitProbe(Listener):
             return
         ignore = kwargs.get("ignore_index", args[3] if len(args) > 3 else -100)
         with torch.no_grad():
-            ranks = label_ranks(input, target, int(ignore))
-            if ranks is None:
+            rows = label_rows(input, target, int(ignore))
+            if rows is None:
                 return
+            ranks, confidence = ranks_of(*rows), confidence_of(rows[0])
+            lower = ranks >= 0.5
             sums = torch.stack([
                 torch.tensor(float(ranks.numel()), device=ranks.device),
                 (ranks == 0).sum().to(torch.float32),
-                (ranks >= 0.5).sum().to(torch.float32),
+                lower.sum().to(torch.float32),
                 ranks.sum(),
+                confidence.sum(),
+                (confidence * lower).sum(),
             ]).double()
         self._sums = sums if self._sums is None else self._sums + sums.to(self._sums.device)
         self._classes = max(self._classes, int(input.shape[1]))

@@ -80,6 +80,10 @@ RUN_FEATURES: dict[str, str] = {
     "label_fit_lower_half_min": "the smaller of the two steps' shares",
     "label_fit_miss_rank": "mean normalized rank (0 first, 1 last) of the missed targets; about "
     "0.5 when they are random",
+    "label_fit_confidence_ratio": "the model's mean confidence (its first choice's probability) "
+    "on the rows whose target it ranks in the lower half, over its mean confidence on all rows: "
+    "about 1 when those targets are random (the model predicts those rows like any other), "
+    "lower when it misses where it is unsure",
     "label_fit_loss_trend": "mean loss over the last quarter of the steps up to label_fit_step "
     "over the mean of the quarter before: near 1 once the loss has levelled off",
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
@@ -328,6 +332,7 @@ class Features:
             "label_fit_lower_half_min": min((float(r["lower_half"]) for r in last), default=None),
             "label_fit_miss_rank": miss_rank / misses if misses > 0 else None,
             "label_fit_loss_trend": self._loss_trend(int(last[-1]["step"])) if last else None,
+            "label_fit_confidence_ratio": _confidence_ratio(last),
         }
 
     def _loss_trend(self, until: int) -> float | None:
@@ -682,6 +687,23 @@ class Features:
         if scope == "attention":
             return self.attention_subjects()
         raise ValueError(f"unknown scope {scope!r}")
+
+
+def _confidence_ratio(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Pooled over ``records``: mean confidence on the lower-half rows over that on all rows."""
+    n = conf = low = conf_low = 0.0
+    for r in records:
+        c, cl = as_float(r.get("confidence")), as_float(r.get("confidence_lower_half"))
+        rows, lower = float(r.get("samples") or 0), float(r.get("samples") or 0) * float(
+            r.get("lower_half") or 0.0)
+        if c is None:
+            return None
+        n, conf = n + rows, conf + rows * c
+        if cl is not None:
+            low, conf_low = low + lower, conf_low + lower * cl
+    if n <= 0 or low <= 0 or conf <= 0:
+        return None
+    return (conf_low / low) / (conf / n)
 
 
 def _other_axis(record: Mapping[str, Any]) -> int | None:
