@@ -45,9 +45,9 @@ MIN_CLASSES = 3
 def label_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
                ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``cross_entropy``'s (N, C, ...) logits and class-index or class-probability targets as
-    (rows, classes) logits and one class per row (ignored rows left out, at most ``MAX_ROWS``
-    and ``MAX_ENTRIES``, evenly spaced); None when the call is not a classification over ≥ 3
-    classes."""
+    (rows, classes) logits and one class per row (ignored rows and rows with a NaN or no finite
+    score left out, at most ``MAX_ROWS`` and ``MAX_ENTRIES``, evenly spaced); None when the call
+    is not a classification over ≥ 3 classes."""
     if logits.dim() < 2 or not logits.is_floating_point():
         return None
     classes = int(logits.shape[1])
@@ -65,6 +65,8 @@ def label_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -
             return None
         keep = t != ignore_index
         x, t = x[keep], t[keep]
+    usable = ~x.isnan().any(1) & (x.amax(1) > -torch.inf)  # rows with a finite first choice
+    x, t = x[usable], t[usable]
     cap = max(1, min(MAX_ROWS, MAX_ENTRIES // classes))
     if x.shape[0] > cap:
         stride = -(-x.shape[0] // cap)
@@ -84,7 +86,7 @@ def ranks_of(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def confidence_of(x: torch.Tensor) -> torch.Tensor:
     """Per row, the probability of the model's first choice (its softmax maximum)."""
     x = x.float()
-    return (x.max(1).values - x.logsumexp(1)).exp()
+    return (x.max(1).values - x.logsumexp(1)).exp().nan_to_num(0.0)  # +inf scores: undefined
 
 
 def label_ranks(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100

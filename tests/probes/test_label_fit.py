@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hfault import ExitCode
-from hfault.probes.label_fit import MAX_ROWS, label_ranks
+from hfault.probes.label_fit import MAX_ROWS, confidence_of, label_ranks, label_rows
 from tests.conftest import SCRIPTS, assert_same_training, run_plain
 
 
@@ -49,6 +49,18 @@ def test_two_classes_and_non_logits_are_not_read() -> None:
     assert label_ranks(torch.randn(8, 2), torch.zeros(8, dtype=torch.long)) is None
     assert label_ranks(torch.randn(8), torch.zeros(8, dtype=torch.long)) is None
     assert label_ranks(torch.randn(8, 5), torch.zeros(7, dtype=torch.long)) is None
+
+
+def test_rows_without_a_finite_score_are_left_out() -> None:
+    """log_softmax outputs fed to cross_entropy can hold -inf (a saturated softmax), a diverging
+    model NaN: such rows have no rank or confidence; the others are read."""
+    logits = torch.randn(6, 5)
+    logits[0, 2] = float("nan")
+    logits[1] = float("-inf")
+    logits[2, 3] = float("-inf")  # one class impossible: still a row
+    rows = label_rows(logits, torch.zeros(6, dtype=torch.long))
+    assert rows is not None and rows[0].shape[0] == 4
+    assert bool(torch.isfinite(confidence_of(rows[0])).all())
 
 
 def test_rows_are_subsampled_to_the_cap() -> None:
