@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from hfault.capture.compiled import is_compiled_wrapper, original_module
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
 from hfault.capture.host_reads import HostReads, Reading
 from hfault.capture.schedule import Schedule
 from hfault.components import Component, build_components, find_roots, root_prefixes
+from hfault.components.names import plain_path
 
 L = TypeVar("L", bound=Listener)
 
@@ -43,6 +45,8 @@ class CaptureState:
     """Where each optimizer was constructed (file, line): learning-rate fixes point there."""
     modules: dict[int, nn.Module] = field(default_factory=dict)  # forward order of first call
     cross_modules: dict[int, nn.Module] = field(default_factory=dict)
+    compiled_modules: dict[int, nn.Module] = field(default_factory=dict)
+    """Modules seen through their ``torch.compile`` wrapper (the originals)."""
     components: list[Component] = field(default_factory=list)
     step: int = 0
     backward_calls: int = 0
@@ -73,6 +77,9 @@ class CaptureSession(Listener):
         self.reads = HostReads()
         """Device values listeners want on the host, read in one transfer per step."""
         self._pending_losses: list[tuple[Reading, float]] = []  # (loss, its AMP scale)
+        self._stepping: int | None = None
+        """id of the optimizer between ``before_step`` and ``after_step``: a backward then is
+        a closure step evaluating its loss again (LBFGS), not the next step's."""
 
     # ----------------------------------------------------------------- listeners
     def add(self, listener: L) -> L:
@@ -109,6 +116,9 @@ class CaptureSession(Listener):
 
     def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         modules = self.state.modules
+        if is_compiled_wrapper(module):
+            self._compiled(module)
+            return
         if id(module) not in modules:
             modules[id(module)] = module
         if (
@@ -118,6 +128,24 @@ class CaptureSession(Listener):
             and id(module) not in self.state.cross_modules
         ):
             self.state.cross_modules[id(module)] = module
+
+    def _compiled(self, wrapper: nn.Module) -> None:
+        """A ``torch.compile``d module is called: hooks do not run inside its compiled code
+        (``capture.compiled``), so its original module and all its submodules count as seen
+        now, in their registration order (the forward order inside is not observed)."""
+        original = original_module(wrapper)
+        compiled = self.state.compiled_modules
+        if id(original) in compiled:
+            return
+        compiled[id(original)] = original
+        for sub in original.modules():
+            self.state.modules.setdefault(id(sub), sub)
+        if len(compiled) == 1:
+            self.state.notes.append(
+                f"torch.compile: {type(original).__name__} runs compiled; hfault's forward "
+                "hooks stay out of compiled code, so the NaN check of module outputs and the "
+                "attention statistics do not see its submodules (gradient statistics and the "
+                "NaN check of gradients do)")
 
     # ----------------------------------------------------------------- backward
     def before_backward(self, event: BackwardEvent) -> None:
@@ -135,7 +163,10 @@ class CaptureSession(Listener):
             state.device = str(loss.device)
         event.reading = self.reads.put(loss.detach().float())  # read with the step's values
         self.loss_scale = event.scale
-        self._pending_losses.append((event.reading, event.scale))
+        if self._stepping is None:
+            # Not a re-evaluation inside a closure step (LBFGS's line search) once its
+            # gradients were final: the step's loss is that of the gradient it applies.
+            self._pending_losses.append((event.reading, event.scale))
         self._ensure_components()
         if self.window_step == event.step:
             event.measured = True
@@ -154,9 +185,11 @@ class CaptureSession(Listener):
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         if self.max_steps is not None and self.optimizer_steps(opt) + 1 > self.max_steps:
             raise StopTraining
+        self._stepping = id(opt)
         self._ensure_components()
 
     def after_step(self, opt: torch.optim.Optimizer) -> None:
+        self._stepping = None
         count = self.optimizer_steps(opt) + 1
         self._opt_steps[id(opt)] = count
         state = self.state
@@ -217,11 +250,13 @@ class CaptureSession(Listener):
         names: dict[int, str] = {}
         for root, prefix in zip(roots, root_prefixes(roots), strict=True):
             for path, module in root.named_modules():
-                full = prefix + path if path else (prefix.rstrip(".") or type(root).__name__)
+                full = (prefix + plain_path(path) if path
+                        else (prefix.rstrip(".") or type(root).__name__))
                 names.setdefault(id(module), full)
         for other in find_roots(seen):  # modules outside the trained models (a loss module)
             for path, module in other.named_modules():
-                full = f"{type(other).__name__}.{path}" if path else type(other).__name__
+                full = (f"{type(other).__name__}.{plain_path(path)}" if path
+                        else type(other).__name__)
                 names.setdefault(id(module), full)
         return names
 

@@ -8,7 +8,8 @@ accumulation the first micro-batch of the step is measured.
 Fused attention kernels have no double backward, and the kernel is chosen at forward time:
 :class:`CurvatureProbe` switches SDPA to the math kernel (``capture.math_attention``) when the
 measured-step window opens, after the ``optimizer.step()`` before that step, until its
-measurement is done.
+measurement is done. Compiled graphs (``torch.compile``) have no double backward either: for the
+same span, compiled code runs eagerly on the original modules (``capture.compiled.EagerSteps``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
+from hfault.capture.compiled import EagerSteps
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import WINDOW, BackwardEvent, Listener
 from hfault.capture.math_attention import MathAttention
@@ -277,9 +280,14 @@ class CurvatureProbe(Listener):
         self.config = config
         self.records: dict[int, CurvatureRecord] = {}
         self._math = MathAttention()
+        self._eager = EagerSteps()
 
     def window_opened(self, step: int) -> None:
         self._math.enter()
+        self._eager.enter()
+
+    def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._eager.module_called(module)
 
     def before_backward(self, event: BackwardEvent) -> None:
         if not event.measured or event.loss is None:
@@ -301,9 +309,17 @@ class CurvatureProbe(Listener):
                 )
         finally:
             self._math.exit()
+            self._eager.exit()
 
     def close(self) -> None:
         self._math.exit()
+        self._eager.exit()
+        state = self.session.state
+        if state.compiled_modules and self.records:
+            state.notes.append(
+                "torch.compile: the curvature's measured steps ran eagerly (a compiled graph has "
+                "no double backward), so on those steps alone training may differ from the "
+                "compiled run in the last bits")
 
     def contribute(self, draft: ReportDraft) -> None:
         from hfault.graph import coupling_graph  # networkx: only when a report is built
