@@ -24,15 +24,17 @@ curvature's measured steps, which run eagerly (:class:`EagerSteps`).
 from __future__ import annotations
 
 import functools
+import gc
 import sys
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
 
 from hfault.capture.delegates import delegate
+from hfault.components import find_roots
 from hfault.components.names import WRAPPER_SEGMENT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,6 +91,42 @@ def original_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def _compiled_anything() -> bool:
+    """Whether dynamo compiled any frame in this process (transformers and Lightning import
+    dynamo without compiling anything)."""
+    if not _dynamo_loaded():
+        return False
+    from torch._dynamo.utils import counters
+
+    return bool(counters["frames"]["ok"])
+
+
+def models_compiled_away(params: Sequence[torch.Tensor], seen: Sequence[nn.Module]
+                         ) -> list[nn.Module]:
+    """The models that hold some of ``params`` (the optimizers') when no module in ``seen`` does
+    and something was compiled: their forward ran only inside compiled code
+    (``torch.compile(train_step)``, ``model.compile()``), where hooks do not run. Found among
+    the live modules (one ``gc`` scan, only then), outermost, compiled wrappers replaced by
+    their originals."""
+    if not params or not _compiled_anything():
+        return []
+    held = {id(p) for root in find_roots(seen) for p in root.parameters()}
+    missing = [p for p in params if id(p) not in held]
+    if not missing:
+        return []
+    wanted = {id(p) for p in missing}
+    live: dict[int, nn.Module] = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), nn.Module):  # not isinstance: a dead weakproxy raises
+            module = original_module(obj)
+            live.setdefault(id(module), module)
+    holders = {mid for mid, m in live.items()
+               if any(id(p) in wanted for p in m.parameters(recurse=False))}
+    # Their ancestors hold them too: the roots are the outermost live modules holding any.
+    containing = [m for m in live.values() if any(id(sub) in holders for sub in m.modules())]
+    return find_roots(containing, cast("list[nn.Parameter]", missing))
+
+
 class QuietGlobalHookWarning:
     """Silence the warning ``OptimizedModule`` gives on each call while global module hooks are
     installed (hfault's own: the extra hook call it warns of is handled by
@@ -108,8 +146,9 @@ class QuietGlobalHookWarning:
     def exit(self) -> None:
         if self._entry is None:
             return
-        if self._entry in warnings.filters:
-            warnings.filters.remove(self._entry)
+        filters = cast("list[Any]", warnings.filters)  # a list, typed as a Sequence
+        if self._entry in filters:
+            filters.remove(self._entry)
             getattr(warnings, "_filters_mutated", lambda: None)()
         self._entry = None
 
@@ -125,22 +164,27 @@ class EagerSteps:
     differ from the script's compiled run in the last bits.
 
     Before the script's first ``torch.compile``, dynamo is not imported (hfault does not import
-    it: a second for every script) and nothing is compiled; a window that opened then is armed,
-    and switches when the first compiled module is called (:meth:`module_called`), before its
-    compiled code runs."""
+    it: a second for every script) and nothing is compiled: ``enter`` then only arms, and the
+    switch comes when the script calls ``torch.compile`` (:meth:`compiled`), before anything
+    compiled runs."""
 
     def __init__(self) -> None:
         self._stance: Any = None
         self._armed = False
+
+    @property
+    def waiting(self) -> bool:
+        """Armed, not switched: the caller should tell :meth:`compiled` of ``torch.compile``."""
+        return self._armed and self._stance is None
 
     def enter(self) -> None:
         self._armed = True
         if _dynamo_loaded():
             self._switch()
 
-    def module_called(self, module: nn.Module) -> None:
-        """A module's forward pre-hook: a compiled one called in an armed window switches."""
-        if self._armed and self._stance is None and is_compiled_wrapper(module):
+    def compiled(self) -> None:
+        """The script called ``torch.compile``."""
+        if self._armed:
             self._switch()
 
     def exit(self) -> None:

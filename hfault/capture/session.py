@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from hfault.capture.compiled import is_compiled_wrapper, original_module
+from hfault.capture.compiled import is_compiled_wrapper, models_compiled_away, original_module
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
 from hfault.capture.host_reads import HostReads, Reading
@@ -117,7 +117,7 @@ class CaptureSession(Listener):
     def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         modules = self.state.modules
         if is_compiled_wrapper(module):
-            self._compiled(module)
+            self._compiled(original_module(module))
             return
         if id(module) not in modules:
             modules[id(module)] = module
@@ -129,11 +129,11 @@ class CaptureSession(Listener):
         ):
             self.state.cross_modules[id(module)] = module
 
-    def _compiled(self, wrapper: nn.Module) -> None:
-        """A ``torch.compile``d module is called: hooks do not run inside its compiled code
-        (``capture.compiled``), so its original module and all its submodules count as seen
-        now, in their registration order (the forward order inside is not observed)."""
-        original = original_module(wrapper)
+    def _compiled(self, original: nn.Module) -> None:
+        """A module runs compiled (its ``torch.compile`` wrapper was called, or the optimizers'
+        parameters are found in it after compiled code ran): hooks do not run inside compiled
+        code (``capture.compiled``), so it and all its submodules count as seen now, in their
+        registration order (the forward order inside is not observed)."""
         compiled = self.state.compiled_modules
         if id(original) in compiled:
             return
@@ -224,6 +224,10 @@ class CaptureSession(Listener):
         n = len(self.state.optimizers)
         if n == self._components_for or n == 0:
             return
+        params = [p for opt in self.state.optimizers for g in opt.param_groups
+                  for p in g["params"]]
+        for model in models_compiled_away(params, list(self.state.modules.values())):
+            self._compiled(model)
         components = build_components(
             self.state.optimizers,
             list(self.state.modules.values()),
