@@ -15,7 +15,9 @@ mutation``). Two ways out:
 
 hfault takes the second (:func:`eager_only`, :func:`traced_as_original`). What it costs: hooks do
 not run for the modules inside compiled code. The session learns those modules from the compiled
-wrapper (:func:`original_module`), which is called outside the graph; the first-order statistics
+wrapper (:func:`original_module`), which is called outside the graph, or, when no hook of the
+model ran at all (``model.compile()``, a compiled function), from the live modules that hold the
+optimizers' parameters (:func:`models_compiled_away`); the first-order statistics
 come from ``.grad`` at ``optimizer.step()`` and need nothing else. Forward-time probes (the NaN
 check of module outputs, attention statistics) see nothing inside compiled code, except on the
 curvature's measured steps, which run eagerly (:class:`EagerSteps`).

@@ -8,9 +8,12 @@
 - ``torch.autograd.backward`` (``Tensor.backward`` looks it up at call time): ``before_backward``,
   the original call, ``after_backward``; the script gets exactly its own gradients;
 - ``GradScaler.scale``: remembers which tensors are scaled losses, so the loss is unscaled;
-- global optimizer step pre/post hooks (``before_step``, ``after_step``) and global module
-  forward pre/post hooks (``forward_pre``, ``forward``), registered only when some listener
-  listens (a forward hook runs on every module call).
+- global optimizer step pre/post hooks (``before_step``, ``after_step``; for ``step(closure)``,
+  ``before_step`` comes when the closure first returns: ``capture.step_events``) and global
+  module forward pre/post hooks (``forward_pre``, ``forward``), registered only when some
+  listener listens (a forward hook runs on every module call). Module hooks, and the torch
+  functions probes patch (:func:`patch`), do nothing inside code that ``torch.compile``
+  compiles, so the compiled graph stays the script's own (``capture.compiled``).
 
 Order: for every event, listeners run by :meth:`Listener.order` (lower first; ties in the order
 they were added). The capture session is the listener at :data:`CORE`: it counts steps, ends the

@@ -46,7 +46,8 @@ class CaptureState:
     modules: dict[int, nn.Module] = field(default_factory=dict)  # forward order of first call
     cross_modules: dict[int, nn.Module] = field(default_factory=dict)
     compiled_modules: dict[int, nn.Module] = field(default_factory=dict)
-    """Modules seen through their ``torch.compile`` wrapper (the originals)."""
+    """Models that run compiled (``torch.compile``; the originals, not the wrappers): their
+    submodules count as seen, in registration order."""
     components: list[Component] = field(default_factory=list)
     step: int = 0
     backward_calls: int = 0
