@@ -8,9 +8,12 @@
 - ``torch.autograd.backward`` (``Tensor.backward`` looks it up at call time): ``before_backward``,
   the original call, ``after_backward``; the script gets exactly its own gradients;
 - ``GradScaler.scale``: remembers which tensors are scaled losses, so the loss is unscaled;
-- global optimizer step pre/post hooks (``before_step``, ``after_step``) and global module
-  forward pre/post hooks (``forward_pre``, ``forward``), registered only when some listener
-  listens (a forward hook runs on every module call).
+- global optimizer step pre/post hooks (``before_step``, ``after_step``; for ``step(closure)``,
+  ``before_step`` comes when the closure first returns: ``capture.step_events``) and global
+  module forward pre/post hooks (``forward_pre``, ``forward``), registered only when some
+  listener listens (a forward hook runs on every module call). Module hooks, and the torch
+  functions probes patch (:func:`patch`), do nothing inside code that ``torch.compile``
+  compiles, so the compiled graph stays the script's own (``capture.compiled``).
 
 Order: for every event, listeners run by :meth:`Listener.order` (lower first; ties in the order
 they were added). The capture session is the listener at :data:`CORE`: it counts steps, ends the
@@ -25,17 +28,19 @@ perturbations, say so), and no probe draws from the global random generators.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.optim.optimizer as optim_mod
 from torch import nn
 from torch.nn.modules import module as module_mod
 
+from hfault.capture.compiled import QuietGlobalHookWarning, eager_only, traced_as_original
+from hfault.capture.delegates import delegate
 from hfault.capture.frames import user_caller
+from hfault.capture.step_events import StepEvents
 
 if TYPE_CHECKING:
     from hfault.capture.contribution import ReportDraft
@@ -58,22 +63,6 @@ PROBE = 300
 WINDOW = 400
 """Probes of the measured-step window (attention, then curvature: its double backward runs
 after the attention probe stopped watching)."""
-
-DELEGATES: set[tuple[str, str]] = set()
-"""(file name, function name) of hook functions that only pass a call on to torch: an exception
-whose deepest hfault frame is one of them is the script's, not hfault's (see
-``capture.runner.raised_in_hfault``)."""
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def delegate(function: F) -> F:
-    """Declare a wrapper that does its own work before or after calling the original, so an
-    exception raised in it (not deeper in hfault) comes from the original call."""
-    code = function.__code__
-    DELEGATES.add((os.path.basename(code.co_filename), code.co_name))
-    return function
-
 
 @dataclass
 class BackwardEvent:
@@ -248,12 +237,10 @@ class Hooks:
         setattr(scaler_cls, "scale", scale)  # noqa: B010 (a patch: no type to check)
         self._restore.append(lambda: setattr(scaler_cls, "scale", original_scale))
 
-        for event, register in (
-            ("before_step", optim_mod.register_optimizer_step_pre_hook),
-            ("after_step", optim_mod.register_optimizer_step_post_hook),
-        ):
-            if self.ordered(event):
-                handle = register(self._step_hook(event))
+        if self.ordered("before_step") or self.ordered("after_step"):
+            steps = StepEvents(self.ordered("before_step"), self.ordered("after_step"))
+            for handle in (optim_mod.register_optimizer_step_pre_hook(steps.pre_hook),
+                           optim_mod.register_optimizer_step_post_hook(steps.post_hook)):
                 self._restore.append(handle.remove)
         for event, register in (
             ("forward_pre", module_mod.register_module_forward_pre_hook),
@@ -261,8 +248,12 @@ class Hooks:
         ):
             methods = self.ordered(event)
             if methods:
-                handle = register(methods[0] if len(methods) == 1 else self._fan_out(methods))
+                handle = register(eager_only(
+                    methods[0] if len(methods) == 1 else self._fan_out(methods)))
                 self._restore.append(handle.remove)
+        quiet = QuietGlobalHookWarning()
+        quiet.enter()
+        self._restore.append(quiet.exit)
         try:
             self.dispatch("open")
         except BaseException:
@@ -298,15 +289,6 @@ class Hooks:
         return BackwardEvent(
             tensors, loss, float(scaler.get_scale()) if scaler is not None else 1.0)
 
-    def _step_hook(self, event: str) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
-        methods = self.ordered(event)
-
-        def step_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            for method in methods:
-                method(opt)
-
-        return step_hook
-
     @staticmethod
     def _fan_out(methods: Sequence[Callable[..., Any]]) -> Callable[..., None]:
         def fan_out(*args: Any) -> None:
@@ -318,10 +300,10 @@ class Hooks:
 
 # ---------------------------------------------------------------------- for probes
 def patch(owner: Any, name: str, wrap: Callable[[Any], Any]) -> Callable[[], None]:
-    """Replace ``owner.name`` by ``wrap(original)`` (a probe's own window on a torch function);
-    returns what puts the original back."""
+    """Replace ``owner.name`` by ``wrap(original)`` (a probe's own window on a torch function;
+    code that dynamo compiles calls the original); returns what puts the original back."""
     original = getattr(owner, name)
-    setattr(owner, name, wrap(original))
+    setattr(owner, name, traced_as_original(original, wrap(original)))
     return lambda: setattr(owner, name, original)
 
 
@@ -333,6 +315,6 @@ def module_hooks(
 ) -> list[Any]:
     """Global module forward pre/post hooks of a probe's own (removable handles)."""
     return [
-        module_mod.register_module_forward_pre_hook(pre),
-        module_mod.register_module_forward_hook(post, always_call=always_call),
+        module_mod.register_module_forward_pre_hook(eager_only(pre)),
+        module_mod.register_module_forward_hook(eager_only(post), always_call=always_call),
     ]

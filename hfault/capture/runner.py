@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hfault.capture import frames
-from hfault.capture.hooks import DELEGATES
+from hfault.capture.delegates import DELEGATES
 from hfault.capture.session import CaptureSession, StopTraining
 
 
@@ -45,7 +45,7 @@ def _user_frame(tb: TracebackType | None, script: Path) -> traceback.FrameSummar
 def raised_in_hfault(tb: TracebackType | None) -> bool:
     """Whether an exception came from hfault's own code run inside the script (a hook), not from
     the script: the deepest frame outside library code is hfault's, and is not a hook that only
-    passes the call on to torch (``hooks.DELEGATES``: an exception there came from torch)."""
+    passes the call on to torch (``delegates.DELEGATES``: an exception there came from torch)."""
     for frame in reversed(traceback.extract_tb(tb)):
         if frames.is_hfault(frame.filename):
             if os.path.abspath(frame.filename) == os.path.abspath(__file__):
@@ -80,6 +80,20 @@ def _error(exc: BaseException, script: Path) -> dict[str, object]:
     }
 
 
+def _handling_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a Ctrl-C: Lightning's ``Trainer.fit`` turns
+    the ``KeyboardInterrupt`` into ``sys.exit(1)`` after its graceful shutdown, but the run was
+    still interrupted, not crashed."""
+    seen: set[int] = set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        seen.add(id(context))
+        context = context.__context__
+    return False
+
+
 def outcome_of(exc: BaseException | None, script: Path) -> RunOutcome:
     """How a run ended, from the exception that ended it (None: it returned). ``script`` is
     the file whose folder counts as the user's when locating the error."""
@@ -87,7 +101,8 @@ def outcome_of(exc: BaseException | None, script: Path) -> RunOutcome:
         return RunOutcome("completed")
     if isinstance(exc, StopTraining):
         return RunOutcome("stopped")
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, SystemExit) and _handling_interrupt(exc)):
         return RunOutcome("stopped", interrupted=True)
     if isinstance(exc, SystemExit):
         if exc.code in (None, 0):

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from hfault.capture.compiled import is_compiled_wrapper, models_compiled_away, original_module
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
 from hfault.capture.host_reads import HostReads, Reading
@@ -43,6 +44,9 @@ class CaptureState:
     """Where each optimizer was constructed (file, line): learning-rate fixes point there."""
     modules: dict[int, nn.Module] = field(default_factory=dict)  # forward order of first call
     cross_modules: dict[int, nn.Module] = field(default_factory=dict)
+    compiled_modules: dict[int, nn.Module] = field(default_factory=dict)
+    """Models that run compiled (``torch.compile``; the originals, not the wrappers): their
+    submodules count as seen, in registration order."""
     components: list[Component] = field(default_factory=list)
     step: int = 0
     backward_calls: int = 0
@@ -73,6 +77,9 @@ class CaptureSession(Listener):
         self.reads = HostReads()
         """Device values listeners want on the host, read in one transfer per step."""
         self._pending_losses: list[tuple[Reading, float]] = []  # (loss, its AMP scale)
+        self._stepping: int | None = None
+        """id of the optimizer between ``before_step`` and ``after_step``: a backward then is
+        a closure step evaluating its loss again (LBFGS), not the next step's."""
 
     # ----------------------------------------------------------------- listeners
     def add(self, listener: L) -> L:
@@ -109,6 +116,9 @@ class CaptureSession(Listener):
 
     def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         modules = self.state.modules
+        if is_compiled_wrapper(module):
+            self._compiled(original_module(module))
+            return
         if id(module) not in modules:
             modules[id(module)] = module
         if (
@@ -118,6 +128,24 @@ class CaptureSession(Listener):
             and id(module) not in self.state.cross_modules
         ):
             self.state.cross_modules[id(module)] = module
+
+    def _compiled(self, original: nn.Module) -> None:
+        """A module runs compiled (its ``torch.compile`` wrapper was called, or the optimizers'
+        parameters are found in it after compiled code ran): hooks do not run inside compiled
+        code (``capture.compiled``), so it and all its submodules count as seen now, in their
+        registration order (the forward order inside is not observed)."""
+        compiled = self.state.compiled_modules
+        if id(original) in compiled:
+            return
+        compiled[id(original)] = original
+        for sub in original.modules():
+            self.state.modules.setdefault(id(sub), sub)
+        if len(compiled) == 1:
+            self.state.notes.append(
+                f"torch.compile: {type(original).__name__} runs compiled; hfault's forward "
+                "hooks stay out of compiled code, so the NaN check of module outputs and the "
+                "attention statistics do not see its submodules (gradient statistics and the "
+                "NaN check of gradients do)")
 
     # ----------------------------------------------------------------- backward
     def before_backward(self, event: BackwardEvent) -> None:
@@ -135,7 +163,10 @@ class CaptureSession(Listener):
             state.device = str(loss.device)
         event.reading = self.reads.put(loss.detach().float())  # read with the step's values
         self.loss_scale = event.scale
-        self._pending_losses.append((event.reading, event.scale))
+        if self._stepping is None:
+            # Not a re-evaluation inside a closure step (LBFGS's line search) once its
+            # gradients were final: the step's loss is that of the gradient it applies.
+            self._pending_losses.append((event.reading, event.scale))
         self._ensure_components()
         if self.window_step == event.step:
             event.measured = True
@@ -154,9 +185,11 @@ class CaptureSession(Listener):
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         if self.max_steps is not None and self.optimizer_steps(opt) + 1 > self.max_steps:
             raise StopTraining
+        self._stepping = id(opt)
         self._ensure_components()
 
     def after_step(self, opt: torch.optim.Optimizer) -> None:
+        self._stepping = None
         count = self.optimizer_steps(opt) + 1
         self._opt_steps[id(opt)] = count
         state = self.state
@@ -191,6 +224,10 @@ class CaptureSession(Listener):
         n = len(self.state.optimizers)
         if n == self._components_for or n == 0:
             return
+        params = [p for opt in self.state.optimizers for g in opt.param_groups
+                  for p in g["params"]]
+        for model in models_compiled_away(params, list(self.state.modules.values())):
+            self._compiled(model)
         components = build_components(
             self.state.optimizers,
             list(self.state.modules.values()),

@@ -17,6 +17,17 @@ FUSED_QKV = frozenset({"qkv", "to_qkv", "qkv_proj", "wqkv", "c_attn", "in_proj"}
 CONTEXT = frozenset({"context", "u", "u_w", "u_s", "uw", "us", "context_vector", "query_vector"})
 CROSS_HINTS = ("cross", "encdec", "enc_dec", "encoder_attn")
 ATTN_HINTS = ("attention", "attn")
+WRAPPER_SEGMENT = "_orig_mod"
+"""The attribute (and module path segment) under which ``torch.compile``'s ``OptimizedModule``
+holds the original module."""
+
+
+def plain_path(path: str) -> str:
+    """A module path without compiled wrappers' segments (``block._orig_mod.fc`` ->
+    ``block.fc``): how the script's code names the module."""
+    if WRAPPER_SEGMENT not in path:
+        return path
+    return ".".join(s for s in path.split(".") if s != WRAPPER_SEGMENT)
 
 
 def leaf(path: str) -> str:

@@ -8,13 +8,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from hfault.components.names import WRAPPER_SEGMENT, plain_path
+
 
 @dataclass
 class Owner:
     """The module that owns a parameter, with the path to it (its ancestors give its context)."""
 
     path: str  # module path relative to its root, with root prefix when several roots
-    local: str  # module path relative to its root, never prefixed (for get_submodule)
+    local: str  # module path relative to its root, never prefixed (for get_submodule); compiled
+    # wrappers' ``_orig_mod`` left out (the wrapper forwards the lookup)
     module: nn.Module
     ancestors: list[tuple[str, nn.Module]]  # (path, module), outermost first, module excluded
 
@@ -80,11 +83,13 @@ def module_paths(
     names: dict[int, str] = {}
     for root, prefix in zip(roots, root_prefixes(roots), strict=True):
         for path, module in root.named_modules():
-            full = prefix + path if path else (prefix.rstrip(".") or type(root).__name__)
+            full = (prefix + plain_path(path) if path
+                    else (prefix.rstrip(".") or type(root).__name__))
             names.setdefault(id(module), full)
     for other in find_roots(seen):
         for path, module in other.named_modules():
-            full = f"{type(other).__name__}.{path}" if path else type(other).__name__
+            full = (f"{type(other).__name__}.{plain_path(path)}" if path
+                    else type(other).__name__)
             names.setdefault(id(module), full)
     return names
 
@@ -100,10 +105,13 @@ def owners(
         for path, module in root.named_modules():
             depth = 0 if not path else path.count(".") + 1
             del stack[depth:]
-            full = (prefix + path) if path else prefix.rstrip(".")
+            full = (prefix + plain_path(path)) if path else prefix.rstrip(".")
             for pname, p in module.named_parameters(recurse=False):
                 if id(p) in wanted and id(p) not in result:
-                    result[id(p)] = (Owner(full, path, module, list(stack)), pname)
+                    # A torch.compile wrapper is no ancestor of its original: the same module
+                    # to the script, where the wrapper forwards parameter and submodule lookups.
+                    ancestors = [a for a in stack if WRAPPER_SEGMENT not in a[1]._modules]
+                    result[id(p)] = (Owner(full, plain_path(path), module, ancestors), pname)
             stack.append((full, module))
     return result
 

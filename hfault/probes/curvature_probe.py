@@ -8,21 +8,23 @@ accumulation the first micro-batch of the step is measured.
 Fused attention kernels have no double backward, and the kernel is chosen at forward time:
 :class:`CurvatureProbe` switches SDPA to the math kernel (``capture.math_attention``) when the
 measured-step window opens, after the ``optimizer.step()`` before that step, until its
-measurement is done.
+measurement is done. Compiled graphs (``torch.compile``) have no double backward either: for the
+same span, compiled code runs eagerly on the original modules (``capture.compiled.EagerSteps``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hfault.capture.compiled import EagerSteps
 from hfault.capture.contribution import ReportDraft
-from hfault.capture.hooks import WINDOW, BackwardEvent, Listener
+from hfault.capture.hooks import WINDOW, BackwardEvent, Listener, delegate, patch
 from hfault.capture.math_attention import MathAttention
 from hfault.components import Component
 from hfault.curvature import (
@@ -277,9 +279,32 @@ class CurvatureProbe(Listener):
         self.config = config
         self.records: dict[int, CurvatureRecord] = {}
         self._math = MathAttention()
+        self._eager = EagerSteps()
+        self._unpatch: Callable[[], None] | None = None
 
     def window_opened(self, step: int) -> None:
         self._math.enter()
+        self._eager.enter()
+        if self._eager.waiting and self._unpatch is None:  # nothing compiled yet
+            self._unpatch = patch(torch, "compile", self._compile_then_eager)
+
+    def _compile_then_eager(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        eager = self._eager
+
+        @delegate
+        def compile_then_eager(*args: Any, **kwargs: Any) -> Any:
+            compiled = original(*args, **kwargs)
+            eager.compiled()
+            return compiled
+
+        return compile_then_eager
+
+    def _end_window(self) -> None:
+        self._math.exit()
+        self._eager.exit()
+        if self._unpatch is not None:
+            self._unpatch()
+            self._unpatch = None
 
     def before_backward(self, event: BackwardEvent) -> None:
         if not event.measured or event.loss is None:
@@ -300,10 +325,16 @@ class CurvatureProbe(Listener):
                     self.config,
                 )
         finally:
-            self._math.exit()
+            self._end_window()
 
     def close(self) -> None:
-        self._math.exit()
+        self._end_window()
+        state = self.session.state
+        if state.compiled_modules and self.records:
+            state.notes.append(
+                "torch.compile: the curvature's measured steps ran eagerly (a compiled graph has "
+                "no double backward), so on those steps alone training may differ from the "
+                "compiled run in the last bits")
 
     def contribute(self, draft: ReportDraft) -> None:
         from hfault.graph import coupling_graph  # networkx: only when a report is built

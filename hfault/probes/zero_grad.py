@@ -9,7 +9,8 @@ first that had a gradient at its first step): a ``None`` or all-zero ``.grad`` i
 step reached after at least one ``backward`` without a reset is stale. Gradient accumulation
 (several backward calls, one reset per step) and GAN loops (the generator's backward adds into
 the discriminator's stale ``.grad``, which the discriminator resets before its own backward)
-both reset; a closure optimizer (LBFGS) runs its backward inside ``step`` and is not judged.
+both reset. A closure step (LBFGS, Lightning) is judged like any other: ``before_step`` comes
+when its closure first returns (``capture.step_events``), so the closure's own reset counts.
 At most one host sync per backward, for the first few steps only.
 """
 
