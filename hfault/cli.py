@@ -274,7 +274,8 @@ def diagnose(
         _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path,
               html_path=html_path)
 
-        if outcome.interrupted or (verify_fix and verified.interrupted):
+        ctrl_c = outcome.interrupted and not outcome.terminated
+        if ctrl_c or (verify_fix and verified.interrupted):
             raise typer.Exit(ExitCode.INTERRUPTED)
         if outcome.status == "crashed":
             raise typer.Exit(_crashed(outcome.error or {}, show_traceback))
@@ -291,6 +292,8 @@ def diagnose(
             _err(f"rank {other['rank']}: the script called os._exit({other.get('exit_code')})"
                  f"{_where(err)}: its process ended early")
             raise typer.Exit(ExitCode.SCRIPT_EXITED)
+        if outcome.terminated:  # torchrun stopped this rank, and no other rank said why
+            raise typer.Exit(ExitCode.INTERRUPTED)
         if not result.trained:
             what = (
                 "created no torch.optim optimizer"

@@ -9,7 +9,7 @@ writes files; the others print one line.
 How the facts travel:
 
 - every rank first writes them to a small file in a temporary folder named after the torchrun
-  run (run id, restart count and the launcher's pid);
+  run (run id, restart count, the launcher's pid and start time);
 - when the script left its process group initialized and this rank's run did not crash, over
   that group (``gather_object`` to rank 0): the only way that reaches ranks on other nodes;
 - otherwise (the script destroyed the group, or this rank crashed: the others may still be inside
@@ -56,6 +56,18 @@ def _group_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _launcher_id() -> str:
+    """The launcher (this process's parent): its pid and, where ``/proc`` says it, its start
+    time, so a reused pid never meets an old run's files (the run id is ``none`` unless torchrun
+    is given one)."""
+    ppid = os.getppid()
+    try:
+        start = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return str(ppid)
+    return f"{ppid}.{start}"
+
+
 @dataclass
 class World:
     """This process's place in a torchrun run of several processes."""
@@ -65,7 +77,8 @@ class World:
     local_size: int
     """Ranks on this node (``LOCAL_WORLD_SIZE``): rank 0's node holds ranks 0 .. local_size-1."""
     run_key: str
-    """Names this run's hand-off folder: torchrun's run id, restart count and pid."""
+    """Names this run's hand-off folder: torchrun's run id and restart count, the launcher's
+    pid and start time."""
     channel: str | None = field(default=None, compare=False)
     """How the facts went: ``process group`` or ``files`` (set by :meth:`gather`)."""
     problems: list[str] = field(default_factory=list, compare=False)
@@ -81,7 +94,7 @@ class World:
             return None
         local = min(max(_env_int(env, "LOCAL_WORLD_SIZE", size), 1), size)
         key = "-".join((env.get("TORCHELASTIC_RUN_ID", "run"),
-                        env.get("TORCHELASTIC_RESTART_COUNT", "0"), str(os.getppid())))
+                        env.get("TORCHELASTIC_RESTART_COUNT", "0"), _launcher_id()))
         return cls(rank, size, local, re.sub(r"[^A-Za-z0-9_.-]", "_", key))
 
     @property

@@ -114,7 +114,8 @@ class Report:
         return {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
 
     def verdict(self) -> str:
-        if self.run.status == "crashed":
+        ranks = self.run.ranks or []  # under torchrun: a crash of any rank ends the run
+        if self.run.status == "crashed" or any(r.get("status") == "crashed" for r in ranks):
             head = "crashed"
         elif self.run.steps == 0 and not any(f.severity != "info" for f in self.findings):
             head = "not_diagnosed"  # no optimizer step was seen: never a "healthy" banner

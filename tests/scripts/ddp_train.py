@@ -4,12 +4,15 @@ Each rank trains the same tiny model on its own batches; DDP averages the gradie
 --nan-rank R: from --bad-step on, module `temp` of rank R divides by 0 (its output turns
   non-finite on that rank only; DDP's gradient all-reduce then spreads the NaN to every rank).
 --crash-rank R: rank R (-1: every rank) raises ValueError at --bad-step, before its forward.
+--linger S: rank 0 spends S seconds in a finally block after its training, crashed or not (a slow
+  checkpoint save).
 --destroy: destroy the process group when training is done (as many scripts do).
 --fsdp: shard the model with FSDP2's fully_shard instead of DDP (it runs on CPU, FSDP1 does not).
 --exit-code N: end with os._exit(N) after training, skipping interpreter shutdown.
 """
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -50,6 +53,7 @@ def main() -> None:
     args = parse({"--nan-rank": {"type": int, "default": None},
                   "--bad-step": {"type": int, "default": 3},
                   "--crash-rank": {"type": int, "default": None},
+                  "--linger": {"type": float, "default": 0.0},
                   "--destroy": {"action": "store_true"},
                   "--fsdp": {"action": "store_true"},
                   "--exit-code": {"type": int, "default": None}})
@@ -61,17 +65,21 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.Generator().manual_seed(args.seed + 1 + rank)  # each rank its own batches
     losses = []
-    for step in range(1, args.steps + 1):
-        if rank == args.nan_rank and step >= args.bad_step:
-            net.temp.t = 0.0
-        if args.crash_rank in (rank, -1) and step == args.bad_step:
-            raise ValueError(f"corrupt shard on rank {rank}")
-        x = torch.randn(8, 4, generator=data)
-        loss = nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    try:
+        for step in range(1, args.steps + 1):
+            if rank == args.nan_rank and step >= args.bad_step:
+                net.temp.t = 0.0
+            if args.crash_rank in (rank, -1) and step == args.bad_step:
+                raise ValueError(f"corrupt shard on rank {rank}")
+            x = torch.randn(8, 4, generator=data)
+            loss = nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        if rank == 0:
+            time.sleep(args.linger)
     if rank == 0:
         save(args.out, losses, net)
     if args.destroy:
