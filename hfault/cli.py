@@ -8,7 +8,7 @@ import sys
 import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -22,6 +22,11 @@ from hfault.exitcodes import ExitCode
 from hfault.findings import any_at_or_above
 from hfault.report.outputs import OutputError, Outputs, check_outputs, write_outputs
 from hfault.rules.rule import RuleError
+
+if TYPE_CHECKING:
+    from hfault.capture.distributed import World
+    from hfault.capture.runner import RunOutcome
+    from hfault.diagnose import Diagnosis
 
 app = typer.Typer(
     add_completion=False,
@@ -214,7 +219,6 @@ def diagnose(
     from hfault.capture.distributed import World
     from hfault.capture.termination import held_sigterm
     from hfault.diagnose import DiagnoseOptions, diagnose
-    from hfault.report.ranks import worst_other_rank
 
     if verify_steps is not None and not verify_fix:
         raise UsageFailure("--verify-steps needs --verify-fix")
@@ -274,35 +278,46 @@ def diagnose(
         _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path,
               html_path=html_path)
 
-        ctrl_c = outcome.interrupted and not outcome.terminated
-        if ctrl_c or (verify_fix and verified.interrupted):
-            raise typer.Exit(ExitCode.INTERRUPTED)
-        if outcome.status == "crashed":
-            raise typer.Exit(_crashed(outcome.error or {}, show_traceback))
-        if outcome.status == "exited":
-            _exited(outcome.exit_code, outcome.error or {})
-            raise EndProcess(ExitCode.SCRIPT_EXITED)
-        other = worst_other_rank(data["run"])
-        if other is not None:
-            err = other.get("error") or {}
-            if other["status"] == "crashed":
-                _err(f"rank {other['rank']}: the script raised {err.get('type')}: "
-                     f"{_first_line(err.get('message'))}{_where(err)}")
-                raise typer.Exit(ExitCode.SCRIPT_CRASHED)
-            _err(f"rank {other['rank']}: the script called os._exit({other.get('exit_code')})"
-                 f"{_where(err)}: its process ended early")
-            raise typer.Exit(ExitCode.SCRIPT_EXITED)
-        if outcome.terminated:  # torchrun stopped this rank, and no other rank said why
-            raise typer.Exit(ExitCode.INTERRUPTED)
-        if not result.trained:
-            what = (
-                "created no torch.optim optimizer"
-                if not result.state.optimizers
-                else "never called backward()"
-            )
-            _err(f"nothing to diagnose: {script} {what}")
-            raise typer.Exit(ExitCode.USAGE)
-        raise typer.Exit(_findings_code(data, fail_on))
+        rerun_interrupted = verify_fix and verified.interrupted
+        raise typer.Exit(_exit_code(result, data, fail_on, show_traceback, rerun_interrupted))
+
+
+def _exit_code(result: Diagnosis, data: dict[str, Any], fail_on: FailOn, show_traceback: bool,
+               rerun_interrupted: bool) -> ExitCode:
+    """How the run ended, for the exit code, said in one line where it is not the findings';
+    under torchrun rank 0's code speaks for every rank. Raises :class:`EndProcess` when the
+    script called ``os._exit``."""
+    from hfault.report.ranks import worst_other_rank
+
+    outcome = result.outcome
+    if (outcome.interrupted and not outcome.terminated) or rerun_interrupted:
+        return ExitCode.INTERRUPTED
+    if outcome.status == "crashed":
+        return _crashed(outcome.error or {}, show_traceback)
+    if outcome.status == "exited":
+        _exited(outcome.exit_code, outcome.error or {})
+        raise EndProcess(ExitCode.SCRIPT_EXITED)
+    other = worst_other_rank(data["run"])
+    if other is not None:
+        err = other.get("error") or {}
+        if other["status"] == "crashed":
+            _err(f"rank {other['rank']}: the script raised {err.get('type')}: "
+                 f"{_first_line(err.get('message'))}{_where(err)}")
+            return ExitCode.SCRIPT_CRASHED
+        _err(f"rank {other['rank']}: the script called os._exit({other.get('exit_code')})"
+             f"{_where(err)}: its process ended early")
+        return ExitCode.SCRIPT_EXITED
+    if outcome.terminated:  # torchrun stopped this rank, and no other rank said why
+        return ExitCode.INTERRUPTED
+    if not result.trained:
+        what = (
+            "created no torch.optim optimizer"
+            if not result.state.optimizers
+            else "never called backward()"
+        )
+        _err(f"nothing to diagnose: {data['run']['script']} {what}")
+        return ExitCode.USAGE
+    return _findings_code(data, fail_on)
 
 
 def _where(err: dict[str, Any]) -> str:
@@ -330,7 +345,7 @@ def _exited(code: int | None, err: dict[str, Any]) -> None:
           f"{int(ExitCode.SCRIPT_EXITED)})", file=sys.stderr)
 
 
-def _other_rank(world: Any, outcome: Any, quiet: bool, show_traceback: bool) -> ExitCode:
+def _other_rank(world: World, outcome: RunOutcome, quiet: bool, show_traceback: bool) -> ExitCode:
     """A rank other than 0 under torchrun: one line, no files (rank 0 reports the run). Its exit
     code is 0 unless its own run crashed or was stopped: rank 0's judges the findings."""
     if not quiet:
