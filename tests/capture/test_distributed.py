@@ -178,5 +178,7 @@ def test_merge_orders_events_by_step_kind_and_rank_and_names_missing_ranks():
         "report lacks their facts",
     ]
     data = report.to_dict()
+    validate(data)  # a rank that sent nothing: status null
     assert (data["run"]["world_size"], data["run"]["rank"]) == (3, 0)
+    assert data["summary"]["verdict"] == "crashed"  # rank 2 crashed
     assert "world_size" not in _report([]).to_dict()["run"]  # a single process: unchanged
