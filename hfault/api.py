@@ -10,7 +10,8 @@ The block is captured exactly as ``hfault diagnose`` captures a script: optimize
 it are seen when built; pass the ones built before it with ``optimizers=``. ``max_steps`` ends
 training from inside the block, and the ``with`` statement swallows that stop only. An exception
 raised by the training code is re-raised after the report is built and written, so nothing
-measured is lost and the caller still sees its error.
+measured is lost and the caller still sees its error. Under torchrun every rank hands its facts
+to rank 0 when the block ends, and only rank 0 writes files and shows the report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from hfault.capture.distributed import World
 from hfault.capture.frames import user_caller
 from hfault.capture.runner import RunOutcome, outcome_of
 from hfault.capture.schedule import parse_schedule
@@ -67,6 +69,7 @@ class Watch:
         self.show = show
         caller = user_caller() or {}
         self.name = name or str(caller.get("file") or "<python>")
+        self.world = World.from_env()
         self.report: dict[str, Any] | None = None
         self.outcome: RunOutcome | None = None
         self.written: list[str] = []
@@ -91,9 +94,13 @@ class Watch:
         options = self._options()
         self.outcome = outcome_of(exc, options.script)
         self.report = build_report(options, session, self.outcome).to_dict()
-        self.written = write_outputs(self.report, [r.to_catalog() for r in self.rules],
-                                     self.outputs)
-        if self.show:
+        lead = self.world is None or self.world.lead
+        if lead:
+            self.written = write_outputs(self.report, [r.to_catalog() for r in self.rules],
+                                         self.outputs)
+        if self.world is not None:
+            self.world.cleanup()
+        if self.show and lead:
             from hfault.report.terminal import render, report_console
 
             render(self.report, report_console())
@@ -113,7 +120,7 @@ class Watch:
         from hfault.diagnose import DiagnoseOptions
 
         return DiagnoseOptions(Path(self.name), [], self.schedule, self.max_steps,
-                               self.nan_watch, self.curvature, self.rules)
+                               self.nan_watch, self.curvature, self.rules, self.world)
 
 
 watch = Watch

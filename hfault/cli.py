@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +21,11 @@ from hfault.findings import any_at_or_above
 from hfault.report.outputs import OutputError, Outputs, check_outputs, write_outputs
 from hfault.report.width import terminal_width
 from hfault.rules.rule import RuleError
+
+if TYPE_CHECKING:
+    from hfault.capture.distributed import World
+    from hfault.capture.runner import RunOutcome
+    from hfault.diagnose import Diagnosis
 
 app = typer.Typer(
     add_completion=False,
@@ -78,6 +84,15 @@ HtmlOpt = Annotated[
 
 class UsageFailure(Exception):
     """A usage problem found after option parsing (exit 2)."""
+
+
+class EndProcess(Exception):
+    """End the process with ``os._exit(code)`` once the report is out, as the script asked
+    (``capture.hard_exit``): interpreter shutdown, which the script chose to skip, is skipped."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def _first_line(message: object) -> str:
@@ -200,10 +215,16 @@ def diagnose(
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
 ) -> None:
+    from hfault.capture.distributed import World
+    from hfault.capture.termination import held_sigterm
     from hfault.diagnose import DiagnoseOptions, diagnose
 
     if verify_steps is not None and not verify_fix:
         raise UsageFailure("--verify-steps needs --verify-fix")
+    world = World.from_env()
+    if world is not None and verify_fix:
+        raise UsageFailure(f"--verify-fix reruns the script in this process, which a torchrun "
+                           f"run of {world.size} processes does not allow; run it in one process")
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
@@ -228,47 +249,114 @@ def diagnose(
             tuple(components or ()),
         )
     options = DiagnoseOptions(
-        script, list(ctx.args), schedule, max_steps, nan_watch, curvature_config, rules
+        script, list(ctx.args), schedule, max_steps, nan_watch, curvature_config, rules, world
     )
-    if verify_fix:
-        from hfault.verify import diagnose_and_verify
+    # Under torchrun, the launcher's SIGTERM ends the script's run, not the report.
+    with held_sigterm() if world is not None else contextlib.nullcontext():
+        if verify_fix:
+            from hfault.verify import diagnose_and_verify
 
-        def progress(text: str) -> None:
-            if not quiet:
-                print(f"hfault: {text}", file=sys.stderr, flush=True)
+            def progress(text: str) -> None:
+                if not quiet:
+                    print(f"hfault: {text}", file=sys.stderr, flush=True)
 
-        verified = diagnose_and_verify(options, progress, verify_steps)
-        result, data = verified.first, verified.data
-    else:
-        result = diagnose(options)
-        data = result.report.to_dict()
-    _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path,
-          html_path=html_path)
+            verified = diagnose_and_verify(options, progress, verify_steps)
+            result, data = verified.first, verified.data
+        else:
+            result = diagnose(options)
+            data = result.report.to_dict()
+        outcome = result.outcome
+        if world is not None:
+            world.cleanup()
+        if outcome.unsupported:
+            if world is not None and not world.lead:  # every rank found the same: rank 0 says it
+                raise typer.Exit(ExitCode.USAGE)
+            raise UsageFailure(outcome.unsupported)
+        if world is not None and not world.lead:
+            raise typer.Exit(_other_rank(world, outcome, quiet, show_traceback))
+        _emit(data, [r.to_catalog() for r in rules], quiet, json_path, sarif_path, graph_path,
+              html_path=html_path)
+
+        rerun_interrupted = verify_fix and verified.interrupted
+        raise typer.Exit(_exit_code(result, data, fail_on, show_traceback, rerun_interrupted))
+
+
+def _exit_code(result: Diagnosis, data: dict[str, Any], fail_on: FailOn, show_traceback: bool,
+               rerun_interrupted: bool) -> ExitCode:
+    """How the run ended, for the exit code, said in one line where it is not the findings';
+    under torchrun rank 0's code speaks for every rank. Raises :class:`EndProcess` when the
+    script called ``os._exit``."""
+    from hfault.report.ranks import worst_other_rank
 
     outcome = result.outcome
-    if outcome.interrupted or (verify_fix and verified.interrupted):
-        raise typer.Exit(ExitCode.INTERRUPTED)
+    if (outcome.interrupted and not outcome.terminated) or rerun_interrupted:
+        return ExitCode.INTERRUPTED
     if outcome.status == "crashed":
-        err = outcome.error or {}
-        where = f" ({err.get('file')}:{err.get('line')})" if err.get("file") else ""
-        if err.get("internal"):
-            _err(f"internal error while observing the script (not the script's fault): "
-                 f"{err.get('type')}: {_first_line(err.get('message'))} (please report; "
-                 "--traceback for more)")
-        else:
-            _err(f"the script raised {err.get('type')}: {_first_line(err.get('message'))}{where}")
-        if show_traceback and err.get("traceback"):
-            print(err["traceback"], file=sys.stderr, end="")
-        raise typer.Exit(ExitCode.INTERNAL if err.get("internal") else ExitCode.SCRIPT_CRASHED)
+        return _crashed(outcome.error or {}, show_traceback)
+    if outcome.status == "exited":
+        _exited(outcome.exit_code, outcome.error or {})
+        raise EndProcess(ExitCode.SCRIPT_EXITED)
+    other = worst_other_rank(data["run"])
+    if other is not None:
+        err = other.get("error") or {}
+        if other["status"] == "crashed":
+            _err(f"rank {other['rank']}: the script raised {err.get('type')}: "
+                 f"{_first_line(err.get('message'))}{_where(err)}")
+            return ExitCode.SCRIPT_CRASHED
+        _err(f"rank {other['rank']}: the script called os._exit({other.get('exit_code')})"
+             f"{_where(err)}: its process ended early")
+        return ExitCode.SCRIPT_EXITED
+    if outcome.terminated:  # torchrun stopped this rank, and no other rank said why
+        return ExitCode.INTERRUPTED
     if not result.trained:
         what = (
             "created no torch.optim optimizer"
             if not result.state.optimizers
             else "never called backward()"
         )
-        _err(f"nothing to diagnose: {script} {what}")
-        raise typer.Exit(ExitCode.USAGE)
-    raise typer.Exit(_findings_code(data, fail_on))
+        _err(f"nothing to diagnose: {data['run']['script']} {what}")
+        return ExitCode.USAGE
+    return _findings_code(data, fail_on)
+
+
+def _where(err: dict[str, Any]) -> str:
+    return f" ({err.get('file')}:{err.get('line')})" if err.get("file") else ""
+
+
+def _crashed(err: dict[str, Any], show_traceback: bool, who: str = "") -> ExitCode:
+    """Say why the script's run crashed (one line); the exit code that says it."""
+    if err.get("internal"):
+        _err(f"{who}internal error while observing the script (not the script's fault): "
+             f"{err.get('type')}: {_first_line(err.get('message'))} (please report; "
+             "--traceback for more)")
+    else:
+        _err(f"{who}the script raised {err.get('type')}: {_first_line(err.get('message'))}"
+             f"{_where(err)}")
+    if show_traceback and err.get("traceback"):
+        print(err["traceback"], file=sys.stderr, end="")
+    return ExitCode.INTERNAL if err.get("internal") else ExitCode.SCRIPT_CRASHED
+
+
+def _exited(code: int | None, err: dict[str, Any]) -> None:
+    """The status line of a script that ended its process with ``os._exit``."""
+    print(f"hfault: the script called os._exit({code}){_where(err)}: training ended there; "
+          f"the report covers the steps before it (status exited, exit "
+          f"{int(ExitCode.SCRIPT_EXITED)})", file=sys.stderr)
+
+
+def _other_rank(world: World, outcome: RunOutcome, quiet: bool, show_traceback: bool) -> ExitCode:
+    """A rank other than 0 under torchrun: one line, no files (rank 0 reports the run). Its exit
+    code is 0 unless its own run crashed or was stopped: rank 0's judges the findings."""
+    if not quiet:
+        print(f"hfault: rank {world.rank} of {world.size}: {outcome.status}; the report is "
+              "rank 0's", file=sys.stderr)
+    if outcome.interrupted:
+        return ExitCode.INTERRUPTED
+    if outcome.status == "crashed":
+        return _crashed(outcome.error or {}, show_traceback, f"rank {world.rank}: ")
+    if outcome.status == "exited":
+        raise EndProcess(ExitCode.OK)
+    return ExitCode.OK
 
 
 def _check_outputs(outputs: Outputs) -> None:
@@ -437,6 +525,7 @@ def perturb_command(
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
 ) -> None:
+    from hfault.capture.distributed import World
     from hfault.perturb.driver import PerturbOptions, PerturbUsageError, perturb
     from hfault.perturb.injection import InjectionError, parse_injection
     from hfault.perturb.report import render as render_perturb
@@ -445,6 +534,10 @@ def perturb_command(
 
     if not script.is_file():
         raise UsageFailure(f"no such script: {script}")
+    world = World.from_env()
+    if world is not None:
+        raise UsageFailure(f"perturb reruns the script in this process, which a torchrun run "
+                           f"of {world.size} processes does not allow; run it in one process")
     names = [n.strip() for c in component for n in c.split(",") if n.strip()]
     if not names:
         raise UsageFailure("--component names no component")
@@ -548,6 +641,12 @@ def main(argv: list[str] | None = None) -> None:
     except (UsageFailure, RuleError) as exc:
         _err(str(exc))
         sys.exit(ExitCode.USAGE)
+    except EndProcess as exc:
+        from hfault.capture.hard_exit import REAL_EXIT
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        REAL_EXIT(exc.code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

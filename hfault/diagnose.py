@@ -11,6 +11,7 @@ import torch
 
 from hfault import __version__
 from hfault.capture.contribution import ReportDraft
+from hfault.capture.distributed import World
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
@@ -21,6 +22,7 @@ from hfault.probes.curvature_probe import CurvatureConfig
 from hfault.probes.registry import diagnosis_probes
 from hfault.report.build import derive_metrics
 from hfault.report.model import Report, RunInfo, Snapshot, rank
+from hfault.report.ranks import merge_ranks, rank_facts
 from hfault.rules import Rule, evaluate, load_rules
 
 
@@ -35,6 +37,9 @@ class DiagnoseOptions:
     """None: first-order only (``--no-curvature``)."""
     rules: list[Rule] | None = None
     """The rules to apply; None: every built-in rule with its default thresholds."""
+    world: World | None = None
+    """Under torchrun: this process's rank; the report then merges every rank's facts on rank
+    0 (``hfault.capture.distributed``). None: a single process."""
 
 
 @dataclass
@@ -65,6 +70,22 @@ def diagnose(options: DiagnoseOptions) -> Diagnosis:
 
 
 def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: RunOutcome) -> Report:
+    """The judged report of a run; under torchrun, with the other ranks' facts on rank 0 (every
+    rank takes part: it is where the ranks meet, after the script's training)."""
+    report = assemble_report(options, session, outcome)
+    world = options.world
+    if world is not None:
+        ended_badly = outcome.status == "crashed" or outcome.interrupted
+        gathered = world.gather(rank_facts(report, world.rank), crashed=ended_badly)
+        merge_ranks(report, world, gathered)
+    judge(report, options.rules if options.rules is not None else load_rules())
+    return report
+
+
+def assemble_report(
+    options: DiagnoseOptions, session: CaptureSession, outcome: RunOutcome
+) -> Report:
+    """The report of a run's own measurements, before the rules judge it."""
     state = session.state
     draft = session.contribute_all(ReportDraft(
         components=[c.to_dict() for c in state.components],
@@ -79,7 +100,10 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
     if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
         raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
     notes = list(state.notes)
-    if outcome.interrupted:
+    if outcome.terminated:
+        notes.append("stopped by SIGTERM (torchrun stops every rank when one fails): the report "
+                     "covers the steps before it")
+    elif outcome.interrupted:
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
     if not state.optimizers:
         notes.append("the script created no torch.optim optimizer: nothing to diagnose")
@@ -110,9 +134,10 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         max_steps=options.max_steps,
         schedule=options.schedule.describe(),
         curvature=options.curvature is not None,
+        exit_code=outcome.exit_code,
         **draft.run,
     )
-    report = Report(
+    return Report(
         run=run,
         components=[c.to_dict() for c in state.components],
         snapshots=snapshots,
@@ -122,8 +147,6 @@ def build_report(options: DiagnoseOptions, session: CaptureSession, outcome: Run
         tool_version=__version__,
         **draft.sections,
     )
-    judge(report, options.rules if options.rules is not None else load_rules())
-    return report
 
 
 def judge(report: Report, rules: list[Rule]) -> None:

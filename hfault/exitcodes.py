@@ -16,5 +16,8 @@ class ExitCode(IntEnum):
     """The user's script raised; the partial report is still written (status ``crashed``)."""
     INTERNAL = 4
     """A bug in hfault itself."""
+    SCRIPT_EXITED = 5
+    """The script ended its process with ``os._exit(n)`` (any n, 0 included); the report is
+    still written (status ``exited``, ``n`` in ``run.exit_code``)."""
     INTERRUPTED = 130
     """Ctrl-C (SIGINT); the partial report is still written (status ``stopped``)."""

@@ -1,7 +1,8 @@
 """Run the user's script as ``__main__``: its own argv, its folder on ``sys.path``, cwd unchanged.
 
-Whatever happens inside the script (normal end, ``sys.exit``, an exception, Ctrl-C, our own
-``--max-steps`` stop) is turned into a :class:`RunOutcome`, so the report is always written.
+Whatever happens inside the script (normal end, ``sys.exit``, ``os._exit``, an exception, Ctrl-C,
+our own ``--max-steps`` stop) is turned into a :class:`RunOutcome`, so the report is always
+written.
 """
 
 from __future__ import annotations
@@ -16,16 +17,25 @@ from types import TracebackType
 
 from hfault.capture import frames
 from hfault.capture.delegates import DELEGATES
+from hfault.capture.hard_exit import ScriptExited, exit_guard
 from hfault.capture.session import CaptureSession, StopTraining
+from hfault.capture.sharded import ShardedTraining
+from hfault.capture.termination import Terminated, sigterm_stops_script
 
 
 @dataclass
 class RunOutcome:
-    """How the script ended: ``status`` is completed, stopped or crashed."""
+    """How the script ended: ``status`` is completed, stopped, crashed or exited (``os._exit``)."""
 
     status: str
     error: dict[str, object] | None = None
     interrupted: bool = False
+    """Ctrl-C, or (under torchrun) the launcher's SIGTERM: ``terminated``."""
+    terminated: bool = False
+    exit_code: int | None = None
+    """The code the script passed to ``os._exit`` (status exited)."""
+    unsupported: str | None = None
+    """Why hfault stopped the script before it trained (a usage error, exit 2)."""
 
 
 def _user_frame(tb: TracebackType | None, script: Path) -> traceback.FrameSummary | None:
@@ -56,7 +66,9 @@ def raised_in_hfault(tb: TracebackType | None) -> bool:
     return False
 
 
-def _error(exc: BaseException, script: Path) -> dict[str, object]:
+def _error(exc: BaseException, script: Path, said: str | None = None) -> dict[str, object]:
+    """The exception's type, message and place in user code; ``said`` replaces the exception
+    line of the traceback (hfault's own exception standing for something the script did)."""
     frame = _user_frame(exc.__traceback__, script)
     outside = [
         f for f in traceback.extract_tb(exc.__traceback__) if not frames.is_hfault(f.filename)
@@ -76,7 +88,7 @@ def _error(exc: BaseException, script: Path) -> dict[str, object]:
         "message": str(exc),
         **where,
         "traceback": "".join(traceback.format_list(outside))
-        + "".join(traceback.format_exception_only(type(exc), exc)),
+        + (f"{said}\n" if said else "".join(traceback.format_exception_only(type(exc), exc))),
     }
 
 
@@ -104,6 +116,14 @@ def outcome_of(exc: BaseException | None, script: Path) -> RunOutcome:
     if isinstance(exc, KeyboardInterrupt) or (
             isinstance(exc, SystemExit) and _handling_interrupt(exc)):
         return RunOutcome("stopped", interrupted=True)
+    if isinstance(exc, Terminated):
+        return RunOutcome("stopped", interrupted=True, terminated=True)
+    if isinstance(exc, ShardedTraining):
+        return RunOutcome("stopped", unsupported=str(exc))
+    if isinstance(exc, ScriptExited):
+        err = _error(exc, script, said=f"os._exit({exc.code!r})")
+        err.update(type="os._exit", message=f"the script called os._exit({exc.code!r})")
+        return RunOutcome("exited", err, exit_code=exc.code)
     if isinstance(exc, SystemExit):
         if exc.code in (None, 0):
             return RunOutcome("completed")
@@ -123,7 +143,7 @@ def run_script(script: Path, argv: list[str], session: CaptureSession) -> RunOut
     sys.argv = [str(script), *argv]
     sys.path.insert(0, str(script.resolve().parent))
     try:
-        with session:
+        with session, exit_guard(), sigterm_stops_script():
             runpy.run_path(str(script), run_name="__main__")
         return outcome_of(None, script)
     except BaseException as exc:

@@ -1,8 +1,9 @@
 """The capture session: what every listener of a run needs, kept in one place.
 
 The session is the listener at ``CORE`` (see :mod:`hfault.capture.hooks`): it records the
-optimizers and the modules that run, counts optimizer steps (several optimizers stepping in one
-iteration share a step), sums the losses of each step, builds the components when a new
+optimizers and the modules that run (with a guard that refuses sharded ones:
+``capture.sharded``), counts optimizer steps (several optimizers stepping in one iteration share
+a step), sums the losses of each step, builds the components when a new
 optimizer appears, opens the measured-step window before the forward of a scheduled step, and
 ends training at ``--max-steps``. Probes are listeners added to it (``add``); with none it only
 observes. Nothing here writes what training uses (the docstring of ``hooks`` says why each hook
@@ -25,6 +26,7 @@ from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
 from hfault.capture.host_reads import HostReads, Reading
 from hfault.capture.schedule import Schedule
+from hfault.capture.sharded import ShardGuard
 from hfault.components import Component, build_components, module_paths
 
 L = TypeVar("L", bound=Listener)
@@ -66,7 +68,7 @@ class CaptureSession(Listener):
         self.schedule = schedule
         self.max_steps = max_steps
         self.state = CaptureState()
-        self.hooks = Hooks([self])
+        self.hooks = Hooks([self, ShardGuard(self.state)])
         self.window_step: int | None = None
         """The scheduled step whose forward is being watched, if any."""
         self.loss_scale = 1.0

@@ -4,7 +4,8 @@ A component is the set of trainable parameters a module owns directly (``encoder
 its weight and bias), or a slice of a fused tensor (the query rows of ``nn.MultiheadAttention``'s
 ``in_proj_weight``). Components are built from the *unique* ``Parameter`` objects the optimizers
 hold, never from module calls, so tied weights and RNN weights reused over time are one component.
-Names are exactly what ``root.named_modules()`` gives (a root prefix only when several roots train).
+Names are exactly what ``root.named_modules()`` gives (a root prefix only when several roots train;
+a data-parallel wrapper's root is the model it wraps).
 
 What a component is (:mod:`.model`), the module tree it is named from (:mod:`.roots`), the naming
 conventions roles are read from (:mod:`.names`), attention context (:mod:`.attention`), how fused

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from hfault.components.names import WRAPPER_SEGMENT, plain_path
+
+_DATA_PARALLEL = (DataParallel, DistributedDataParallel)
 
 
 @dataclass
@@ -26,11 +29,21 @@ class Owner:
         return [*self.ancestors, (self.path, self.module)]
 
 
+def unwrap_data_parallel(module: nn.Module) -> nn.Module:
+    """The model inside a data-parallel wrapper (``DistributedDataParallel``, ``DataParallel``):
+    components are named as without the wrapper (``fc1``, not ``module.fc1``), so a report of a
+    DDP run names what the single-process run names."""
+    while isinstance(module, _DATA_PARALLEL):
+        module = module.module
+    return module
+
+
 def find_roots(
     modules: Sequence[nn.Module], params: Sequence[nn.Parameter] | None = None
 ) -> list[nn.Module]:
     """Roots = seen modules that are no other seen module's descendant (and, given ``params``,
-    that hold at least one of them: a loss module built inside ``forward`` is not a model).
+    that hold at least one of them: a loss module built inside ``forward`` is not a model), each
+    unwrapped from its data-parallel wrapper (:func:`unwrap_data_parallel`).
 
     ``ModuleList``/``ModuleDict`` never run forward, so descendants must come from ``.modules()``,
     not from the modules seen running.
@@ -43,7 +56,10 @@ def find_roots(
     wanted = None if params is None else {id(p) for p in params}
     roots, seen = [], set()
     for m in modules:
-        if id(m) in descendants or id(m) in seen:
+        if id(m) in descendants:
+            continue
+        m = unwrap_data_parallel(m)
+        if id(m) in seen:
             continue
         seen.add(id(m))
         if wanted is None or any(id(p) in wanted for p in m.parameters()):

@@ -159,6 +159,8 @@ def _facts(run: Mapping[str, Any]) -> str:
     seconds = as_float(run.get("seconds"))
     facts = [
         ("status", run.get("status")),
+        ("rank", f"{run['rank']} of {run['world_size']} (torchrun)"
+         if run.get("world_size") else None),
         ("steps", steps),
         ("backward calls", run.get("backward_calls")),
         ("seconds", f"{seconds:.1f}" if seconds is not None else None),
@@ -187,19 +189,24 @@ def _crash(err: Mapping[str, Any]) -> str:
     code = f"<pre>{esc(err['code'])}</pre>" if err.get("code") else ""
     tb = (f"<details><summary>traceback</summary><pre>{esc(err['traceback'])}</pre></details>"
           if err.get("traceback") else "")
-    return (f'<div class="crash"><strong>The script raised {esc(err.get("type"))}: '
-            f'{esc(err.get("message"))}</strong>{esc(where + func)}{code}{tb}</div>')
+    head = (f"The script raised {err.get('type')}: {err.get('message')}"
+            if err.get("type") != "os._exit"
+            else f"{str(err.get('message')).capitalize()}: training ended there")
+    return f'<div class="crash"><strong>{esc(head)}</strong>{esc(where + func)}{code}{tb}</div>'
 
 
 def _numerics(events: Sequence[Mapping[str, Any]]) -> str:
     if not events:
         return ""
+    ranked = any(e.get("rank") is not None for e in events)  # torchrun: every rank's events
     rows = "".join(
-        f"<tr><td>{esc(e.get('kind'))}</td><td class=num>{esc(fmt(e.get('step')))}</td>"
+        (f"<tr><td class=num>{esc(fmt(e.get('rank')))}</td>" if ranked else "<tr>")
+        + f"<td>{esc(e.get('kind'))}</td><td class=num>{esc(fmt(e.get('step')))}</td>"
         f"<td><code>{esc(e.get('where') or '–')}</code></td><td>{esc(e.get('value'))}</td>"
         f"<td>{esc(e.get('detail', ''))}</td></tr>" for e in events)
     return ('<div class="numerics"><strong>First non-finite values</strong><table><thead><tr>'
-            "<th>kind</th><th>step</th><th>where</th><th>value</th><th>detail</th></tr></thead>"
+            + ("<th>rank</th>" if ranked else "")
+            + "<th>kind</th><th>step</th><th>where</th><th>value</th><th>detail</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></div>")
 
 

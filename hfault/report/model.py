@@ -56,9 +56,19 @@ class RunInfo:
     schedule: str = "auto"
     hvps: int = 0
     curvature: bool = False
+    exit_code: int | None = None
+    """The code the script passed to ``os._exit`` (status ``exited``)."""
+    world_size: int | None = None
+    """Under torchrun: the number of processes (None: a single process)."""
+    rank: int | None = None
+    """Under torchrun: the rank whose report this is (0: the others only hand their facts)."""
+    ranks: list[dict[str, Any]] | None = None
+    """Under torchrun, on rank 0: how each rank's run ended (``hfault.report.ranks``)."""
+    ranks_via: str | None = None
+    """How rank 0 got the other ranks' facts: ``process group`` or ``files``."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "script": self.script,
             "argv": self.argv,
             "status": self.status,
@@ -75,6 +85,10 @@ class RunInfo:
             "curvature": self.curvature,
             "hvps": self.hvps,
         }
+        optional = {"exit_code": self.exit_code, "world_size": self.world_size,
+                    "rank": self.rank, "ranks": self.ranks, "ranks_via": self.ranks_via}
+        out.update({k: v for k, v in optional.items() if v is not None})
+        return out
 
 
 @dataclass
@@ -102,7 +116,8 @@ class Report:
         return {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
 
     def verdict(self) -> str:
-        if self.run.status == "crashed":
+        ranks = self.run.ranks or []  # under torchrun: a crash of any rank ends the run
+        if self.run.status == "crashed" or any(r.get("status") == "crashed" for r in ranks):
             head = "crashed"
         elif self.run.steps == 0 and not any(f.severity != "info" for f in self.findings):
             head = "not_diagnosed"  # no optimizer step was seen: never a "healthy" banner

@@ -222,16 +222,18 @@ def _ranks(findings: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def _invocation(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Whether the training script ran to the end; a crash is a tool execution notification so
-    that code scanning shows the analysis as incomplete rather than clean."""
+    """Whether the training script ran to the end; a crash (or an ``os._exit``) is a tool
+    execution notification so that code scanning shows the analysis as incomplete rather than
+    clean."""
     status = run.get("status")
+    properties = {"status": status, "script": run.get("script"), "argv": run.get("argv") or []}
+    if run.get("world_size"):
+        properties.update(world_size=run["world_size"], rank=run.get("rank"))
     out: dict[str, Any] = {
-        "executionSuccessful": status != "crashed",
-        "properties": _json_safe(
-            {"status": status, "script": run.get("script"), "argv": run.get("argv") or []}
-        ),
+        "executionSuccessful": status not in ("crashed", "exited"),
+        "properties": _json_safe(properties),
     }
-    if status == "crashed":
+    if status in ("crashed", "exited"):
         error = run.get("error") or {}
         kind = error.get("type") or "Error"
         detail = error.get("message") or "the training script crashed"

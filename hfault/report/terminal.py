@@ -78,11 +78,15 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         f"{run['backward_calls']} backward call(s)  •  {run['seconds']:.1f}s  •  "
         f"{run['device']}  •  torch {run['torch']}"
     )
+    if run.get("world_size"):
+        meta += f"  •  rank {run.get('rank')} of {run['world_size']} (torchrun)"
     body: list[Any] = [head, Text(meta, style="dim")]
     if run.get("error"):
         err = run["error"]
         where = f" at {err.get('file')}:{err.get('line')}" if err.get("file") else ""
-        body.append(Text(f"script raised {err['type']}: {err['message']}{where}", style="red"))
+        said = (f"script raised {err['type']}: {err['message']}{where}"
+                if err["type"] != "os._exit" else f"{err['message']}{where}: training ended there")
+        body.append(Text(said, style="red"))
     for note in report.get("notes", []):
         body.append(Text(f"note: {note}", style="yellow"))
     console.print(Panel(Group(*body), box=box.ROUNDED))

@@ -28,7 +28,8 @@ from hfault.rules.expr import Series
 SCOPES = ("run", "component", "edge", "attention", "timeline")
 
 RUN_FEATURES: dict[str, str] = {
-    "status": "how the script ended: completed, stopped (--max-steps) or crashed",
+    "status": "how the script ended: completed, stopped (--max-steps), crashed or exited "
+    "(os._exit)",
     "steps": "optimizer steps seen",
     "optimizer": "class name of the (first) optimizer",
     "base_lr": "the largest learning rate an optimizer was created with",
@@ -47,6 +48,8 @@ RUN_FEATURES: dict[str, str] = {
     "nonfinite_value": "nan, inf or -inf",
     "nonfinite_component": "the component it is attributed to",
     "nonfinite_events": "number of non-finite events recorded",
+    "nonfinite_rank": "under torchrun: the rank where it first appeared (its location says "
+    "'on rank R'); null in a single process",
     "loss_input_kind": "what a log-likelihood loss was fed instead of logits/log-probabilities: "
     "probabilities (softmax before cross_entropy), not_log_probabilities (nll_loss without log), "
     "or none",
@@ -392,13 +395,18 @@ class Features:
             "gradient": "gradient of {w}",
             "weight": "weights of {w}",
         }
+        rank = first.get("rank") if first else None  # under torchrun: the rank that saw it
+        location = texts[first["kind"]].format(w=where) if first else None
+        if location is not None and rank is not None:
+            location += f" on rank {rank}"
         out.update(
             nonfinite_step=first["step"] if first else None,
             nonfinite_kind=first["kind"] if first else None,
             nonfinite_where=where,
             nonfinite_value=first["value"] if first else None,
-            nonfinite_location=texts[first["kind"]].format(w=where) if first else None,
+            nonfinite_location=location,
             nonfinite_component=self._component_of(where, first["kind"]) if first else None,
+            nonfinite_rank=rank,
         )
         return out
 

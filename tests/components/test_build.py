@@ -28,6 +28,15 @@ def test_module_list_is_not_a_root_but_its_owner_is():
     assert set(components(net, [net.layers[0], net])) == {"layers.0", "layers.1"}
 
 
+def test_data_parallel_wrapper_adds_no_module_prefix():
+    # DDP and DataParallel hold the model as `.module`: components keep the model's own names
+    # (the torchrun test checks DDP itself, which needs a process group).
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    wrapped = nn.DataParallel(net)
+    assert find_roots([wrapped, net, net[0], net[2]]) == [net]
+    assert set(components(wrapped, [wrapped, net, net[0], net[2]])) == {"0", "2"}
+
+
 def test_tied_weights_are_one_component_counted_once():
     class LM(nn.Module):
         def __init__(self) -> None:
