@@ -1,4 +1,4 @@
-"""Run the fault-injection corpus under hfault and score it, calibration and held-out apart.
+"""Run the fault-injection corpus under hfault and score it, calibration and held-out parts apart.
 
     .venv/bin/python benchmarks/corpus/run.py --out benchmarks/results/corpus      # run (resumes)
     .venv/bin/python benchmarks/corpus/run.py --rescore benchmarks/results/corpus  # re-judge
@@ -12,7 +12,9 @@ reports with the current rule files without running anything (rules read only re
 
 Scoring (``score.py``): a mutant counts only when it is *killed* against its healthy twin at the
 same seed; families are split once, in ``split.toml``, into a calibration part (rules may be
-tuned on it) and a held-out part (scored, never looked at while changing rules).
+tuned on it) and held-out parts (scored, never looked at while changing rules): ``held-out`` and
+``held-out-2`` (families written later, by someone who never saw hfault's results on them), each
+a column of its own.
 """
 
 from __future__ import annotations
