@@ -12,7 +12,6 @@ was printed after.
 
 from __future__ import annotations
 
-import io
 import re
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
@@ -44,8 +43,10 @@ def validation_loss(line: str) -> float | None:
         return None
 
 
-class _Tee(io.TextIOBase):
-    """Writes through to ``target`` and hands each complete line to ``seen``."""
+class _Tee:
+    """Writes through to ``target`` and hands each complete line to ``seen``. Not an
+    ``io.TextIOBase``: its ``fileno``, ``isatty`` and ``encoding`` would answer for themselves
+    (raise, False, None) where the script must see its real stream's."""
 
     def __init__(self, target: TextIO, seen: Any) -> None:
         self._target = target
@@ -59,6 +60,10 @@ class _Tee(io.TextIOBase):
         for line in lines:
             self._seen(line)
         return written if isinstance(written, int) else len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         self._target.flush()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 
-from hfault.probes.printed_validation import validation_loss
+from hfault.probes.printed_validation import _Tee, validation_loss
 
 
 @pytest.mark.parametrize(
@@ -35,3 +38,20 @@ def test_validation_losses_are_read(line: str, value: float) -> None:
 )
 def test_other_lines_are_not(line: str) -> None:
     assert validation_loss(line) is None
+
+
+def test_the_wrapped_stream_answers_as_the_real_one() -> None:
+    """A script that hands ``sys.stdout`` to a subprocess, or asks whether it is a terminal or
+    its encoding, sees its real stream; every byte is written on."""
+    seen: list[str] = []
+    real = sys.__stdout__
+    assert real is not None
+    tee = _Tee(real, seen.append)
+    assert tee.fileno() == real.fileno() and tee.isatty() == real.isatty()
+    assert tee.encoding == real.encoding
+    buffer = io.StringIO()
+    tee = _Tee(buffer, seen.append)  # type: ignore[arg-type]
+    tee.write("step 1: val loss 2.5\npartial ")
+    tee.writelines(["line\n", "val_loss=0.5\n"])
+    assert buffer.getvalue() == "step 1: val loss 2.5\npartial line\nval_loss=0.5\n"
+    assert seen == ["step 1: val loss 2.5", "partial line", "val_loss=0.5"]
