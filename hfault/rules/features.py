@@ -318,24 +318,26 @@ class Features:
         """The last two measured steps pooled: one step of a small batch is a few dozen rows."""
         records = [r for r in self.report.get("label_fit") or [] if r.get("samples")]
         last = records[-2:]
-        n = sum(int(r["samples"]) for r in last)
-        misses = sum(int(r["samples"]) * (1 - float(r["accuracy"])) for r in last)
-        miss_rank = sum(int(r["samples"]) * (1 - float(r["accuracy"]))
-                        * float(r["miss_rank_mean"] or 0.0) for r in last)
+        rows = [float(r["samples"]) for r in last]
+        misses = [n * (1 - float(r["accuracy"])) for n, r in zip(rows, last, strict=True)]
+        lower = [n * float(r["lower_half"]) for n, r in zip(rows, last, strict=True)]
+        confidence = _pooled(rows, [as_float(r.get("confidence")) for r in last])
+        confidence_lower = _pooled(lower, [as_float(r.get("confidence_lower_half"))
+                                           for r in last])
         return {
             "label_fit_records": len(records),
             "label_fit_step": last[-1]["step"] if last else None,
             "label_fit_classes": last[-1]["classes"] if last else None,
-            "label_fit_samples": n,
-            "label_fit_accuracy": (sum(int(r["samples"]) * float(r["accuracy"]) for r in last) / n
-                                   if n else None),
+            "label_fit_samples": int(sum(rows)),
+            "label_fit_accuracy": _pooled(rows, [float(r["accuracy"]) for r in last]),
             "label_fit_accuracy_min": min((float(r["accuracy"]) for r in last), default=None),
-            "label_fit_lower_half": (sum(int(r["samples"]) * float(r["lower_half"]) for r in last)
-                                     / n if n else None),
+            "label_fit_lower_half": _pooled(rows, [float(r["lower_half"]) for r in last]),
             "label_fit_lower_half_min": min((float(r["lower_half"]) for r in last), default=None),
-            "label_fit_miss_rank": miss_rank / misses if misses > 0 else None,
+            "label_fit_miss_rank": _pooled(misses, [as_float(r["miss_rank_mean"]) for r in last]),
             "label_fit_loss_trend": self._loss_trend(int(last[-1]["step"])) if last else None,
-            "label_fit_confidence_ratio": _confidence_ratio(last),
+            "label_fit_confidence_ratio": (confidence_lower / confidence
+                                           if confidence and confidence_lower is not None
+                                           else None),
         }
 
     def _loss_trend(self, until: int) -> float | None:
@@ -697,21 +699,15 @@ class Features:
         raise ValueError(f"unknown scope {scope!r}")
 
 
-def _confidence_ratio(records: Sequence[Mapping[str, Any]]) -> float | None:
-    """Pooled over ``records``: mean confidence on the lower-half rows over that on all rows."""
-    n = conf = low = conf_low = 0.0
-    for r in records:
-        c, cl = as_float(r.get("confidence")), as_float(r.get("confidence_lower_half"))
-        rows, lower = float(r.get("samples") or 0), float(r.get("samples") or 0) * float(
-            r.get("lower_half") or 0.0)
-        if c is None:
-            return None
-        n, conf = n + rows, conf + rows * c
-        if cl is not None:
-            low, conf_low = low + lower, conf_low + lower * cl
-    if n <= 0 or low <= 0 or conf <= 0:
+def _pooled(weights: Sequence[float], values: Sequence[float | None]) -> float | None:
+    """The weighted mean of the values (a value is left out where its weight is 0: a step
+    without missed or lower-half rows has no mean for them); None when nothing is left or a
+    weighted value is missing (a report from before the field existed)."""
+    pairs = [(w, v) for w, v in zip(weights, values, strict=True) if w > 0]
+    total = sum(w for w, _ in pairs)
+    if total <= 0 or any(v is None for _, v in pairs):
         return None
-    return (conf_low / low) / (conf / n)
+    return sum(w * v for w, v in pairs if v is not None) / total
 
 
 def _other_axis(record: Mapping[str, Any]) -> int | None:
