@@ -36,6 +36,12 @@ RUN_FEATURES: dict[str, str] = {
     "weight_growth_median": "median weight growth (last/first snapshot) over the components of "
     "at least 16 parameters with init RMS ≥ 1e-3: how far the whole model moved",
     "components_judged": "number of components in weight_growth_median",
+    "relative_step": "the largest, over the snapshots, of the median component's step size "
+    "relative to its weights' RMS: lr/RMS(θ) under an adaptive optimizer (Adam family, RMSprop, "
+    "Lion: their per-entry step is about the learning rate whatever the gradient), the measured "
+    "update ratio ‖Δθ‖/‖θ‖ under any other; components of at least 16 parameters with RMS ≥ 1e-3",
+    "relative_step_at": "the snapshot step where relative_step was largest",
+    "relative_step_lr": "the median component's learning rate at that step",
     "measured_steps": "number of snapshots",
     "loss": "series: the loss at every step (its own steps, not the snapshots')",
     "loss_points": "number of finite loss values",
@@ -237,6 +243,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
     "attention": {**RUN_FEATURES, **ATTENTION_FEATURES},
 }
 
+_ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
 _MIN_PEER_INIT_RMS = 1e-3  # zero-initialised parameters' growth is not a comparable peer
 
 
@@ -381,9 +388,49 @@ class Features:
                 growths.append(g)
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
+        out.update(self._relative_step(optimizers))
         out.update(self._nonfinite())
         out.update(self._curvature_errors())
         return out
+
+    def _relative_step(self, optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """How far one step moves the median component, relative to its weights (HF018).
+
+        Adaptive optimizers normalize each entry's step to about the learning rate, so lr/RMS(θ)
+        is the step's relative size whatever the gradient (a run whose gradients vanished after
+        a blow-up still has it); other optimizers' steps scale with the gradient and are read as
+        measured."""
+        classes = [str(o.get("class") or "") for o in optimizers]
+        best: tuple[float, int, float | None] | None = None
+        for snap in self.snapshots:
+            sizes: list[tuple[float, float | None]] = []
+            for comp in self.components:
+                numel = int(comp.get("numel") or 0)
+                metrics = snap["metrics"].get(comp["name"]) or {}
+                norm = as_float(metrics.get("weight_norm"))
+                if numel < 16 or norm is None or not math.isfinite(norm):
+                    continue
+                rms = norm / math.sqrt(numel)
+                if rms < _MIN_PEER_INIT_RMS:
+                    continue
+                index = comp.get("optimizer")
+                cls = classes[index] if isinstance(index, int) and index < len(classes) else ""
+                lr = as_float(metrics.get("lr"))
+                if cls.startswith(_ADAPTIVE):
+                    size = lr / rms if lr is not None else None
+                else:
+                    size = as_float(metrics.get("update_ratio"))
+                if size is not None and math.isfinite(size):
+                    sizes.append((size, lr))
+            if len(sizes) < 4:
+                continue
+            sizes.sort(key=lambda x: x[0])
+            size, lr = sizes[len(sizes) // 2]
+            if best is None or size > best[0]:
+                best = (size, int(snap["step"]), lr)
+        return {"relative_step": best[0] if best else None,
+                "relative_step_at": best[1] if best else None,
+                "relative_step_lr": best[2] if best else None}
 
     def _nonfinite(self) -> dict[str, Any]:
         events = list(self.report.get("numerics", []))
