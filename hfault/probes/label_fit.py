@@ -38,8 +38,9 @@ cent."""
 MAX_ENTRIES = 1 << 24
 """Rows × classes read per call (64 MB of float32): a language model's (tokens × vocabulary)
 logits are read on fewer rows (335 for GPT-2's 50,257 classes)."""
-MIN_CLASSES = 3
-"""With two classes every miss ranks the target last: rank says nothing about noise."""
+MIN_CLASSES = 2
+"""With two classes every miss ranks the target last, so rank says nothing; the model's
+confidence on its misses still tells random labels (as confident as anywhere) from hard rows."""
 
 
 def label_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
@@ -47,7 +48,7 @@ def label_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -
     """``cross_entropy``'s (N, C, ...) logits and class-index or class-probability targets as
     (rows, classes) logits and one class per row (ignored rows and rows with a NaN or no finite
     score left out, at most ``MAX_ROWS`` and ``MAX_ENTRIES``, evenly spaced); None when the call
-    is not a classification over ≥ 3 classes."""
+    is not a classification over ≥ 2 classes."""
     if logits.dim() < 2 or not logits.is_floating_point():
         return None
     classes = int(logits.shape[1])

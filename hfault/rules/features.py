@@ -77,7 +77,7 @@ RUN_FEATURES: dict[str, str] = {
     "frozen_module": "the first frozen, untrained module in forward order",
     "frozen_kurtosis": "the kurtosis of its largest weight",
     "frozen_in_optimizer": "whether its parameters were handed to an optimizer",
-    "label_fit_records": "measured steps at which the targets of a cross_entropy over 3 classes "
+    "label_fit_records": "measured steps at which the targets of a cross_entropy over 2 classes "
     "or more were ranked (the label-fit probe)",
     "label_fit_step": "the last of those steps",
     "label_fit_classes": "number of classes there",
