@@ -18,6 +18,7 @@ from hfault.probes.label_fit import LabelFitProbe
 from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import NumericsProbe
 from hfault.probes.printed_validation import PrintedValidation
+from hfault.probes.sample_mixing import SampleMixingProbe
 from hfault.probes.zero_grad import StaleGradientWatch
 
 
@@ -37,6 +38,7 @@ def diagnosis_probes(
         FrozenProbe(session),
         AttentionWindow(session, loss_inputs),
         LabelFitProbe(session, loss_inputs),
+        SampleMixingProbe(session, loss_inputs),
         PrintedValidation(session),
         CurvatureProbe(session, curvature) if curvature is not None else None,
     ]

@@ -101,10 +101,12 @@ class Report:
     numerics: list[dict[str, Any]] = field(default_factory=list)
     loss_inputs: list[dict[str, Any]] = field(default_factory=list)
     frozen: list[dict[str, Any]] = field(default_factory=list)
+    """Modules whose parameters all have requires_grad off, in models that otherwise train."""
     label_fit: list[dict[str, Any]] = field(default_factory=list)
     validation: list[list[float]] = field(default_factory=list)
     """[step, loss] of every validation loss the script printed."""
-    """Modules whose parameters all have requires_grad off, in models that otherwise train."""
+    sample_mixing: dict[str, Any] | None = None
+    """Along which leading sizes each tested module mixes, at the first measured step."""
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
     rules: list[dict[str, Any]] = field(default_factory=list)
@@ -152,6 +154,7 @@ class Report:
             "frozen": self.frozen,
             "label_fit": clean(self.label_fit),
             "validation": clean(self.validation),
+            "sample_mixing": clean(self.sample_mixing),
             "findings": [f.to_dict() for f in self.findings],
             "propagation": clean(self.propagation),
             "rules": [

@@ -23,6 +23,7 @@ from typing import Any
 
 from hfault.numbers import as_float, decode
 from hfault.report.build import derive
+from hfault.rules.batch_axis import batch_mixers
 from hfault.rules.expr import Series
 
 SCOPES = ("run", "component", "edge", "attention", "timeline")
@@ -36,6 +37,18 @@ RUN_FEATURES: dict[str, str] = {
     "weight_growth_median": "median weight growth (last/first snapshot) over the components of "
     "at least 16 parameters with init RMS ≥ 1e-3: how far the whole model moved",
     "components_judged": "number of components in weight_growth_median",
+    "sample_mixing_module": "the first module, in forward order, that mixes the samples of the "
+    "batch (the sample-mixing probe): the gradient of its output's last sample reaches the "
+    "other samples' inputs; none when no module does, or when the batch cannot be told apart",
+    "sample_mixing_modules": "how many modules do (the deepest ones: a block around a mixing "
+    "attention is not counted again)",
+    "sample_mixing_share": "the share of that gradient on the other samples (0 when independent)",
+    "sample_mixing_batch": "the batch size it mixes along",
+    "sample_mixing_positions": "the model input's other leading size (the positions)",
+    "sample_mixing_peers": "modules that mix along the positions only",
+    "sample_mixing_how": "how the batch axis was told from the positions: the loss's samples, or "
+    "fewer modules mix along it",
+    "sample_mixing_step": "the step it was measured at",
     "relative_step": "the largest, over the snapshots, of the median component's step size "
     "relative to its weights' RMS: lr/RMS(θ) under an adaptive optimizer (Adam family, RMSprop, "
     "Lion: their per-entry step is about the learning rate whatever the gradient), the measured "
@@ -389,9 +402,27 @@ class Features:
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
         out.update(self._relative_step(optimizers))
+        out.update(self._sample_mixing())
         out.update(self._nonfinite())
         out.update(self._curvature_errors())
         return out
+
+    def _sample_mixing(self) -> dict[str, Any]:
+        record = self.report.get("sample_mixing")
+        found = batch_mixers(record)
+        culprits = found["culprits"]
+        first = culprits[0] if culprits else None
+        share = None
+        if first is not None and record:
+            entry = next(m for m in record["modules"] if m["module"] == first)
+            share = max((as_float(v) or 0.0 for v, size in zip(entry["shares"], entry["sizes"],
+                                                              strict=True)
+                         if size == found["batch"]), default=None)
+        return {"sample_mixing_module": first, "sample_mixing_modules": len(culprits),
+                "sample_mixing_share": share, "sample_mixing_batch": found["batch"],
+                "sample_mixing_positions": found["positions"],
+                "sample_mixing_peers": found["peers"], "sample_mixing_how": found["how"],
+                "sample_mixing_step": (record or {}).get("step")}
 
     def _relative_step(self, optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """How far one step moves the median component, relative to its weights (HF018).

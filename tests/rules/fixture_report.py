@@ -112,4 +112,5 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         "loss_inputs": spec.get("loss_inputs", []),
         "frozen": spec.get("frozen", []),
         "label_fit": spec.get("label_fit", []),
+        "sample_mixing": spec.get("sample_mixing"),
     }

@@ -1,0 +1,59 @@
+"""Which module mixes the samples of the batch, from the sample-mixing probe's record (HF213).
+
+The probe records, per tested module, along which of its input's two leading sizes it mixes.
+Telling which size is the batch is interpretation, so it lives with the rules: correct modules mix
+along the positions only, so the batch is the loss's sample count when the loss is per sample,
+otherwise the model input's leading size that fewer modules mix along (on a tie the first one,
+where data loaders stack samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def mixers(modules: Sequence[dict[str, Any]]) -> list[tuple[str, set[int]]]:
+    """The deepest mixing modules: (name, the leading sizes it mixes along), leaving out a module
+    that only holds a deeper mixer of the same sizes (a block around a mixing attention)."""
+    mixing = [(m["module"], {int(s) for s, mixed in zip(m["sizes"], m["mixes"], strict=True)
+                             if mixed}) for m in modules]
+    mixing = [(name, sizes) for name, sizes in mixing if sizes]
+    out = []
+    for name, sizes in mixing:
+        inner: set[int] = set()
+        for other, other_sizes in mixing:
+            if other != name and other.startswith(name + "."):
+                inner |= other_sizes
+        if not sizes <= inner:
+            out.append((name, sizes - inner if sizes - inner else sizes))
+    return out
+
+
+def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The modules that mix along the batch, and how the batch was told apart from the
+    positions: the loss's leading size when the loss is per sample; otherwise, of the model
+    input's two leading sizes, the one fewer modules mix along (correct modules mix along the
+    positions only; on a tie, the first, as data loaders stack samples on axis 0)."""
+    none: dict[str, Any] = {"culprits": [], "batch": None, "positions": None, "how": None,
+                            "peers": 0}
+    if not record:
+        return none
+    found = mixers(record.get("modules") or [])
+    axes = record.get("input_axes") or []
+    if len(axes) != 2 or axes[0] == axes[1]:
+        return none
+    a, b = int(axes[0]), int(axes[1])
+    count = {a: sum(a in sizes for _, sizes in found), b: sum(b in sizes for _, sizes in found)}
+    loss_batch = record.get("batch")
+    if loss_batch in (a, b):
+        batch, how = int(loss_batch), "the loss's samples"
+    elif count[a] and count[b]:
+        batch = a if count[a] <= count[b] else b
+        how = "fewer modules mix along it"
+    else:
+        return none
+    positions = b if batch == a else a
+    culprits = [name for name, sizes in found if batch in sizes]
+    return {"culprits": culprits, "batch": batch, "positions": positions, "how": how,
+            "peers": count[positions]}
