@@ -12,6 +12,7 @@ import torch
 from hfault import __version__
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.distributed import World
+from hfault.capture.manual_steps import ManualSteps, is_hand_written
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
@@ -40,6 +41,13 @@ class DiagnoseOptions:
     world: World | None = None
     """Under torchrun: this process's rank; the report then merges every rank's facts on rank
     0 (``hfault.capture.distributed``). None: a single process."""
+    lr: float | None = None
+    """The learning rate of a hand-written update loop (``--lr``): curvature needs it; a script
+    with a torch.optim optimizer ignores it (``capture.manual_steps``)."""
+    op_watch: bool = False
+    """Watch every torch op from the first step for the first one that makes a NaN/Inf from
+    finite inputs (``--nan-ops``); otherwise only from the first non-finite value the modules
+    do not explain (``probes.op_watch``)."""
 
 
 @dataclass
@@ -50,13 +58,17 @@ class Diagnosis:
 
     @property
     def trained(self) -> bool:
-        """Whether there was anything to diagnose: an optimizer and a backward pass."""
+        """Whether there was anything to diagnose: an optimizer and a backward pass, or a
+        hand-written update that changed the parameters after a backward."""
+        if is_hand_written(self.state.optimizers) and self.state.step == 0:
+            return False
         return bool(self.state.optimizers) and self.state.backward_calls > 0
 
 
 def capture_session(options: DiagnoseOptions) -> CaptureSession:
     """A session with the diagnosis probes, as ``options`` configure them."""
     session = CaptureSession(options.schedule, options.max_steps)
+    session.add(ManualSteps(session, options.lr))
     session.add_all(
         diagnosis_probes(session, nan_watch=options.nan_watch, curvature=options.curvature)
     )
@@ -107,6 +119,9 @@ def assemble_report(
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
     if not state.optimizers:
         notes.append("the script created no torch.optim optimizer: nothing to diagnose")
+    elif is_hand_written(state.optimizers) and state.step == 0:
+        notes.append("the script created no torch.optim optimizer and changed no parameter "
+                     "after its backward(): nothing to diagnose")
     elif state.backward_calls == 0:
         notes.append("the script never called backward(): nothing to diagnose")
     run = RunInfo(
