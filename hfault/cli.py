@@ -328,16 +328,11 @@ def _exit_code(result: Diagnosis, data: dict[str, Any], fail_on: FailOn, show_tr
     if outcome.terminated:  # torchrun stopped this rank, and no other rank said why
         return ExitCode.INTERRUPTED
     if not result.trained:
-        from hfault.capture.manual_steps import is_hand_written
-
-        optimizers = result.state.optimizers
+        state = result.state
         what = (
-            "created no torch.optim optimizer"
-            if not optimizers
-            else "created no torch.optim optimizer and changed no parameter after its "
-            "backward()"
-            if is_hand_written(optimizers)
-            else "never called backward()"
+            "never called backward()" if state.optimizers
+            else "created no torch.optim optimizer"
+            + (" and changed no parameter after its backward()" if state.backward_calls else "")
         )
         _err(f"nothing to diagnose: {data['run']['script']} {what}")
         return ExitCode.USAGE

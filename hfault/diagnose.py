@@ -12,7 +12,7 @@ import torch
 from hfault import __version__
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.distributed import World
-from hfault.capture.manual_steps import ManualSteps, is_hand_written
+from hfault.capture.manual_steps import ManualSteps
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
@@ -58,10 +58,8 @@ class Diagnosis:
 
     @property
     def trained(self) -> bool:
-        """Whether there was anything to diagnose: an optimizer and a backward pass, or a
-        hand-written update that changed the parameters after a backward."""
-        if is_hand_written(self.state.optimizers) and self.state.step == 0:
-            return False
+        """Whether there was anything to diagnose: an optimizer (or a hand-written update that
+        changed the parameters after a backward: ``capture.manual_steps``) and a backward."""
         return bool(self.state.optimizers) and self.state.backward_calls > 0
 
 
@@ -118,10 +116,8 @@ def assemble_report(
     elif outcome.interrupted:
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
     if not state.optimizers:
-        notes.append("the script created no torch.optim optimizer: nothing to diagnose")
-    elif is_hand_written(state.optimizers) and state.step == 0:
-        notes.append("the script created no torch.optim optimizer and changed no parameter "
-                     "after its backward(): nothing to diagnose")
+        changed = " and changed no parameter after its backward()" if state.backward_calls else ""
+        notes.append(f"the script created no torch.optim optimizer{changed}: nothing to diagnose")
     elif state.backward_calls == 0:
         notes.append("the script never called backward(): nothing to diagnose")
     run = RunInfo(

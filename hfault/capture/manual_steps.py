@@ -172,6 +172,7 @@ class ManualSteps(Listener):
         self._decided = False
         self._retired = False
         self._after: AfterBackward | None = None
+        self._note = ""
 
     def order(self, event: str) -> int:
         return _AFTER_PROBES if event == "after_backward" else self.priority
@@ -215,6 +216,8 @@ class ManualSteps(Listener):
     def close(self) -> None:
         if self._after is not None and self.active:
             self._end_step()
+        if self.update is not None and self.session.state.step == 0:
+            self._withdraw()
 
     def contribute(self, draft: ReportDraft) -> None:
         draft.run["steps_from"] = (STEPS_FROM_BACKWARD if self.update is not None
@@ -231,11 +234,22 @@ class ManualSteps(Listener):
         lr = (f"the learning rate given by --lr ({self.lr:g}) is used for curvature"
               if self.lr is not None else
               "without --lr its learning rate is unknown: curvature is skipped")
-        state.notes.append(
+        self._note = (
             "the script creates no torch.optim optimizer: its hand-written update is "
             f"diagnosed first-order over {len(params)} tensors; a step is the backward calls "
             "between two changes of the parameters (update ratios are measured from that "
             f"change); {lr}")
+        state.notes.append(self._note)
+
+    def _withdraw(self) -> None:
+        """No update ever followed a backward (a script that only computes gradients): the run
+        is reported as one without an optimizer, with nothing to diagnose."""
+        state = self.session.state
+        index = next(i for i, o in enumerate(state.optimizers) if o is self.update)
+        del state.optimizers[index], state.optimizer_sources[index]
+        state.components = [c for c in state.components if c.optimizer != index]
+        state.notes[:] = [n for n in state.notes if n is not self._note]
+        self.update = None
 
     def _end_step(self) -> None:
         """The first forward or backward since the last backward (or the end of the run): that
