@@ -68,7 +68,8 @@ def capture_session(options: DiagnoseOptions) -> CaptureSession:
     session = CaptureSession(options.schedule, options.max_steps)
     session.add(ManualSteps(session, options.lr))
     session.add_all(
-        diagnosis_probes(session, nan_watch=options.nan_watch, curvature=options.curvature)
+        diagnosis_probes(session, nan_watch=options.nan_watch, curvature=options.curvature,
+                         op_watch=options.op_watch)
     )
     return session
 

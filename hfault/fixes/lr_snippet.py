@@ -103,8 +103,7 @@ def param_group_snippet(component: Mapping[str, Any], factor: float,
     model, optimizer = {"trainer": ("self.model", "optimizer"),
                         "method": ("self", site.target or "optimizer")}.get(
         variant, ("model", site.target or "optimizer"))
-    access = component.get("access") or (
-        f'list(model.get_submodule("{component["name"]}").parameters())')
+    access = component.get("access") or _module_access(component)
     access = re.sub(r"(?<![\w.'\"])model\b", model, access)  # not inside a quoted name
     head = _where(site, variant, optimizer)
     fused = ""
@@ -123,6 +122,16 @@ def param_group_snippet(component: Mapping[str, Any], factor: float,
     if site.returned:
         tail = f"return {optimizer}\n"
     return f"{head}{fused}{body}\n{tail}"
+
+
+def _module_access(component: Mapping[str, Any]) -> str:
+    """The parameters of a component without an ``access`` expression: a module's by its path;
+    a tensor no module owns and no variable names (``<unowned>.param0``) has no path, so the
+    snippet asks for the tensor itself."""
+    name = component["name"]
+    if component.get("module_type") == "Parameter":
+        return f"[tensor]  # tensor: the one hfault calls {name} (no module or variable names it)"
+    return f'list(model.get_submodule("{name}").parameters())'
 
 
 def snippet_variant(site: OptimizerSite) -> str:
