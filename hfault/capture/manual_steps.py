@@ -104,7 +104,7 @@ def trained_parameters(event: BackwardEvent, modules: Sequence[nn.Module]) -> li
     tensors = [t for t in _as_tensors(event.tensors) if isinstance(t, torch.Tensor)]
     leaves = graph_leaves(tensors)
     params: dict[int, torch.Tensor] = {}
-    for root in find_roots(modules, leaves):
+    for root in find_roots(modules, leaves):  # type: ignore[arg-type]
         for p in root.parameters():
             if p.requires_grad:
                 params.setdefault(id(p), p)

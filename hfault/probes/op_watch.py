@@ -18,6 +18,8 @@ nothing: no mode is installed.
 
 from __future__ import annotations
 
+import contextlib
+import linecache
 import math
 import os
 import sys
@@ -145,8 +147,6 @@ class OpWatch(Listener):
     def found(self, op: str, value: str, frame: types.FrameType) -> None:
         if len(self.sites) >= _MAX_SITES:
             del self.sites[: _MAX_SITES // 2]
-        import linecache
-
         file, line = frame.f_code.co_filename, frame.f_lineno
         code = linecache.getline(file, line).strip() or None
         self.sites.append(OpSite(None, op, value, file, line, code))
@@ -160,10 +160,9 @@ class OpWatch(Listener):
         self._done = True
         if self._mode is not None:
             mode, self._mode = self._mode, None
-            try:
+            # (RuntimeError: the script left a mode of its own on top of it)
+            with contextlib.suppress(RuntimeError, AssertionError):
                 mode.__exit__(None, None, None)
-            except (RuntimeError, AssertionError):  # the script left a mode of its own on top
-                pass
 
     # ------------------------------------------------------------------ listener events
     def open(self) -> None:
