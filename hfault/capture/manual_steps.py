@@ -45,7 +45,7 @@ STEPS_FROM_BACKWARD = "backward"
 _AFTER_PROBES = WINDOW + 100  # after_backward: after every probe has read what backward left
 
 
-class HandWrittenUpdate(torch.optim.SGD):
+class HandWrittenUpdate(torch.optim.SGD):  # its name is HAND_WRITTEN of fixes.lr_snippet
     """Stands for the script's own update in the session's optimizer list: one param group with
     the learning rate given by ``--lr`` (None: unknown). Plain gradient descent, which is what
     such loops write. Never steps, and is built without ``Optimizer.__init__``, so no listener

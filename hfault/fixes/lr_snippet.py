@@ -124,6 +124,24 @@ def param_group_snippet(component: Mapping[str, Any], factor: float,
     return f"{head}{fused}{body}\n{tail}"
 
 
+HAND_WRITTEN = "HandWrittenUpdate"
+"""``run.optimizers[i].class`` of a script's own update (``capture.manual_steps``)."""
+
+
+def hand_written_snippet(component: Mapping[str, Any], factor: float) -> str:
+    """A per-component rate in a loop that updates the parameters itself: no param group to
+    split, the update line takes the factor."""
+    access = component.get("access") or _module_access(component)
+    f = f"{factor:.3g}"
+    return (
+        "# The script updates its parameters itself: give these their own, lower step where it\n"
+        "# does (the same for `W -= lr * W.grad` loops).\n"
+        f"slow = {{id(p) for p in {access}}}\n"
+        "for p in model.parameters():\n"
+        f"    p.data.add_(p.grad, alpha=-lr * ({f} if id(p) in slow else 1.0))\n"
+    )
+
+
 def _module_access(component: Mapping[str, Any]) -> str:
     """The parameters of a component without an ``access`` expression: a module's by its path;
     a tensor no module owns and no variable names (``<unowned>.param0``) has no path, so the

@@ -55,10 +55,12 @@ def test_max_steps_stops_a_hand_written_loop(cli):
 
 
 def test_a_layer_with_its_own_huge_learning_rate_is_an_error_at_that_layer(cli):
-    result = cli("diagnose", str(MANUAL), "--quiet", "--", "--hot-lr", "500")
+    result = cli("diagnose", str(MANUAL), "--quiet", "--lr", "0.5", "--", "--hot-lr", "500")
     assert result.returncode == ExitCode.FINDINGS, result.stderr
     errors = [f for f in result.findings() if f["severity"] == "error" and f["component"]]
     assert errors and errors[0]["component"] == "decoder", errors
+    fix = errors[0]["fix"]  # no param group to split: the update line takes the factor
+    assert fix["values"]["kind"] == "lower_lr" and "p.data.add_(p.grad" in fix["snippet"]
 
 
 def test_plain_tensor_parameters_are_named_by_the_script_variables(cli):
