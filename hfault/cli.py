@@ -211,6 +211,24 @@ def diagnose(
             "baseline). Default: the first run's steps (--max-steps, else the whole run).",
         ),
     ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            min=0.0,
+            help="The learning rate of a hand-written update loop (no torch.optim optimizer): "
+            "lets --curvature judge it. Ignored when the script builds an optimizer.",
+        ),
+    ] = None,
+    nan_ops: Annotated[
+        bool,
+        typer.Option(
+            "--nan-ops",
+            help="Watch every torch op from the first step and name the first one that makes a "
+            "NaN/Inf from finite inputs, with its line (one check per op: slow). Without it the "
+            "watch starts at the first non-finite value no module output explains.",
+        ),
+    ] = False,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
@@ -249,7 +267,8 @@ def diagnose(
             tuple(components or ()),
         )
     options = DiagnoseOptions(
-        script, list(ctx.args), schedule, max_steps, nan_watch, curvature_config, rules, world
+        script, list(ctx.args), schedule, max_steps, nan_watch, curvature_config, rules, world,
+        lr=lr, op_watch=nan_ops,
     )
     # Under torchrun, the launcher's SIGTERM ends the script's run, not the report.
     with held_sigterm() if world is not None else contextlib.nullcontext():
@@ -309,10 +328,11 @@ def _exit_code(result: Diagnosis, data: dict[str, Any], fail_on: FailOn, show_tr
     if outcome.terminated:  # torchrun stopped this rank, and no other rank said why
         return ExitCode.INTERRUPTED
     if not result.trained:
+        state = result.state
         what = (
-            "created no torch.optim optimizer"
-            if not result.state.optimizers
-            else "never called backward()"
+            "never called backward()" if state.optimizers
+            else "created no torch.optim optimizer"
+            + (" and changed no parameter after its backward()" if state.backward_calls else "")
         )
         _err(f"nothing to diagnose: {data['run']['script']} {what}")
         return ExitCode.USAGE
@@ -520,6 +540,24 @@ def perturb_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal tables.")] = False,
     show_output: Annotated[
         bool, typer.Option("--show-output", help="Show the baseline run's own output.")
+    ] = False,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            min=0.0,
+            help="The learning rate of a hand-written update loop (no torch.optim optimizer): "
+            "lets --curvature judge it. Ignored when the script builds an optimizer.",
+        ),
+    ] = None,
+    nan_ops: Annotated[
+        bool,
+        typer.Option(
+            "--nan-ops",
+            help="Watch every torch op from the first step and name the first one that makes a "
+            "NaN/Inf from finite inputs, with its line (one check per op: slow). Without it the "
+            "watch starts at the first non-finite value no module output explains.",
+        ),
     ] = False,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")

@@ -12,6 +12,7 @@ import torch
 from hfault import __version__
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.distributed import World
+from hfault.capture.manual_steps import ManualSteps
 from hfault.capture.runner import RunOutcome, run_script
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession, CaptureState
@@ -40,6 +41,13 @@ class DiagnoseOptions:
     world: World | None = None
     """Under torchrun: this process's rank; the report then merges every rank's facts on rank
     0 (``hfault.capture.distributed``). None: a single process."""
+    lr: float | None = None
+    """The learning rate of a hand-written update loop (``--lr``): curvature needs it; a script
+    with a torch.optim optimizer ignores it (``capture.manual_steps``)."""
+    op_watch: bool = False
+    """Watch every torch op from the first step for the first one that makes a NaN/Inf from
+    finite inputs (``--nan-ops``); otherwise only from the first non-finite value the modules
+    do not explain (``probes.op_watch``)."""
 
 
 @dataclass
@@ -50,15 +58,18 @@ class Diagnosis:
 
     @property
     def trained(self) -> bool:
-        """Whether there was anything to diagnose: an optimizer and a backward pass."""
+        """Whether there was anything to diagnose: an optimizer (or a hand-written update that
+        changed the parameters after a backward: ``capture.manual_steps``) and a backward."""
         return bool(self.state.optimizers) and self.state.backward_calls > 0
 
 
 def capture_session(options: DiagnoseOptions) -> CaptureSession:
     """A session with the diagnosis probes, as ``options`` configure them."""
     session = CaptureSession(options.schedule, options.max_steps)
+    session.add(ManualSteps(session, options.lr))
     session.add_all(
-        diagnosis_probes(session, nan_watch=options.nan_watch, curvature=options.curvature)
+        diagnosis_probes(session, nan_watch=options.nan_watch, curvature=options.curvature,
+                         op_watch=options.op_watch)
     )
     return session
 
@@ -106,7 +117,8 @@ def assemble_report(
     elif outcome.interrupted:
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
     if not state.optimizers:
-        notes.append("the script created no torch.optim optimizer: nothing to diagnose")
+        changed = " and changed no parameter after its backward()" if state.backward_calls else ""
+        notes.append(f"the script created no torch.optim optimizer{changed}: nothing to diagnose")
     elif state.backward_calls == 0:
         notes.append("the script never called backward(): nothing to diagnose")
     run = RunInfo(

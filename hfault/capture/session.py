@@ -190,6 +190,12 @@ class CaptureSession(Listener):
         self._stepping = id(opt)
         self._ensure_components()
 
+    def step_not_taken(self) -> None:
+        """A ``before_step`` no ``after_step`` follows: a hand-written update loop's backward
+        turned out to be one of several adding into one step's gradients
+        (``capture.manual_steps``), so the next backward is not a closure's re-evaluation."""
+        self._stepping = None
+
     def after_step(self, opt: torch.optim.Optimizer) -> None:
         self._stepping = None
         count = self.optimizer_steps(opt) + 1

@@ -14,6 +14,7 @@ from hfault.components.names import CONTEXT, layer_index, leaf, projection_role
 from hfault.components.roots import Owner, find_roots, module_has_children, owners
 from hfault.components.source import class_source, defining_class
 from hfault.components.splitters import split_module
+from hfault.components.tensor_names import tensor_names
 
 
 def build_components(
@@ -46,15 +47,18 @@ def build_components(
     components: list[Component] = []
     for path, items in grouped.items():
         components.extend(_components_of_module(path, items, opt_of, cross_ids))
+    names = tensor_names(orphans) if orphans else {}
     for i, p in enumerate(orphans):
+        name = names.get(id(p))
         components.append(
             Component(
-                name=f"<unowned>.param{i}",
+                name=name or f"<unowned>.param{i}",
                 role="other",
-                parts=(ParamPart(p, f"param{i}"),),
+                parts=(ParamPart(p, name or f"param{i}"),),
                 module_type="Parameter",
                 source=None,
                 optimizer=opt_of[id(p)],
+                access=f"[{name}]" if name else "",
             )
         )
     return components

@@ -33,7 +33,12 @@ from hfault.fixes.kind import (
     number_text,
     positive,
 )
-from hfault.fixes.lr_snippet import param_group_snippet, read_site
+from hfault.fixes.lr_snippet import (
+    HAND_WRITTEN,
+    hand_written_snippet,
+    param_group_snippet,
+    read_site,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +68,8 @@ class LowerLr(FixKind):
         new_lr = lr * factor
         values = {"kind": self.name, "component": comp["name"], "lr": lr, "new_lr": new_lr,
                   "factor": factor}
+        if target.optimizer.get("class") == HAND_WRITTEN:
+            return values, hand_written_snippet(comp, factor)
         return values, param_group_snippet(comp, factor,
                                            read_site(target.optimizer, target.script))
 

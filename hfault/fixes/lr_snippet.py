@@ -103,8 +103,7 @@ def param_group_snippet(component: Mapping[str, Any], factor: float,
     model, optimizer = {"trainer": ("self.model", "optimizer"),
                         "method": ("self", site.target or "optimizer")}.get(
         variant, ("model", site.target or "optimizer"))
-    access = component.get("access") or (
-        f'list(model.get_submodule("{component["name"]}").parameters())')
+    access = component.get("access") or _module_access(component)
     access = re.sub(r"(?<![\w.'\"])model\b", model, access)  # not inside a quoted name
     head = _where(site, variant, optimizer)
     fused = ""
@@ -123,6 +122,34 @@ def param_group_snippet(component: Mapping[str, Any], factor: float,
     if site.returned:
         tail = f"return {optimizer}\n"
     return f"{head}{fused}{body}\n{tail}"
+
+
+HAND_WRITTEN = "HandWrittenUpdate"
+"""``run.optimizers[i].class`` of a script's own update (``capture.manual_steps``)."""
+
+
+def hand_written_snippet(component: Mapping[str, Any], factor: float) -> str:
+    """A per-component rate in a loop that updates the parameters itself: no param group to
+    split, the update line takes the factor."""
+    access = component.get("access") or _module_access(component)
+    f = f"{factor:.3g}"
+    return (
+        "# The script updates its parameters itself: give these their own, lower step where it\n"
+        "# does (the same for `W -= lr * W.grad` loops).\n"
+        f"slow = {{id(p) for p in {access}}}\n"
+        "for p in model.parameters():\n"
+        f"    p.data.add_(p.grad, alpha=-lr * ({f} if id(p) in slow else 1.0))\n"
+    )
+
+
+def _module_access(component: Mapping[str, Any]) -> str:
+    """The parameters of a component without an ``access`` expression: a module's by its path;
+    a tensor no module owns and no variable names (``<unowned>.param0``) has no path, so the
+    snippet asks for the tensor itself."""
+    name = component["name"]
+    if component.get("module_type") == "Parameter":
+        return f"[tensor]  # tensor: the one hfault calls {name} (no module or variable names it)"
+    return f'list(model.get_submodule("{name}").parameters())'
 
 
 def snippet_variant(site: OptimizerSite) -> str:

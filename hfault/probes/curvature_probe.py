@@ -25,6 +25,7 @@ import torch
 from hfault.capture.compiled import EagerSteps
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import WINDOW, BackwardEvent, Listener, delegate, patch
+from hfault.capture.manual_steps import step_size_unknown
 from hfault.capture.math_attention import MathAttention
 from hfault.components import Component
 from hfault.curvature import (
@@ -311,6 +312,8 @@ class CurvatureProbe(Listener):
             return
         try:
             state = self.session.state
+            if step_size_unknown(state.optimizers):
+                return  # a hand-written update without --lr: the note of capture.manual_steps
             if event.loss.requires_grad and state.components:
                 hooked = gradient_hooks(state.components)
                 if hooked and not any("gradient hooks" in n for n in state.notes):

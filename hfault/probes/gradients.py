@@ -22,6 +22,7 @@ import torch
 
 from hfault.capture.contribution import ReportDraft, SnapshotDraft
 from hfault.capture.hooks import MEASURE, BackwardEvent, Listener
+from hfault.capture.manual_steps import is_hand_written
 from hfault.components import Component
 from hfault.probes.fused_stats import FusedStats, StepLayout, stack
 
@@ -140,7 +141,10 @@ class GradientStats(Listener):
     def after_backward(self, event: BackwardEvent) -> None:
         session = self.session
         components = session.state.components
-        if components and session.schedule.wants(session.state.step + 1):
+        if (components and session.schedule.wants(session.state.step + 1)
+                and not is_hand_written(session.state.optimizers)):
+            # (A hand-written update's step is taken right after backward, before the script's
+            # clipping: what clipping did is not seen, so grad_scale stays unmeasured.)
             # Gradients as backward left them (accumulated over micro-batches: the last call
             # wins), unscaled by the AMP loss scale; device tensors, read at the step.
             self._raw_grad_norms = raw_grad_norms(components)

@@ -17,21 +17,26 @@ from hfault.probes.init_scale import InitScaleProbe
 from hfault.probes.label_fit import LabelFitProbe
 from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.numerics import NumericsProbe
+from hfault.probes.op_watch import OpWatch
 from hfault.probes.printed_validation import PrintedValidation
 from hfault.probes.sample_mixing import SampleMixingProbe
 from hfault.probes.zero_grad import StaleGradientWatch
 
 
 def diagnosis_probes(
-    session: CaptureSession, *, nan_watch: bool = True, curvature: CurvatureConfig | None = None
+    session: CaptureSession, *, nan_watch: bool = True, curvature: CurvatureConfig | None = None,
+    op_watch: bool = False,
 ) -> list[Listener]:
     """The listeners ``hfault diagnose`` adds to its session (``--no-nan-watch``: no per-output
-    and per-gradient flags; ``curvature`` None: no second-order snapshots)."""
+    and per-gradient flags; ``curvature`` None: no second-order snapshots; ``op_watch``: watch
+    every op for the first NaN/Inf from the first step, ``--nan-ops``)."""
     gradients = GradientStats(session)
     loss_inputs = LossInputWatch(session)
+    numerics = NumericsProbe(session, gradients, watch=nan_watch)
     probes: list[Listener | None] = [
         gradients,
-        NumericsProbe(session, gradients, watch=nan_watch),
+        numerics,
+        OpWatch(session, numerics, always=op_watch),
         StaleGradientWatch(session),
         loss_inputs,
         InitScaleProbe(),

@@ -38,6 +38,8 @@ class _State:
     stale: int = 0
     backwards: int = 0
     reset: bool = True
+    begun: int = -1
+    """The optimizer's step count at its last ``before_step``."""
 
 
 class StaleGradientWatch(Listener):
@@ -60,6 +62,10 @@ class StaleGradientWatch(Listener):
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
         st = self._state.setdefault(id(opt), _State())
+        count = self.session.optimizer_steps(opt)
+        if count == st.begun:
+            return  # the same step again: a hand-written update's next accumulated backward
+        st.begun = count
         if st.steps > CHECKED_STEPS:
             return
         if st.steps == 0:

@@ -66,6 +66,9 @@ class RunInfo:
     """Under torchrun, on rank 0: how each rank's run ended (``hfault.report.ranks``)."""
     ranks_via: str | None = None
     """How rank 0 got the other ranks' facts: ``process group`` or ``files``."""
+    steps_from: str = "optimizer"
+    """How steps were counted: ``optimizer`` (``optimizer.step()`` calls) or ``backward`` (a
+    hand-written update: the backward calls between two parameter changes)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -84,6 +87,7 @@ class RunInfo:
             "schedule": self.schedule,
             "curvature": self.curvature,
             "hvps": self.hvps,
+            "steps_from": self.steps_from,
         }
         optional = {"exit_code": self.exit_code, "world_size": self.world_size,
                     "rank": self.rank, "ranks": self.ranks, "ranks_via": self.ranks_via}

@@ -477,6 +477,10 @@ class Features:
         }
         rank = first.get("rank") if first else None  # under torchrun: the rank that saw it
         location = texts[first["kind"]].format(w=where) if first else None
+        if first is not None and location is not None and first.get("op"):
+            location += f", made by {first['op']} at {first['file']}:{first['line']}"
+            if first.get("op_step") != first["step"]:
+                location += f" (seen at step {first['op_step']})"
         if location is not None and rank is not None:
             location += f" on rank {rank}"
         out.update(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hfault.capture.manual_steps import is_hand_written
 from hfault.capture.process_state import ProcessState
 from hfault.capture.rerun import rerun
 from hfault.capture.session import CaptureState
@@ -44,6 +45,9 @@ def _why_not(first: Diagnosis) -> str | None:
         return "interrupted: no rerun"
     if not first.trained:
         return "nothing to diagnose, nothing to verify"
+    if is_hand_written(first.state.optimizers):
+        return ("the script updates its parameters itself (no torch.optim optimizer): a fix is a "
+                "change of its update code, made by hand")
     return None
 
 
