@@ -172,6 +172,9 @@ COMPONENT_FEATURES: dict[str, str] = {
     "weight_growth": "‖θ_b‖ at the last snapshot / at the first",
     "weight_growth_peers": "median weight growth of the other components (init RMS ≥ 1e-3)",
     "grad_rms_growth": "RMS gradient at the last snapshot / at the first (≥ 3 snapshots)",
+    "pushed_by_component": "a component later in the forward whose weights grew ≥ 10× over the "
+    "run and ≥ 10× more than this one's: every gradient and curvature of this component passes "
+    "through its weights (chain rule), so they scale with its growth; none when there is none",
 }
 
 EDGE_FEATURES: dict[str, str] = {
@@ -258,6 +261,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
 
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
 _MIN_PEER_INIT_RMS = 1e-3  # zero-initialised parameters' growth is not a comparable peer
+_PUSH_GROWTH = 10.0  # HF006's error-level growth: weights this much larger scale what flows through
 
 
 @dataclass
@@ -596,10 +600,25 @@ class Features:
                 weight_growth=growth[name][0],
                 weight_growth_peers=_median(peer_growth),
                 grad_rms_growth=self._grad_growth(m["grad_rms"]),
+                pushed_by_component=self._pushed_by(index, growth),
             )
             out[name] = f
         self._component_cache = out
         return out
+
+    def _pushed_by(self, index: int,
+                   growth: Mapping[str, tuple[float | None, float | None]]) -> str | None:
+        """The component after ``index`` in the forward whose weights grew the most, when that
+        growth is ≥ ``_PUSH_GROWTH`` and that many times this component's own."""
+        own = growth[self.components[index]["name"]][0] or 1.0
+        best: tuple[float, str] | None = None
+        for comp in self.components[index + 1:]:
+            g, init_rms = growth[comp["name"]]
+            if g is None or init_rms is None or init_rms < _MIN_PEER_INIT_RMS:
+                continue
+            if g >= _PUSH_GROWTH and g >= _PUSH_GROWTH * own and (best is None or g > best[0]):
+                best = (g, comp["name"])
+        return best[1] if best else None
 
     def _growth(self, name: str, norms: Sequence[Any]) -> tuple[float | None, float | None]:
         """(last/first weight norm, first weight RMS)."""
