@@ -4,11 +4,11 @@ The session is the listener at ``CORE`` (see :mod:`hfault.capture.hooks`): it re
 optimizers and the modules that run (with a guard that refuses sharded ones:
 ``capture.sharded``), counts optimizer steps (several optimizers stepping in one iteration share
 a step; an optimizer built later continues the count: ``capture.phases``), sums the losses of
-each step (overall and per phase, in a bounded record: ``capture.loss_record``), builds the components when a new
-optimizer appears, opens the measured-step window before the forward of a scheduled step, and
-ends training at ``--max-steps``. Probes are listeners added to it (``add``); with none it only
-observes. Nothing here writes what training uses (the docstring of ``hooks`` says why each hook
-leaves training bit-exact).
+each step (overall and per phase, in a bounded record: ``capture.loss_record``), builds the
+components when a new optimizer appears, opens the measured-step window before the forward of a
+scheduled step, and ends training at ``--max-steps``. Probes are listeners added to it
+(``add``); with none it only observes. Nothing here writes what training uses (the docstring of
+``hooks`` says why each hook leaves training bit-exact).
 """
 
 from __future__ import annotations

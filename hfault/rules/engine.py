@@ -65,7 +65,9 @@ def evaluate(
 def _suppresses(phases: set[Any] | None, phase: Any) -> bool:
     """Whether a rule that fired in ``phases`` suppresses a finding of ``phase``: in the same
     phase, or where either is not a phase's (None)."""
-    return bool(phases) and (phase is None or None in phases or phase in phases)
+    if not phases:
+        return False
+    return phase is None or None in phases or phase in phases
 
 
 def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:

@@ -45,7 +45,8 @@ def train(model: Net, opt: torch.optim.Optimizer, steps: int, target_scale: floa
 
 
 def main() -> None:
-    args = parse({"--phase1": {"type": int, "default": 40}, "--phase2": {"type": int, "default": 40},
+    args = parse({"--phase1": {"type": int, "default": 40},
+                  "--phase2": {"type": int, "default": 40},
                   "--nan-at": {"type": int, "default": 0}})
     torch.manual_seed(args.seed)
     model = Net()
