@@ -27,7 +27,6 @@ from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import WINDOW, BackwardEvent, Listener, delegate, patch
 from hfault.capture.math_attention import MathAttention
 from hfault.components import Component
-from hfault.probes.curvature_skip import nonfinite_reason
 from hfault.curvature import (
     Block,
     BlockCurvature,
@@ -39,6 +38,7 @@ from hfault.curvature import (
     block_stability_setup,
     measure,
 )
+from hfault.probes.curvature_skip import nonfinite_reason
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
