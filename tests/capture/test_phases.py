@@ -14,7 +14,7 @@ LOSS_RULES = {"HF010", "HF011", "HF012"}
 
 
 def test_a_fine_tune_continues_the_step_count_and_is_judged_on_its_own(cli) -> None:
-    result = cli("diagnose", PHASES, "--quiet")
+    result = cli("diagnose", PHASES)
     report = result.report
     assert report is not None
     assert report["run"]["steps"] == 80
@@ -28,6 +28,7 @@ def test_a_fine_tune_continues_the_step_count_and_is_judged_on_its_own(cli) -> N
     assert phases[1]["loss"]["first"] > 3 * phases[0]["loss"]["last"]
     assert not result.findings("HF010"), result.findings("HF010")
     assert result.returncode == 0
+    assert "phases: 1 Adam steps 1–40 (loss " in result.stdout
     # The fine-tune's optimizer trains the first phase's components: measured in its phase.
     last = report["snapshots"][-1]
     assert last["step"] == 80 and last["metrics"]["fc1"]["lr"] == 1e-3
