@@ -7,7 +7,9 @@
     run.findings                              # ranked findings, as in the JSON report
 
 The block is captured exactly as ``hfault diagnose`` captures a script: optimizers built inside
-it are seen when built; pass the ones built before it with ``optimizers=``. ``max_steps`` ends
+it are seen when built; pass the ones built before it with ``optimizers=`` (and, with
+``models=``, models whose root is never called itself, so components are still named from it:
+a LightningModule whose ``training_step`` calls its submodules). ``max_steps`` ends
 training from inside the block, and the ``with`` statement swallows that stop only. An exception
 raised by the training code is re-raised after the report is built and written, so nothing
 measured is lost and the caller still sees its error. Under torchrun every rank hands its facts
@@ -52,6 +54,7 @@ class Watch:
         select: Sequence[str] = (),
         ignore: Sequence[str] = (),
         optimizers: Iterable[torch.optim.Optimizer] = (),
+        models: Iterable[torch.nn.Module] = (),
         show: bool = False,
         name: str | None = None,
     ) -> None:
@@ -66,6 +69,7 @@ class Watch:
         self.nan_watch = nan_watch
         self.rules = load_rules(None, (), tuple(select), tuple(ignore))
         self.optimizers = [_unwrap(o) for o in optimizers]
+        self.models = list(models)
         self.show = show
         caller = user_caller() or {}
         self.name = name or str(caller.get("file") or "<python>")
@@ -82,6 +86,8 @@ class Watch:
         self._session.__enter__()
         for opt in self.optimizers:
             self._session.hooks.adopt(opt)
+        for model in self.models:  # seen before it runs: components are named from it even
+            self._session.state.modules.setdefault(id(model), model)  # if only parts are called
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

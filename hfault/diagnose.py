@@ -107,7 +107,7 @@ def assemble_report(
                  part.graph)
         for step, part in sorted(draft.snapshots.items())
     ]
-    losses = sorted(state.losses.items())
+    losses = state.losses.items()
     if os.environ.get("HFAULT_DEBUG_RAISE") == "report":
         raise RuntimeError("HFAULT_DEBUG_RAISE=report: simulated internal error")
     notes = list(state.notes)
@@ -116,6 +116,11 @@ def assemble_report(
                      "covers the steps before it")
     elif outcome.interrupted:
         notes.append("interrupted by Ctrl-C: the report covers the steps before it")
+    if state.losses.sampled:
+        record = state.losses.describe()
+        notes.append(f"the loss timeline keeps {record['kept']:,} of {record['steps']:,} steps "
+                     f"(every {record['stride']}th, the measured steps and the first non-finite "
+                     "loss: loss_record)")
     if not state.optimizers:
         changed = " and changed no parameter after its backward()" if state.backward_calls else ""
         notes.append(f"the script created no torch.optim optimizer{changed}: nothing to diagnose")
@@ -154,6 +159,8 @@ def assemble_report(
         components=[c.to_dict() for c in state.components],
         snapshots=snapshots,
         losses=losses,
+        phases=state.phases.report(run.optimizers),
+        loss_record=state.losses.describe(),
         findings=[],
         notes=notes,
         tool_version=__version__,

@@ -3,11 +3,12 @@
 The session is the listener at ``CORE`` (see :mod:`hfault.capture.hooks`): it records the
 optimizers and the modules that run (with a guard that refuses sharded ones:
 ``capture.sharded``), counts optimizer steps (several optimizers stepping in one iteration share
-a step), sums the losses of each step, builds the components when a new
-optimizer appears, opens the measured-step window before the forward of a scheduled step, and
-ends training at ``--max-steps``. Probes are listeners added to it (``add``); with none it only
-observes. Nothing here writes what training uses (the docstring of ``hooks`` says why each hook
-leaves training bit-exact).
+a step; an optimizer built later continues the count: ``capture.phases``), sums the losses of
+each step (overall and per phase, in a bounded record: ``capture.loss_record``), builds the
+components when a new optimizer appears, opens the measured-step window before the forward of a
+scheduled step, and ends training at ``--max-steps``. Probes are listeners added to it
+(``add``); with none it only observes. Nothing here writes what training uses (the docstring of
+``hooks`` says why each hook leaves training bit-exact).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from hfault.capture.compiled import is_compiled_wrapper, models_compiled_away, o
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CORE, BackwardEvent, Hooks, Listener
 from hfault.capture.host_reads import HostReads, Reading
+from hfault.capture.loss_record import LossRecord
+from hfault.capture.phases import PhaseTracker
 from hfault.capture.schedule import Schedule
 from hfault.capture.sharded import ShardGuard
 from hfault.components import Component, build_components, module_paths
@@ -52,7 +55,10 @@ class CaptureState:
     components: list[Component] = field(default_factory=list)
     step: int = 0
     backward_calls: int = 0
-    losses: dict[int, float] = field(default_factory=dict)
+    losses: LossRecord = field(default_factory=LossRecord)
+    """Every step's loss (the sum over phases stepping at it), sampled past its cap."""
+    phases: PhaseTracker = field(default_factory=PhaseTracker)
+    """Which optimizer took which step, and each phase's own losses."""
     notes: list[str] = field(default_factory=list)
     """Said by any listener during the run; the report lists them first."""
     device: str | None = None
@@ -74,7 +80,6 @@ class CaptureSession(Listener):
         self.loss_scale = 1.0
         """The AMP loss scale of the last scalar loss backpropagated."""
         self._opt_index: dict[int, int] = {}
-        self._opt_steps: dict[int, int] = {}
         self._components_for: int = -1  # number of optimizers the components were built from
         self.reads = HostReads()
         """Device values listeners want on the host, read in one transfer per step."""
@@ -112,6 +117,7 @@ class CaptureSession(Listener):
         self._opt_index[id(opt)] = index
         self.state.optimizers.append(opt)
         self.state.optimizer_sources.append(source)
+        self.state.phases.created(opt, index, self.state.step)
 
     def optimizer_index(self, opt: torch.optim.Optimizer) -> int | None:
         return self._opt_index.get(id(opt))
@@ -177,15 +183,15 @@ class CaptureSession(Listener):
     # ----------------------------------------------------------------- steps
     def optimizer_steps(self, opt: torch.optim.Optimizer) -> int:
         """How many times ``opt`` has stepped."""
-        return self._opt_steps.get(id(opt), 0)
+        return self.state.phases.count(opt)
 
     def step_of(self, opt: torch.optim.Optimizer) -> int:
         """The step ``opt.step()`` takes, read before it is counted: optimizers stepping in the
-        same iteration share it."""
-        return max(self.state.step, self.optimizer_steps(opt) + 1)
+        same iteration share it; one built after training began continues the count."""
+        return self.state.phases.step_of(opt, self.state.step)
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
-        if self.max_steps is not None and self.optimizer_steps(opt) + 1 > self.max_steps:
+        if self.max_steps is not None and self.step_of(opt) > self.max_steps:
             raise StopTraining
         self._stepping = id(opt)
         self._ensure_components()
@@ -198,10 +204,10 @@ class CaptureSession(Listener):
 
     def after_step(self, opt: torch.optim.Optimizer) -> None:
         self._stepping = None
-        count = self.optimizer_steps(opt) + 1
-        self._opt_steps[id(opt)] = count
         state = self.state
-        state.step = max(state.step, count)
+        step = self.step_of(opt)
+        state.phases.stepped(opt, step)
+        state.step = step
         self._open_window(state.step + 1)
         if self._pending_losses:
             # The loss of step s is the sum of the losses backpropagated since step s-1 (the
@@ -209,7 +215,9 @@ class CaptureSession(Listener):
             total = 0.0
             for reading, scale in self._pending_losses:
                 total += reading.value() / scale
-            state.losses[state.step] = state.losses.get(state.step, 0.0) + total
+            keep = self.schedule.wants(step)  # its snapshot shows its loss
+            state.losses.add(step, total, keep=keep)
+            state.phases.add_loss(opt, step, total, keep=keep)
             self._pending_losses.clear()
 
     # ----------------------------------------------------------------- measured-step window

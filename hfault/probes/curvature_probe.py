@@ -39,6 +39,7 @@ from hfault.curvature import (
     block_stability_setup,
     measure,
 )
+from hfault.probes.curvature_skip import nonfinite_reason
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -282,6 +283,9 @@ class CurvatureProbe(Listener):
         self._math = MathAttention()
         self._eager = EagerSteps()
         self._unpatch: Callable[[], None] | None = None
+        self.skipped: list[int] = []
+        """Measured steps whose curvature was not measured: a weight or the loss non-finite."""
+        self._skip_reason: str | None = None
 
     def window_opened(self, step: int) -> None:
         self._math.enter()
@@ -323,6 +327,11 @@ class CurvatureProbe(Listener):
                         "computation: the curvature measured is that of the hooked gradient, "
                         "and the hooks run twice on measured steps"
                     )
+                reason = nonfinite_reason(state.components, event.loss)
+                if reason is not None:
+                    self.skipped.append(event.step)
+                    self._skip_reason = self._skip_reason or reason
+                    return
                 self.records[event.step] = measure_step(
                     event.step, event.loss, event.scale, state.components, state.optimizers,
                     self.config,
@@ -333,6 +342,13 @@ class CurvatureProbe(Listener):
     def close(self) -> None:
         self._end_window()
         state = self.session.state
+        if self.skipped:
+            steps = ", ".join(map(str, self.skipped[:5])) + (" ..." if len(self.skipped) > 5
+                                                               else "")
+            state.notes.append(
+                f"curvature not measured at step(s) {steps}: {self._skip_reason} from step "
+                f"{self.skipped[0]} (the Hessian of non-finite values means nothing; HF001 "
+                "names where they came from)")
         if state.compiled_modules and self.records:
             state.notes.append(
                 "torch.compile: the curvature's measured steps ran eagerly (a compiled graph has "

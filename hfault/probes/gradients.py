@@ -176,8 +176,12 @@ class GradientStats(Listener):
         layout = self._layouts.get(id(opt))
         if layout is None or not layout.fits(opt, components):
             index = self.session.optimizer_index(opt)
-            layout = StepLayout.build(opt, components, [c for c in components
-                                                        if c.optimizer == index])
+            held = {id(p) for g in opt.param_groups for p in g["params"]}
+            # Its own components, and those of an earlier phase's optimizer that it now trains
+            # whole (a fine-tune's new optimizer over the same parameters).
+            layout = StepLayout.build(opt, components, [
+                c for c in components
+                if c.optimizer == index or all(id(part.param) in held for part in c.parts)])
             self._layouts[id(opt)] = layout
         return layout
 
@@ -186,9 +190,9 @@ class GradientStats(Listener):
         if record is None:
             return
         session = self.session
-        index = session.optimizer_index(opt)
-        for comp in session.state.components:
-            if comp.optimizer == index and comp.name in self._before:
+        layout = self._layouts.get(id(opt))
+        for comp in layout.components if layout is not None else ():
+            if comp.name in self._before:
                 before = self._before.pop(comp.name)
                 record.metrics[comp.name]["update_ratio"] = update_ratio(comp, before)
         if session.schedule.wants(session.state.step):

@@ -102,6 +102,10 @@ class Report:
     snapshots: list[Snapshot]
     losses: list[tuple[int, float]]
     findings: list[Finding]
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    """Per phase (``hfault.capture.phases``): its optimizers, steps and losses."""
+    loss_record: dict[str, int] | None = None
+    """How many steps ``losses`` keeps of those seen (``hfault.capture.loss_record``)."""
     numerics: list[dict[str, Any]] = field(default_factory=list)
     loss_inputs: list[dict[str, Any]] = field(default_factory=list)
     frozen: list[dict[str, Any]] = field(default_factory=list)
@@ -167,4 +171,6 @@ class Report:
             ],
             "notes": self.notes,
             "summary": self.summary(),
+            "phases": self.phases,
+            "loss_record": self.loss_record,
         }

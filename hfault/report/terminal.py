@@ -81,6 +81,9 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     if run.get("world_size"):
         meta += f"  •  rank {run.get('rank')} of {run['world_size']} (torchrun)"
     body: list[Any] = [head, Text(meta, style="dim")]
+    phases = report.get("phases") or []
+    if len(phases) > 1:  # a fine-tune, a GAN: whose steps and losses are whose
+        body.append(Text("phases: " + "  •  ".join(_phase(p) for p in phases), style="dim"))
     if run.get("error"):
         err = run["error"]
         where = f" at {err.get('file')}:{err.get('line')}" if err.get("file") else ""
@@ -94,6 +97,15 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     _propagation(report, console)
     _components(report, console)
     _verify_fix(report, console)
+
+
+def _phase(phase: Mapping[str, Any]) -> str:
+    """``2 SGD steps 41–80 (loss 21.4 → 1.86)``."""
+    text = f"{phase['phase']} {phase['class']} steps {phase['first_step']}–{phase['last_step']}"
+    loss = phase.get("loss")
+    if loss:
+        text += f" (loss {fmt(loss['first'])} → {fmt(loss['last'])})"
+    return text
 
 
 def _count(n: int) -> str:

@@ -98,6 +98,12 @@ expressions, evaluated in order, each may read the ones above it), `step`, `comp
 (`error = "expr"`), `suppressed_by`, `[[fix]]` (`kind`, `summary`, `snippet`, `when`, `values`,
 and the kind's own fields), `example` and `references`.
 
+A `run` rule that reads `loss`, `loss_points` or `loss_all_finite` is judged once per training
+phase when more than one phase has losses (a fine-tune with a new optimizer, a GAN's two
+optimizers: the report's `phases`), on that phase's own series, with `steps`, `optimizer` and
+`base_lr` the phase's and `phase` its number; its message then ends with the phase, and
+`suppressed_by` holds within a phase. With one phase it is judged once, on `timeline.loss`.
+
 Two evidence names record which way a fault travels, so that a finding a higher-ranked one
 explains is shown as its consequence rather than with a fix of its own (`consequence_of`,
 [report.md](report.md)): `pushed_by`, the component that pushed this finding's component, and

@@ -41,23 +41,33 @@ def evaluate(
 ) -> EngineResult:
     features = Features(report, graph_paths)
     result = EngineResult([])
-    fired: set[tuple[str, str | None]] = set()
-    pending: list[tuple[Rule, Finding]] = []
+    fired: dict[tuple[str, str | None], set[Any]] = {}  # -> the phases it fired in
+    pending: list[tuple[Rule, Finding, Any]] = []
     for rule in rules:
-        for subject in features.subjects(rule.scope):
+        for subject in features.subjects(rule.scope, rule.reads()):
             try:
                 finding = _apply(rule, subject, features)
             except ExprError as exc:
                 result.errors.append(f"rule {rule.id} ({rule.path.name}) on {subject.key}: {exc}")
                 break
             if finding is not None:
-                pending.append((rule, finding))
-                fired.add((rule.id, finding.component))
-    for rule, finding in pending:
-        if any((other, finding.component) in fired for other in rule.suppressed_by):
+                phase = subject.features.get("phase")
+                pending.append((rule, finding, phase))
+                fired.setdefault((rule.id, finding.component), set()).add(phase)
+    for rule, finding, phase in pending:
+        if any(_suppresses(fired.get((other, finding.component)), phase)
+               for other in rule.suppressed_by):
             continue
         result.findings.append(finding)
     return result
+
+
+def _suppresses(phases: set[Any] | None, phase: Any) -> bool:
+    """Whether a rule that fired in ``phases`` suppresses a finding of ``phase``: in the same
+    phase, or where either is not a phase's (None)."""
+    if not phases:
+        return False
+    return phase is None or None in phases or phase in phases
 
 
 def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
@@ -82,6 +92,7 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
     related = _names(rule.related(env)) if rule.related else []
     env.update(component=component, step=step)
     fix, at_optimizer = _fix(rule, env, component, features)
+    phase = subject.features.get("phase")
     comp = features.by_name.get(component or "")
     if comp is None and component:
         # An attention module named as the component: its projections' source is its class.
@@ -97,15 +108,17 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
         rule=rule.id,
         name=rule.name,
         severity=severity,
-        message=render(rule.message, env),
+        message=render(rule.message, env) + (f" ({subject.key})" if phase is not None else ""),
         component=component,
         step=int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None,
         evidence={**({"metric": rule.metric} if rule.metric else {}),
-                  **{k: _jsonable(v) for k, v in evidence.items()}},
+                  **{k: _jsonable(v) for k, v in evidence.items()},
+                  **({"phase": phase} if phase is not None else {})},
         fix=fix,
         score=ranking_score(score, confidence),
         location=location,
-        fingerprint=fingerprint(rule.id, component, str(run.get("script", ""))),
+        fingerprint=fingerprint(rule.id, component if phase is None else f"phase {phase}",
+                                str(run.get("script", ""))),
         related=[r for r in related if r != component],
     )
 

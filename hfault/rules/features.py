@@ -59,6 +59,10 @@ RUN_FEATURES: dict[str, str] = {
     "loss": "series: the loss at every step (its own steps, not the snapshots')",
     "loss_points": "number of finite loss values",
     "loss_all_finite": "whether every recorded loss was finite",
+    "phase": "the training phase whose losses a loss rule judges (1 = the first to step), when "
+    "several phases (optimizers built one after the other, or a GAN's pair) have losses: a rule "
+    "reading loss, loss_points or loss_all_finite is then judged once per phase, on that "
+    "phase's series, with steps, optimizer and base_lr the phase's; none otherwise",
     "nonfinite": "whether a NaN/Inf was seen anywhere",
     "nonfinite_step": "step of the earliest non-finite value",
     "nonfinite_kind": "activation, loss, gradient or weight",
@@ -259,6 +263,9 @@ VOCABULARY: dict[str, dict[str, str]] = {
     "attention": {**RUN_FEATURES, **ATTENTION_FEATURES},
 }
 
+PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite"})
+"""A run-scope rule reading any of these is judged per phase when phases have their own losses."""
+
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
 _MIN_PEER_INIT_RMS = 1e-3  # zero-initialised parameters' growth is not a comparable peer
 _PUSH_GROWTH = 10.0  # HF006's error-level growth: weights this much larger scale what flows through
@@ -290,6 +297,7 @@ class Features:
         self.by_name = {c["name"]: c for c in self.components}
         self.graph_paths = dict(graph_paths or {})
         self.run = self._run_features()
+        self.phase_runs = self._phase_subjects()
         self._component_cache: dict[str, dict[str, Any]] | None = None
 
     # -------------------------------------------------------------- helpers
@@ -377,9 +385,6 @@ class Features:
     def _run_features(self) -> dict[str, Any]:
         run = self.report.get("run", {})
         timeline = self.report.get("timeline", {}).get("loss", [])
-        loss_steps = tuple(int(p["step"]) for p in timeline)
-        losses = tuple(as_float(p["loss"]) for p in timeline)
-        finite = [v for v in losses if v is not None and math.isfinite(v)]
         optimizers = run.get("optimizers") or []
         out: dict[str, Any] = {
             "status": run.get("status"),
@@ -392,9 +397,8 @@ class Features:
             **self._frozen_features(),
             **self._stale_grad_features(optimizers),
             **self._label_fit_features(),
-            "loss": Series(loss_steps, losses),
-            "loss_points": len(finite),
-            "loss_all_finite": len(finite) == len(losses),
+            **_loss_features([(p["step"], p["loss"]) for p in timeline]),
+            "phase": None,
         }
         growths = []
         for comp in self.components:
@@ -466,6 +470,27 @@ class Features:
         return {"relative_step": best[0] if best else None,
                 "relative_step_at": best[1] if best else None,
                 "relative_step_lr": best[2] if best else None}
+
+    def _phase_subjects(self) -> list[Subject]:
+        """One run subject per phase that has its own loss series (the report lists them when
+        more than one phase has losses): its loss features, last step, optimizer and rate."""
+        phases = [p for p in self.report.get("phases") or [] if p.get("losses")]
+        if len(phases) < 2:
+            return []
+        out = []
+        for phase in phases:
+            features = {
+                **self.run,
+                **_loss_features(phase["losses"]),
+                "steps": phase.get("last_step"),
+                "optimizer": phase.get("class"),
+                "base_lr": as_float(phase.get("lr")),
+                "phase": phase["phase"],
+            }
+            key = (f"phase {phase['phase']} of {len(phases)}: {phase.get('class')}, steps "
+                   f"{phase.get('first_step')}–{phase.get('last_step')}")
+            out.append(Subject("run", key, features))
+        return out
 
     def _nonfinite(self) -> dict[str, Any]:
         events = list(self.report.get("numerics", []))
@@ -788,8 +813,12 @@ class Features:
                                     component=weakest or module))
         return subjects
 
-    def subjects(self, scope: str) -> list[Subject]:
+    def subjects(self, scope: str, reads: frozenset[str] = frozenset()) -> list[Subject]:
+        """The subjects of ``scope``; a run-scope rule that ``reads`` a loss feature gets one per
+        phase when phases have their own losses."""
         if scope == "run":
+            if reads & PHASE_FEATURES and self.phase_runs:
+                return self.phase_runs
             return [Subject("run", "run", dict(self.run))]
         if scope in ("component", "timeline"):
             return self.component_subjects()
@@ -798,6 +827,17 @@ class Features:
         if scope == "attention":
             return self.attention_subjects()
         raise ValueError(f"unknown scope {scope!r}")
+
+
+def _loss_features(points: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """``loss``, ``loss_points`` and ``loss_all_finite`` of ``[step, loss]`` pairs."""
+    losses = tuple(as_float(v) for _, v in points)
+    finite = [v for v in losses if v is not None and math.isfinite(v)]
+    return {
+        "loss": Series(tuple(int(s) for s, _ in points), losses),
+        "loss_points": len(finite),
+        "loss_all_finite": len(finite) == len(losses),
+    }
 
 
 def _pooled(weights: Sequence[float], values: Sequence[float | None]) -> float | None:

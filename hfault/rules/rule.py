@@ -98,6 +98,15 @@ class Rule:
     def param_values(self) -> dict[str, Any]:
         return {name: self.overrides.get(name, p.default) for name, p in self.params.items()}
 
+    def reads(self) -> frozenset[str]:
+        """Every name the rule's expressions read (features, parameters, evidence)."""
+        exprs: list[Expr | None] = [self.condition, *self.evidence.values(), self.score,
+                                    self.confidence, self.step, self.component, self.related,
+                                    *self.escalate.values()]
+        for fix in self.fixes:
+            exprs += [fix.when, *fix.fields.values(), *fix.values.values()]
+        return frozenset(n for e in exprs if e is not None for n in e.names)
+
     def to_catalog(self) -> dict[str, Any]:
         """What SARIF's rule descriptors and ``hfault rules`` show."""
         return {
