@@ -193,6 +193,13 @@ def prepare_mingpt(work: Path, variant: str) -> None:
 def prepare_wlm(work: Path, variant: str) -> None:
     write_corpus(work / "data" / "synth", vocab=5000,
                  tokens={"train": 60_000, "valid": 4_000, "test": 4_000})
+    if variant == "bug-sgd":  # the hand-written update: 100x on encoder layer 0's attention
+        edit(work / "main.py",
+             "            for p in model.parameters():\n"
+             "                p.data.add_(p.grad, alpha=-lr)\n",
+             "            for n, p in model.named_parameters():\n"
+             "                scale = 100 if n.startswith('encoder.layers.0.self_attn.') else 1\n"
+             "                p.data.add_(p.grad, alpha=-lr * scale)\n")
     if variant == "bug":
         edit(work / "main.py",
              "    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)\n",
@@ -202,6 +209,11 @@ def prepare_wlm(work: Path, variant: str) -> None:
              " if not n.startswith('encoder.layers.0.self_attn.')]\n"
              "    optimizer = torch.optim.AdamW([{'params': rest},"
              " {'params': attn, 'lr': args.lr * 100}], lr=args.lr)\n")
+
+
+def prepare_wlm_sgd(work: Path, variant: str) -> None:
+    """word_language_model's default path: its own update loop, no torch.optim optimizer."""
+    prepare_wlm(work, "bug-sgd" if variant == "bug" else variant)
 
 
 def prepare_gpt2(work: Path, variant: str) -> None:
@@ -236,7 +248,9 @@ CLIENTS = [
            "learning rate x100 on encoder layer 0's self-attention (its own AdamW param group)",
            "encoder.layers.0.self_attn", prepare_wlm),
     Client("wlm-sgd", "examples", "word_language_model", "main.py",
-           (*WLM_ARGS, "--lr", "5"), 80, "", "", prepare_wlm, variants=("healthy",),
+           (*WLM_ARGS, "--lr", "5"), 80,
+           "learning rate x100 on encoder layer 0's self-attention in the script's own update "
+           "loop", "encoder.layers.0.self_attn", prepare_wlm_sgd,
            note="default path: hand-written SGD update, no torch.optim optimizer"),
     Client("gpt2-trainer", "own", "", "gpt2_trainer.py",
            ("--max-steps", "120", "--out", "out"), 120,

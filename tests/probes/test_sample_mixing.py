@@ -91,7 +91,7 @@ def test_the_batch_comes_from_the_loss_then_from_the_fewer_mixers() -> None:
      (["--bn"], False), (["--bn", "--swap"], True)],
 )
 def test_a_batch_first_layer_fed_positions_first_is_found(cli, options, fires) -> None:
-    result = cli("diagnose", str(SCRIPTS / "batch_axis_train.py"), "--no-curvature", "--",
+    result = cli("diagnose", str(SCRIPTS / "gru_layout_train.py"), "--no-curvature", "--",
                  "--steps", "4", *options)
     record = result.report["sample_mixing"]
     assert record["step"] == 1 and {m["module"] for m in record["modules"]} == {"rnn", "rnn2"}
@@ -106,8 +106,8 @@ def test_a_batch_first_layer_fed_positions_first_is_found(cli, options, fires) -
 def test_the_probe_leaves_training_bit_exact(cli, tmp_path: Path) -> None:
     args = ["--steps", "5", "--swap", "--bn"]
     plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
-    run_plain(SCRIPTS / "batch_axis_train.py", [*args, "--out", str(plain)])
-    result = cli("diagnose", str(SCRIPTS / "batch_axis_train.py"), "--no-curvature",
+    run_plain(SCRIPTS / "gru_layout_train.py", [*args, "--out", str(plain)])
+    result = cli("diagnose", str(SCRIPTS / "gru_layout_train.py"), "--no-curvature",
                  "--fail-on", "never", "--", *args, "--out", str(watched))
     assert result.report["sample_mixing"]["modules"], result.stderr
     assert_same_training(plain, watched)

@@ -1,60 +1,71 @@
-"""A sequence classifier: embedding, a batch-first GRU, a second GRU over its outputs, mean
-pooling, a linear head. --swap hands the first GRU (positions, batch, features), the classic
-layout bug (it then recurs across the samples of the batch); --flat flattens the loss over
-positions (a per-position tagger), so the loss does not give the batch size; --bn adds a
-BatchNorm1d over the features (mixes samples by design, through batch statistics)."""
+"""A 3-layer causal decoder (SDPA) trained on a copy task, the logits flattened into the loss
+(batch × positions rows, as nanoGPT does); ``--swap-layer K`` hands block K's attention its input
+as (positions, batch, d): the block was written for sequence-first tensors, so it attends over the
+samples of the batch."""
 
 import torch
-import torch.nn.functional as F
 from common import parse, save
 from torch import nn
+from torch.nn import functional as F
+
+B, T, D, V, H = 8, 12, 32, 16, 4
 
 
-class BatchNormFeatures(nn.Module):
-    def __init__(self, d: int) -> None:
+class Attention(nn.Module):
+    def __init__(self) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm1d(d)
+        self.qkv = nn.Linear(D, 3 * D)
+        self.proj = nn.Linear(D, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, positions, d)
-        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (z.view(b, t, H, D // H).transpose(1, 2) for z in self.qkv(x).split(D, -1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, D))
 
 
-class Tagger(nn.Module):
-    def __init__(self, swap: bool, bn: bool, vocab: int = 20, d: int = 16, classes: int = 3):
+class Block(nn.Module):
+    def __init__(self, swap: bool) -> None:
         super().__init__()
         self.swap = swap
-        self.embed = nn.Embedding(vocab, d)
-        self.norm = BatchNormFeatures(d) if bn else nn.Identity()
-        self.rnn = nn.GRU(d, d, batch_first=True)
-        self.rnn2 = nn.GRU(d, d, batch_first=True)
-        self.head = nn.Linear(d, classes)
+        self.ln = nn.LayerNorm(D)
+        self.attn = Attention()
+        self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.embed(tokens))
-        if self.swap:
-            h, _ = self.rnn(x.transpose(0, 1))
-            h = h.transpose(0, 1)
-        else:
-            h, _ = self.rnn(x)
-        h, _ = self.rnn2(h)
-        return self.head(h)  # (batch, positions, classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        # the bug: (B, T, D) handed over as (T, B, D)
+        a = self.attn(h.transpose(0, 1)).transpose(0, 1) if self.swap else self.attn(h)
+        x = x + a
+        return x + self.mlp(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, swap_layer: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(V, D)
+        self.pos = nn.Embedding(T, D)
+        self.blocks = nn.ModuleList(Block(i == swap_layer) for i in range(3))
+        self.head = nn.Linear(D, V)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
 
 
 def main() -> None:
-    args = parse({"--swap": {"action": "store_true"}, "--flat": {"action": "store_true"},
-                  "--bn": {"action": "store_true"}})
+    args = parse({"--swap-layer": {"type": int, "default": -1}})
     torch.manual_seed(args.seed)
-    model = Tagger(args.swap, args.bn)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model = Decoder(args.swap_layer)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(args.steps):
-        tokens = torch.randint(0, 20, (8, 12))
-        target = tokens % 3
-        logits = model(tokens)
-        if args.flat:
-            loss = F.cross_entropy(logits.reshape(-1, 3), target.reshape(-1))
-        else:  # per sample: the mean over positions of each sample's log-likelihood
-            loss = F.cross_entropy(logits.mean(1), target[:, 0])
+        idx = torch.randint(0, V, (B, T))
+        target = torch.roll(idx, 1, dims=1)  # predict the previous token
+        logits = model(idx)
+        loss = F.cross_entropy(logits.view(-1, V), target.view(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
