@@ -148,7 +148,7 @@ def shares_module_fixture(module: str) -> bool:
     return path.suffix == ".py" and '@pytest.fixture(scope="module"' in path.read_text()
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own scheduler
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own scheduler
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``pytest -n 2`` (``--dist load``): tests go one by one to whichever worker is free,
     except that a module with a module-scoped fixture goes whole to one worker, so that the
