@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -117,7 +118,50 @@ def cli(tmp_path: Path):
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark end-to-end tests (``-m e2e`` / ``-m "not e2e"``): every test that runs the CLI in a
     subprocess (the ``cli`` fixture); modules that run training scripts in-process declare
-    ``pytestmark = pytest.mark.e2e`` themselves."""
+    ``pytestmark = pytest.mark.e2e`` themselves.
+
+    Then order the modules for two xdist workers: those with end-to-end tests first, the sample
+    programs (the longest tests) first of all, so that the quick unit tests fill the end of the
+    run on whichever worker is free and no long test starts last. Modules stay whole, in their
+    own order, so that their module fixtures are set up once."""
     for item in items:
         if "cli" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+    e2e = {_module_of(i.nodeid) for i in items if i.get_closest_marker("e2e")}
+
+    def rank(item: pytest.Item) -> int:
+        module = _module_of(item.nodeid)
+        return 0 if module.endswith("tests/test_samples.py") else 1 if module in e2e else 2
+
+    items.sort(key=rank)  # stable
+
+
+def _module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@functools.cache
+def shares_module_fixture(module: str) -> bool:
+    """Whether the test module defines a module-scoped fixture (one CLI run or measurement
+    shared by its tests)."""
+    path = ROOT / module
+    return path.suffix == ".py" and '@pytest.fixture(scope="module"' in path.read_text()
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``pytest -n 2`` (``--dist load``): tests go one by one to whichever worker is free,
+    except that a module with a module-scoped fixture goes whole to one worker, so that the
+    fixture (a CLI run of tens of seconds) runs once, not once per worker. Such modules start
+    first. (pytest-xdist's own ``--dist loadgroup`` cannot do this under pytest 9: it renames
+    ``item._nodeid``, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = _module_of(nodeid)
+            return module if shares_module_fixture(module) else nodeid
+
+    return SharedFixtureScheduling(config, log)

@@ -244,7 +244,9 @@ def test_detached_component_is_reported_dead_with_its_location(cli):
 )
 def test_loss_fed_probabilities_is_flagged_at_the_output_layer(cli, tmp_path, mode, kind):
     script = SCRIPTS / "loss_input_train.py"
-    result = cli("diagnose", str(script), "--no-curvature", "--", "--steps", "6", "--mode", mode)
+    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
+    result = cli("diagnose", str(script), "--no-curvature", "--", "--steps", "6", "--mode", mode,
+                 "--out", str(watched))
     found = result.findings("HF013")
     if kind is None:
         assert not found and result.report["loss_inputs"] == []
@@ -252,10 +254,7 @@ def test_loss_fed_probabilities_is_flagged_at_the_output_layer(cli, tmp_path, mo
     assert [f["component"] for f in found] == ["2"], found
     assert result.report["loss_inputs"][0]["kind"] == kind
     # the check only reads the loss input: training is bit-identical with and without hfault
-    plain, watched = tmp_path / "plain.pt", tmp_path / "watched.pt"
     run_plain(script, ["--steps", "6", "--mode", mode, "--out", str(plain)])
-    cli("diagnose", str(script), "--no-curvature", "--", "--steps", "6", "--mode", mode,
-        "--out", str(watched))
     assert_same_training(plain, watched)
 
 
