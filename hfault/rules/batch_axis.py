@@ -15,9 +15,11 @@ from typing import Any
 
 def mixers(modules: Sequence[dict[str, Any]]) -> list[tuple[str, set[int]]]:
     """The deepest mixing modules: (name, the leading sizes it mixes along), leaving out a module
-    that only holds a deeper mixer of the same sizes (a block around a mixing attention)."""
+    that only holds a deeper mixer of the same sizes (a block around a mixing attention). A
+    module whose two leading sizes are equal (48 channels in a batch of 48) says nothing: which
+    of its axes is the batch cannot be told by size."""
     mixing = [(m["module"], {int(s) for s, mixed in zip(m["sizes"], m["mixes"], strict=True)
-                             if mixed}) for m in modules]
+                             if mixed and m["sizes"].count(s) == 1}) for m in modules]
     mixing = [(name, sizes) for name, sizes in mixing if sizes]
     out = []
     for name, sizes in mixing:

@@ -111,3 +111,11 @@ def test_the_probe_leaves_training_bit_exact(cli, tmp_path: Path) -> None:
                  "--fail-on", "never", "--", *args, "--out", str(watched))
     assert result.report["sample_mixing"]["modules"], result.stderr
     assert_same_training(plain, watched)
+
+
+def test_a_module_whose_two_leading_sizes_are_equal_says_nothing() -> None:
+    """A Conv1d with as many channels as the batch has samples mixes its channels: by size alone
+    that looks like mixing the batch, so such a module is not judged."""
+    modules = [_module("stem.2", [48, 48], [False, True]), _module("mha", [20, 48], [True, False])]
+    assert batch_mixers({"input_axes": [48, 3], "batch": 48, "modules": modules})[
+        "culprits"] == []
