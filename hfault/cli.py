@@ -76,6 +76,19 @@ GraphOpt = Annotated[
     Path | None,
     typer.Option("--graph", help="Write the last coupling graph as GraphML here."),
 ]
+LrOpt = Annotated[
+    float | None,
+    typer.Option("--lr", min=0.0, help="The learning rate of a hand-written update loop (no "
+                 "torch.optim optimizer): lets --curvature judge it. Ignored when the script "
+                 "builds an optimizer."),
+]
+NanOpsOpt = Annotated[
+    bool,
+    typer.Option("--nan-ops", help="Watch every torch op from the first step and name the first "
+                 "one that makes a NaN/Inf from finite inputs, with its line (one check per op: "
+                 "slow). Without it the watch starts at the first non-finite value no module "
+                 "output explains."),
+]
 HtmlOpt = Annotated[
     Path | None,
     typer.Option("--html", help="Write a self-contained HTML report (charts, no network) here."),
@@ -211,24 +224,8 @@ def diagnose(
             "baseline). Default: the first run's steps (--max-steps, else the whole run).",
         ),
     ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr",
-            min=0.0,
-            help="The learning rate of a hand-written update loop (no torch.optim optimizer): "
-            "lets --curvature judge it. Ignored when the script builds an optimizer.",
-        ),
-    ] = None,
-    nan_ops: Annotated[
-        bool,
-        typer.Option(
-            "--nan-ops",
-            help="Watch every torch op from the first step and name the first one that makes a "
-            "NaN/Inf from finite inputs, with its line (one check per op: slow). Without it the "
-            "watch starts at the first non-finite value no module output explains.",
-        ),
-    ] = False,
+    lr: LrOpt = None,
+    nan_ops: NanOpsOpt = False,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,
@@ -541,24 +538,8 @@ def perturb_command(
     show_output: Annotated[
         bool, typer.Option("--show-output", help="Show the baseline run's own output.")
     ] = False,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr",
-            min=0.0,
-            help="The learning rate of a hand-written update loop (no torch.optim optimizer): "
-            "lets --curvature judge it. Ignored when the script builds an optimizer.",
-        ),
-    ] = None,
-    nan_ops: Annotated[
-        bool,
-        typer.Option(
-            "--nan-ops",
-            help="Watch every torch op from the first step and name the first one that makes a "
-            "NaN/Inf from finite inputs, with its line (one check per op: slow). Without it the "
-            "watch starts at the first non-finite value no module output explains.",
-        ),
-    ] = False,
+    lr: LrOpt = None,
+    nan_ops: NanOpsOpt = False,
     show_traceback: Annotated[
         bool, typer.Option("--traceback", help="Print full tracebacks of errors.")
     ] = False,

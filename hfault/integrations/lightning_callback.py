@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hfault.integrations.watched_fit import WatchedFit, missing
+from hfault.integrations.watched_fit import WatchedCallback, missing
 
 try:
     from lightning.pytorch import Callback
@@ -20,21 +20,10 @@ except ImportError as exc:
     raise missing("lightning", "HfaultLightningCallback", exc) from None
 
 
-class HfaultLightningCallback(Callback):
+class HfaultLightningCallback(WatchedCallback, Callback):
     """Watch options as :func:`hfault.watch`'s (``json``, ``html``, ``sarif``, ``at``,
     ``curvature``, ``nan_watch``, ``select``, ``ignore``, ``show``, ``name``), except
     ``max_steps`` (use ``Trainer(max_steps=...)``) and ``optimizers``."""
-
-    def __init__(self, **options: Any) -> None:
-        self.fit = WatchedFit(type(self).__name__, options)
-
-    @property
-    def report(self) -> dict[str, Any] | None:
-        return self.fit.report
-
-    @property
-    def findings(self) -> list[dict[str, Any]]:
-        return self.fit.findings
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.fit.begin(list(trainer.optimizers), pl_module)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hfault.integrations.watched_fit import WatchedFit, missing
+from hfault.integrations.watched_fit import WatchedCallback, missing
 
 try:
     from transformers import TrainerCallback
@@ -21,23 +21,12 @@ except ImportError as exc:
     raise missing("transformers", "HfaultTrainerCallback", exc) from None
 
 
-class HfaultTrainerCallback(TrainerCallback):
+class HfaultTrainerCallback(WatchedCallback, TrainerCallback):
     """Watch options as :func:`hfault.watch`'s (``json``, ``html``, ``sarif``, ``at``,
     ``curvature``, ``nan_watch``, ``select``, ``ignore``, ``show``, ``name``), except
     ``max_steps`` (use ``TrainingArguments(max_steps=...)``) and ``optimizers``. If
     ``trainer.train()`` raises, call :meth:`finish` with the error to get the partial report
     (the Trainer has no end hook for a failed run)."""
-
-    def __init__(self, **options: Any) -> None:
-        self.fit = WatchedFit(type(self).__name__, options)
-
-    @property
-    def report(self) -> dict[str, Any] | None:
-        return self.fit.report
-
-    @property
-    def findings(self) -> list[dict[str, Any]]:
-        return self.fit.findings
 
     def finish(self, error: BaseException | None = None) -> dict[str, Any] | None:
         """Close the watch now (after a failed ``train()``); the report."""

@@ -55,3 +55,18 @@ class WatchedFit:
     @property
     def findings(self) -> list[dict[str, Any]]:
         return list((self.report or {}).get("findings", []))
+
+
+class WatchedCallback:
+    """The part of both callbacks that is not the framework's: the watch and its results."""
+
+    def __init__(self, **options: Any) -> None:
+        self.fit = WatchedFit(type(self).__name__, options)
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        return self.fit.report
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        return self.fit.findings
