@@ -82,6 +82,14 @@ def _heads_view(p: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+def leading_sizes(args: Any) -> tuple[int, int] | None:
+    """The two leading sizes of the first tensor of ≥ 2 dimensions among a call's positional
+    arguments: of the first module called in a forward, the model input's (batch, positions) or
+    (positions, batch)."""
+    first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2), None)
+    return (int(first.shape[0]), int(first.shape[1])) if first is not None else None
+
+
 class AttentionProbe:
     """Install with ``start()`` before a measured forward, ``stop()`` after; read ``stats``."""
 
@@ -130,9 +138,7 @@ class AttentionProbe:
     # ------------------------------------------------------------------ module stack
     def _push(self, module: nn.Module, args: Any) -> None:
         if self.input_axes is None:
-            first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2), None)
-            if first is not None:
-                self.input_axes = (int(first.shape[0]), int(first.shape[1]))
+            self.input_axes = leading_sizes(args)
         if self.is_attention(module):
             self._stack.append(module)
             self._operands.pop(id(module), None)  # a product of an earlier call is not this one's

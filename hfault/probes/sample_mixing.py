@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import WINDOW, BackwardEvent, Listener
+from hfault.probes.attention import leading_sizes
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -131,9 +132,7 @@ class SampleMixingProbe(Listener):
 
     def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._watching and self._input_axes is None:
-            first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2), None)
-            if first is not None:
-                self._input_axes = (int(first.shape[0]), int(first.shape[1]))
+            self._input_axes = leading_sizes(args)
 
     def forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._watching or len(self._seen) >= MAX_MODULES or not torch.is_grad_enabled():
