@@ -100,9 +100,10 @@ class AttentionProbe:
         self._stack: list[nn.Module] = []
         self._restore: list[Callable[[], None]] = []
         self._handles: list[Any] = []
-        self._operands: dict[int, tuple[float, float, int]] = {}
-        """Per attention module: RMS of the two operands of its latest matrix product and the
-        inner size (the scores are the product that precedes the softmax)."""
+        self._operands: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        """Per attention module: the two operands of its latest product (matrix product,
+        einsum, or linear layer) and the inner size; the scores are the product that precedes
+        the softmax. Their RMS is read only when a softmax follows."""
         self.input_axes: tuple[int, int] | None = None
         """The two leading sizes of the first tensor of ≥ 2 dimensions a module was called with
         in the window: the model's input, (batch, positions) or (positions, batch). When the
@@ -124,6 +125,8 @@ class AttentionProbe:
         self._patch(torch.Tensor, "__matmul__", lambda o: self._wrap_product(o, 0))
         self._patch(torch, "bmm", lambda o: self._wrap_product(o, 0))
         self._patch(torch, "baddbmm", lambda o: self._wrap_product(o, 1))
+        self._patch(F, "linear", self._wrap_linear)
+        self._patch(torch, "einsum", self._wrap_einsum)
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -177,12 +180,44 @@ class AttentionProbe:
             if probe._stack and torch.is_grad_enabled() and len(args) >= first + 2:
                 a, b = args[first], args[first + 1]
                 if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() >= 2:
-                    with torch.no_grad():
-                        probe._operands[id(probe._stack[-1])] = (
-                            _rms(a), _rms(b), int(a.shape[-1]))
+                    probe._operands[id(probe._stack[-1])] = (a, b, int(a.shape[-1]))
             return out
 
         return product
+
+    def _wrap_linear(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A score made by a linear layer (additive attention ``v·tanh(Wq + Uk)``, a pooling
+        head's ``Linear(d, 1)``): its operands are the layer's input and weight."""
+        probe = self
+
+        @delegate
+        def linear(x: Any, weight: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(x, weight, *args, **kwargs)
+            if (probe._stack and torch.is_grad_enabled() and isinstance(x, torch.Tensor)
+                    and isinstance(weight, torch.Tensor) and weight.dim() == 2):
+                probe._operands[id(probe._stack[-1])] = (x, weight, int(weight.shape[-1]))
+            return out
+
+        return linear
+
+    def _wrap_einsum(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """Scores written as ``einsum("bhqd,bhkd->bhqk", q, k)``: the inner size is the
+        product of the contracted axes."""
+        probe = self
+
+        @delegate
+        def einsum(equation: Any, *operands: Any) -> Any:
+            out = original(equation, *operands)
+            if probe._stack and torch.is_grad_enabled() and isinstance(equation, str):
+                tensors = (list(operands[0]) if len(operands) == 1
+                           and isinstance(operands[0], (list, tuple)) else list(operands))
+                if len(tensors) == 2 and all(isinstance(t, torch.Tensor) for t in tensors):
+                    inner = contracted_size(equation, tensors[0])
+                    if inner:
+                        probe._operands[id(probe._stack[-1])] = (tensors[0], tensors[1], inner)
+            return out
+
+        return einsum
 
     def _wrap_sdpa(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
@@ -193,8 +228,7 @@ class AttentionProbe:
             if probe._stack and torch.is_grad_enabled():
                 with torch.no_grad():
                     logits = _sdpa_logits(query, key, *args, **kwargs)
-                    probe._operands[id(probe._stack[-1])] = (
-                        _rms(query), _rms(key), int(query.shape[-1]))
+                    probe._operands[id(probe._stack[-1])] = (query, key, int(query.shape[-1]))
                     probe._record(logits, logits.softmax(-1))
             return out
 
@@ -239,7 +273,8 @@ class AttentionProbe:
             stats.std_rows += rows
             operands = self._operands.pop(id(module), None)
             if operands is not None and rows:
-                ra, rb, inner = operands
+                a, b, inner = operands
+                ra, rb = _rms(a), _rms(b)
                 if ra > 0 and rb > 0:
                     stats.gain_sum += spread / rows / (ra * rb * math.sqrt(inner))
                     stats.gain_calls += 1
@@ -328,6 +363,25 @@ def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None) 
         return (f"softmax over {where}, the batch (the loss sees {batch} samples): each sample's "
                 "weights depend on the other samples of the batch")
     return None
+
+
+def contracted_size(equation: str, first: torch.Tensor) -> int | None:
+    """The product of the sizes of the axes an einsum contracts (in the first operand and
+    summed away), or None when the equation cannot be read (ellipses, one operand)."""
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        return None
+    inputs, _, output = eq.partition("->")
+    parts = inputs.split(",")
+    if len(parts) != 2 or len(parts[0]) != first.dim():
+        return None
+    if not _:
+        letters = parts[0] + parts[1]
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    contracted = [i for i, c in enumerate(parts[0]) if c in parts[1] and c not in output]
+    if not contracted:
+        return None
+    return math.prod(int(first.shape[i]) for i in contracted)
 
 
 def _rms(t: torch.Tensor) -> float:

@@ -238,6 +238,10 @@ ATTENTION_FEATURES: dict[str, str] = {
     "peers (their median stands for the model); with one, the one further from the other "
     "attention modules' median, or without any, from a standard scale (1/√d, or 1 when folded "
     "into the queries)",
+    "gain_standard": "the standard gain nearest to gain_first: 1/√d (scaled after the "
+    "product, SDPA's default) or 1 (1/√d folded into the queries, or an unscaled additive score)",
+    "standard_ratio": "gain_first / gain_standard, folded to be ≥ 1: how far the scale the "
+    "scores start with is from the nearer standard",
     "axis_fault": "why a softmax the module took over an axis other than the keys is wrong, "
     "first seen (none when every softmax normalized the key axis)",
     "axis_step": "the step axis_fault was first seen",
@@ -797,6 +801,9 @@ class Features:
                 gain_peer_count=len([m for m in same_code if first_gain[m]]),
                 gain_ratio=_fold(first_gain[module], gain_peers),
                 gain_outlier=_odd_one(module, same_code, first_gain, first_inner),
+                gain_standard=_standard_scale(first_gain[module], first_inner[module]),
+                standard_ratio=_fold(first_gain[module],
+                                     _standard_scale(first_gain[module], first_inner[module])),
                 axis_fault=axis[1],
                 axis_step=axis[0],
                 mask_none=first[module].get("masked_share") == 0,
@@ -907,11 +914,22 @@ def _odd_one(module: str, peers: list[str], first: dict[str, float | None],
     if rest is not None:
         return abs(math.log(mine / rest)) >= abs(math.log(theirs / rest))
 
-    def off_standard(gain: float, d: int | None) -> float:
-        off = abs(math.log(gain))
-        return min(off, abs(math.log(gain * math.sqrt(d)))) if d and d > 1 else off
+    return (_fold(mine, _standard_scale(mine, inner.get(module))) or 1.0) >= (
+        _fold(theirs, _standard_scale(theirs, inner.get(other))) or 1.0)
 
-    return off_standard(mine, inner.get(module)) >= off_standard(theirs, inner.get(other))
+
+def _standard_scale(gain: float | None, inner: int | None) -> float | None:
+    """The standard gain nearest (in log) to ``gain``: 1/√d when the scores are scaled after
+    the product (or SDPA's default), 1 when the 1/√d is folded into the queries before it
+    (``nn.MultiheadAttention``) or the score is an unscaled additive one. Which convention a
+    module follows is not observable, so the nearer one is taken: a wrong scale must be far
+    from both."""
+    if gain is None or gain <= 0:
+        return None
+    if not inner or inner <= 1:
+        return 1.0
+    scaled = 1.0 / math.sqrt(inner)
+    return scaled if abs(math.log(gain / scaled)) < abs(math.log(gain)) else 1.0
 
 
 def _fold(value: float | None, reference: float | None) -> float | None:

@@ -229,3 +229,85 @@ def test_attention_faults_are_named_on_their_modules(cli):
     assert layer0["logit_gain"] / layer3["logit_gain"] == pytest.approx(32, rel=0.2)  # √d·√d
     healthy = cli("diagnose", script, "--no-curvature", "--", "--healthy")
     assert healthy.report["findings"] == []
+
+
+class _AdditiveAttention(torch.nn.Module):
+    """Bahdanau-style pooling: a Linear(d, 1) scores each position; ``temperature`` divides."""
+
+    def __init__(self, d: int, temperature: float) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(d, d)
+        self.score = torch.nn.Linear(d, 1, bias=False)
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.score(torch.tanh(self.proj(x))).squeeze(-1) / self.temperature
+        return (scores.softmax(-1).unsqueeze(-1) * x).sum(1)
+
+
+class _EinsumAttention(torch.nn.Module):
+    """Two-head attention whose scores are an einsum over the head size (8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(16, 16)
+        self.k_proj = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q_proj(x).unflatten(-1, (2, 8))
+        k = self.k_proj(x).unflatten(-1, (2, 8))
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
+        return scores.softmax(-1).mean()
+
+
+def _gain(module: torch.nn.Module, x: torch.Tensor) -> float | None:
+    from hfault.components import is_attention_module
+    from hfault.probes.attention import AttentionProbe
+
+    probe = AttentionProbe(is_attention_module)
+    probe.start()
+    try:
+        module(x)
+    finally:
+        probe.stop()
+    (stats,) = probe.stats.values()
+    return stats.to_dict()["logit_gain"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1 / 16, 50.0])
+def test_gain_of_scores_made_by_a_linear_layer(temperature):
+    """An additive score's operands are the scoring layer's input and weight: the gain is the
+    spread per unit of both, 1/temperature up to the init's randomness, ~1 when healthy."""
+    torch.manual_seed(0)
+    pool, x = _AdditiveAttention(32, temperature), torch.randn(4, 10, 32)
+    with torch.no_grad():
+        h = torch.tanh(pool.proj(x))
+        scores = pool.score(h).squeeze(-1) / temperature
+        unit = h.square().mean().sqrt() * pool.score.weight.square().mean().sqrt() * math.sqrt(32)
+    assert _gain(pool, x) == pytest.approx(float(scores.std(-1).mean() / unit), rel=1e-5)
+    assert 0.3 / temperature < _gain(pool, x) < 3 / temperature
+
+
+def test_gain_of_einsum_scores_uses_the_contracted_size():
+    torch.manual_seed(0)
+    attn, x = _EinsumAttention(), torch.randn(3, 6, 16)
+    with torch.no_grad():
+        q, k = attn.q_proj(x), attn.k_proj(x)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q.unflatten(-1, (2, 8)),
+                              k.unflatten(-1, (2, 8))) / math.sqrt(8)
+        unit = q.square().mean().sqrt() * k.square().mean().sqrt() * math.sqrt(8)
+    assert _gain(attn, x) == pytest.approx(float(scores.std(-1).mean() / unit), rel=1e-5)
+
+
+@pytest.mark.parametrize("equation, shape, size", [
+    ("bhqd,bhkd->bhqk", (2, 3, 5, 8), 8),
+    ("bqhd,bkhd->bhqk", (2, 5, 3, 8), 8),
+    ("ij,jk", (4, 6), 6),  # implicit output
+    ("bij,bkj->bik", (2, 4, 6), 6),
+    ("...d,...d->...", (2, 4, 6), None),  # ellipsis: not read
+    ("i,j->ij", (4,), None),  # an outer product contracts nothing
+])
+def test_contracted_size(equation, shape, size):
+    from hfault.probes.attention import contracted_size
+
+    assert contracted_size(equation, torch.zeros(shape)) == size
