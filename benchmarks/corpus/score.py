@@ -15,6 +15,9 @@
   distinct components named by the ranked *warning and error* findings (infos do not count).
   Scored on killed mutants of module and loss operators; run operators (``label = run``) are
   scored on detection only.
+- **diagnosis**: the first error finding names the cause: the mutated module for module and
+  loss operators, a rule that ``diagnoses.toml`` lists for the run operator otherwise (what
+  DEFault and DeepFD call diagnosis, against detection's "something is wrong").
 - **healthy runs**: the share with an error finding, and warnings (and infos) per run.
 - **rule precision**: of a rule's warning and error findings on healthy runs and killed
   mutants, the share that are right: on a killed mutant, naming its label (or, for a run
@@ -27,12 +30,16 @@ import gzip
 import hashlib
 import json
 import math
+import tomllib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from samples import matches
+
+DIAGNOSES: dict[str, list[str]] = tomllib.loads(
+    (Path(__file__).with_name("diagnoses.toml")).read_text())["run"]
 
 LEAK_OPS = ("mask_drop", "mask_shift")
 KILL_SHARE = 0.1
@@ -204,10 +211,12 @@ def score_jobs(jobs: list[Job], modes: list[str], out: Path,
                 rank = next((i + 1 for i, c in enumerate(comps)
                              if matches(c, tuple(job.label.split("|")))), None)
             meta = load(meta_path) if saved(meta_path) else {}
+            first_error = next((f for f in findings if f["severity"] == "error"), None)
             rows.append({
                 **job.to_dict(), "key": job.key, "mode": mode, "status": status,
                 "harm": harm, "errors": sev.count("error"), "warnings": sev.count("warning"),
                 "infos": sev.count("info"), "rank": rank, "first": comps[0] if comps else None,
+                "diagnosed": _diagnoses(job, first_error),
                 "seconds": meta.get("seconds"),
                 "findings": [(f["rule"], f["severity"], f.get("component")) for f in findings],
             })
@@ -217,6 +226,16 @@ def score_jobs(jobs: list[Job], modes: list[str], out: Path,
             tables[f"{split}/{mode}"] = summarize(
                 [r for r in rows if r["split"] == split and r["mode"] == mode])
     return rows, tables
+
+
+def _diagnoses(job: Job, finding: dict | None) -> bool:
+    """Whether ``finding`` (a report's first error) names the mutant's cause."""
+    if finding is None or job.healthy:
+        return False
+    if job.label == "run":
+        return finding["rule"] in DIAGNOSES.get(job.op or "", ())
+    component = finding.get("component")
+    return bool(component) and matches(component, tuple(job.label.split("|")))
 
 
 def _pct(hits: list[bool]) -> str:
@@ -257,6 +276,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         "invalid (crashed)": len([r for r in rows if r["status"] in ("invalid", "no-report")]),
         "detection (error)": _pct([r["errors"] > 0 for r in killed]),
         "flagged (warning+)": _pct([r["errors"] + r["warnings"] > 0 for r in killed]),
+        "diagnosis (1st error right)": _pct([bool(r.get("diagnosed")) for r in killed]),
         "top-1": _pct([r["rank"] == 1 for r in local]),
         "top-3": _pct([r["rank"] is not None and r["rank"] <= 3 for r in local]),
         "error on healthy": _pct([r["errors"] > 0 for r in healthy]),
