@@ -27,6 +27,8 @@ from hfault.rules.batch_axis import batch_mixers
 from hfault.rules.expr import Series
 
 SCOPES = ("run", "component", "edge", "attention", "timeline")
+LR_OUTLIER = 10.0
+"""A component at this many times the median component's learning rate is trained apart."""
 
 RUN_FEATURES: dict[str, str] = {
     "status": "how the script ended: completed, stopped (--max-steps), crashed or exited "
@@ -34,6 +36,11 @@ RUN_FEATURES: dict[str, str] = {
     "steps": "optimizer steps seen",
     "optimizer": "class name of the (first) optimizer",
     "base_lr": "the largest learning rate an optimizer was created with",
+    "lr_outlier": f"the component (≥ 16 entries) whose learning rate at the last measured step "
+    f"is ≥ {LR_OUTLIER:g}× the median component's (its own param group), else none",
+    "lr_outlier_ratio": "lr_outlier's learning rate over the median component's",
+    "lr_note": "'; NAME trains at R× the median component's learning rate' for lr_outlier, "
+    "else empty (for messages)",
     "weight_growth_median": "median weight growth (last/first snapshot) over the components of "
     "at least 16 parameters with init RMS ≥ 1e-3: how far the whole model moved",
     "components_judged": "number of components in weight_growth_median",
@@ -414,10 +421,32 @@ class Features:
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
         out.update(self._relative_step(optimizers))
+        out.update(self._lr_outlier())
         out.update(self._sample_mixing())
         out.update(self._nonfinite())
         out.update(self._curvature_errors())
         return out
+
+    def _lr_outlier(self) -> dict[str, Any]:
+        """The component trained at a learning rate many times the others' (its own param
+        group), at the last measured step: when the whole run diverges, it is the first suspect.
+        Components of fewer than 16 entries (scalars, temperatures) are left out."""
+        none: dict[str, Any] = {"lr_outlier": None, "lr_outlier_ratio": None, "lr_note": ""}
+        if not self.snapshots:
+            return none
+        metrics = self.snapshots[-1]["metrics"]
+        lrs = {c["name"]: lr for c in self.components if int(c.get("numel") or 0) >= 16
+               and (lr := as_float((metrics.get(c["name"]) or {}).get("lr"))) is not None
+               and lr > 0}
+        median = _median(lrs.values())
+        if len(lrs) < 3 or not median:
+            return none
+        top = max(lrs, key=lambda name: lrs[name])
+        ratio = lrs[top] / median
+        if ratio < LR_OUTLIER:
+            return none
+        return {"lr_outlier": top, "lr_outlier_ratio": ratio,
+                "lr_note": f"; {top} trains at {ratio:.3g}× the median component's learning rate"}
 
     def _sample_mixing(self) -> dict[str, Any]:
         record = self.report.get("sample_mixing")
