@@ -51,6 +51,8 @@ class Watch:
         at: str | None = None,
         curvature: bool = False,
         nan_watch: bool = True,
+        nan_ops: bool = False,
+        lr: float | None = None,
         select: Sequence[str] = (),
         ignore: Sequence[str] = (),
         optimizers: Iterable[torch.optim.Optimizer] = (),
@@ -67,6 +69,8 @@ class Watch:
         self.max_steps = max_steps
         self.curvature = CurvatureConfig() if curvature else None
         self.nan_watch = nan_watch
+        self.nan_ops = nan_ops
+        self.lr = lr
         self.rules = load_rules(None, (), tuple(select), tuple(ignore))
         self.optimizers = [_unwrap(o) for o in optimizers]
         self.models = list(models)
@@ -126,7 +130,8 @@ class Watch:
         from hfault.diagnose import DiagnoseOptions
 
         return DiagnoseOptions(Path(self.name), [], self.schedule, self.max_steps,
-                               self.nan_watch, self.curvature, self.rules, self.world)
+                               self.nan_watch, self.curvature, self.rules, self.world,
+                               lr=self.lr, op_watch=self.nan_ops)
 
 
 watch = Watch

@@ -89,3 +89,31 @@ def test_import_hfault_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "Watch"]
+
+
+def _run_script(path: Path, *args: str) -> None:
+    import runpy
+
+    argv = sys.argv
+    sys.argv = [str(path), *args]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def test_nan_ops_and_lr_are_the_clis(tmp_path: Path) -> None:
+    """``nan_ops=`` and ``lr=`` do what ``--nan-ops`` and ``--lr`` do: the op that made the
+    first NaN from the first step, and a hand-written loop's learning rate for its fixes."""
+    from tests.conftest import SCRIPTS
+
+    with hfault.watch(nan_ops=True) as run:
+        _run_script(SCRIPTS / "plain_tensor_train.py", "--log-loss")
+    event = run.report["numerics"][0]
+    assert event["op"] == "log" and event["op_step"] == event["step"] == 2
+
+    with hfault.watch(lr=0.5, max_steps=3) as run:
+        _run_script(SCRIPTS / "manual_sgd_train.py")
+    assert run.report["run"]["optimizers"][0]["lr"] == 0.5
+    notes = run.report["notes"]
+    assert any("the learning rate given by --lr (or lr=) (0.5)" in note for note in notes)

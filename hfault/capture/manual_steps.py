@@ -231,9 +231,9 @@ class ManualSteps(Listener):
             return
         self.update = HandWrittenUpdate(params, self.lr)
         self.session.hooks.adopt(self.update)
-        lr = (f"the learning rate given by --lr ({self.lr:g}) is used for curvature"
+        lr = (f"the learning rate given by --lr (or lr=) ({self.lr:g}) is used for curvature"
               if self.lr is not None else
-              "without --lr its learning rate is unknown: curvature is skipped")
+              "without --lr (or lr=) its learning rate is unknown: curvature is skipped")
         self._note = (
             "the script creates no torch.optim optimizer: its hand-written update is "
             f"diagnosed first-order over {len(params)} tensors; a step is the backward calls "

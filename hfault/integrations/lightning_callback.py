@@ -22,7 +22,7 @@ except ImportError as exc:
 
 class HfaultLightningCallback(WatchedCallback, Callback):
     """Watch options as :func:`hfault.watch`'s (``json``, ``html``, ``sarif``, ``at``,
-    ``curvature``, ``nan_watch``, ``select``, ``ignore``, ``show``, ``name``), except
+    ``curvature``, ``nan_watch``, ``nan_ops``, ``select``, ``ignore``, ``show``, ``name``), except
     ``max_steps`` (use ``Trainer(max_steps=...)``) and ``optimizers``."""
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

@@ -23,7 +23,7 @@ except ImportError as exc:
 
 class HfaultTrainerCallback(WatchedCallback, TrainerCallback):
     """Watch options as :func:`hfault.watch`'s (``json``, ``html``, ``sarif``, ``at``,
-    ``curvature``, ``nan_watch``, ``select``, ``ignore``, ``show``, ``name``), except
+    ``curvature``, ``nan_watch``, ``nan_ops``, ``select``, ``ignore``, ``show``, ``name``), except
     ``max_steps`` (use ``TrainingArguments(max_steps=...)``) and ``optimizers``. If
     ``trainer.train()`` raises, call :meth:`finish` with the error to get the partial report
     (the Trainer has no end hook for a failed run)."""
