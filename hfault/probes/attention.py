@@ -36,6 +36,8 @@ class AttentionStats:
     rows: int = 0
     entropy_sum: float = 0.0
     entropy_norm_sum: float = 0.0
+    norm_rows: int = 0
+    """Rows with at least two unmasked keys: those the normalized entropy is averaged over."""
     head_min: float = math.inf
     max_logit: float = -math.inf
     heads: int | None = None
@@ -55,7 +57,8 @@ class AttentionStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "entropy_mean": self.entropy_sum / self.rows if self.rows else None,
-            "entropy_norm_mean": self.entropy_norm_sum / self.rows if self.rows else None,
+            "entropy_norm_mean": (self.entropy_norm_sum / self.norm_rows if self.norm_rows
+                                  else None),
             "entropy_norm_head_min": self.head_min if math.isfinite(self.head_min) else None,
             "max_logit": self.max_logit if math.isfinite(self.max_logit) else None,
             "heads": self.heads,
@@ -250,19 +253,31 @@ class AttentionProbe:
                 p = p.float()
             keys = p.shape[-1]
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (..., queries)
-            norm = entropy / math.log(keys) if keys > 1 else torch.zeros_like(entropy)
+            # Normalized by the keys a row may attend to: a masked key is not a choice (a
+            # graph's neighbours, a causal prefix, padding). A row with one key has no choice.
+            x = logits.detach()
+            open_keys = (torch.isfinite(x) & (x > MASKED_LOGIT)).sum(-1)
+            if open_keys.shape != entropy.shape:  # scores not shaped like the weights
+                open_keys = torch.full_like(entropy, keys, dtype=torch.long)
+            chooses = open_keys >= 2
+            norm = torch.where(chooses, entropy / open_keys.clamp_min(2).double().log(),
+                               torch.zeros_like(entropy, dtype=torch.float64))
             stats = self.stats.setdefault(id(module), AttentionStats())
             self.modules[id(module)] = module
             stats.calls += 1
             stats.rows += entropy.numel()
+            stats.norm_rows += int(chooses.sum())
             stats.entropy_sum += float(entropy.double().sum())
-            stats.entropy_norm_sum += float(norm.double().sum())
+            stats.entropy_norm_sum += float(norm.sum())
             stats.keys = max(stats.keys, keys)
-            heads = _heads_view(norm.unsqueeze(-1), module)
+            heads = _heads_view(torch.stack([norm, chooses.double()], -1), module)
             if heads is not None:
-                per_head = heads.squeeze(-1).transpose(0, -2).reshape(heads.shape[-3], -1)
+                per_head = heads.transpose(0, -3).reshape(heads.shape[-3], -1, 2).sum(1)
                 stats.heads = per_head.shape[0]
-                stats.head_min = min(stats.head_min, float(per_head.double().mean(1).min()))
+                counted = per_head[:, 1] > 0
+                if bool(counted.any()):
+                    means = per_head[counted, 0] / per_head[counted, 1]
+                    stats.head_min = min(stats.head_min, float(means.min()))
             if stats.mask_offset is None:
                 stats.mask_offset = causal_mask_offset(logits.detach())
             finite = logits.detach()[torch.isfinite(logits.detach())]

@@ -208,7 +208,8 @@ EDGE_FEATURES: dict[str, str] = {
 }
 
 ATTENTION_FEATURES: dict[str, str] = {
-    "entropy_norm_mean": "series: mean attention entropy / log(keys), 1 = uniform, 0 = one-hot",
+    "entropy_norm_mean": "series: mean attention entropy / log(keys the query may attend to; "
+    "masked keys excluded, queries with one key left out), 1 = uniform, 0 = one-hot",
     "entropy_norm_head_min": "series: the lowest head's normalized entropy",
     "entropy_mean": "series: mean attention entropy (nats)",
     "max_logit": "series: largest pre-softmax attention logit",

@@ -61,7 +61,10 @@ def test_sdpa_causal_attention_per_head(cli):
         q, k, _v = attn.qkv(x).view(4, 6, 3, 2, 4).permute(2, 0, 3, 1, 4)
         logits = q @ k.transpose(-2, -1) / 2.0
         logits = logits.masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), -math.inf)
-        norm = _entropy(logits.softmax(-1)) / math.log(6)  # (batch, heads, queries)
+        # normalized by the keys each query may see (i + 1 under the causal mask); the first
+        # query sees one key, has no choice, and is left out
+        open_keys = torch.arange(1, 7, dtype=torch.float64)
+        norm = (_entropy(logits.softmax(-1)).double() / open_keys.log())[..., 1:]
     result = cli("diagnose", "--curvature", str(SCRIPTS / "sdpa_train.py"), "--at", "1",
                  "--", "--steps", "2")
     assert result.returncode == 0, result.stderr
@@ -311,3 +314,41 @@ def test_contracted_size(equation, shape, size):
     from hfault.probes.attention import contracted_size
 
     assert contracted_size(equation, torch.zeros(shape)) == size
+
+
+class _GraphAttention(torch.nn.Module):
+    """Attention restricted to each node's neighbours by a large finite negative fill (GAT)."""
+
+    def __init__(self, adjacency: torch.Tensor) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(4, 4)
+        self.k_proj = torch.nn.Linear(4, 4)
+        self.adjacency = adjacency
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q_proj(x) @ self.k_proj(x).transpose(-2, -1) * 0.0  # uniform weights
+        scores = scores.masked_fill(~self.adjacency, -9e15)
+        return scores.softmax(-1) @ x
+
+
+def test_entropy_is_normalized_by_the_keys_a_query_may_see():
+    """Weights spread evenly over a node's 3 neighbours out of 40 are uniform (1.0), not
+    log 3 / log 40; a node with one neighbour has no choice and is not counted."""
+    from hfault.components import is_attention_module
+    from hfault.probes.attention import AttentionProbe
+
+    adjacency = torch.zeros(40, 40, dtype=torch.bool)
+    adjacency[:, :3] = True
+    adjacency[0] = False
+    adjacency[0, 0] = True  # node 0: one neighbour
+    probe = AttentionProbe(is_attention_module)
+    probe.start()
+    try:
+        _GraphAttention(adjacency)(torch.randn(2, 40, 4))
+    finally:
+        probe.stop()
+    (stats,) = probe.stats.values()
+    record = stats.to_dict()
+    assert record["entropy_norm_mean"] == pytest.approx(1.0, rel=1e-6)
+    assert record["entropy_norm_head_min"] == pytest.approx(1.0, rel=1e-6)
+    assert record["entropy_mean"] == pytest.approx(39 / 40 * math.log(3), rel=1e-6)
