@@ -105,18 +105,23 @@ def write_corpus(folder: Path, vocab: int, tokens: dict[str, int]) -> None:
         (folder / f"{split}.txt").write_text("".join(" " + " ".join(w) + " \n" for w in lines))
 
 
-def write_char_dataset(folder: Path, n_chars: int) -> None:
-    """``train.bin``/``val.bin``/``meta.pkl`` as nanoGPT's ``data/shakespeare_char/prepare.py``
-    writes them (uint16 ids, 90/10 split, ``vocab_size``/``itos``/``stoi``)."""
-    import numpy as np
-
+def char_text(n_chars: int) -> str:
+    """``n_chars`` characters of Zipf-text sentences, capitalized and punctuated."""
     lines = zipf_text(seed=3, vocab=600, n_tokens=n_chars // 5)
     rng = random.Random(4)
     text_lines = []
     for line in lines:
         sentence = " ".join(line).capitalize()
         text_lines.append(sentence + rng.choice([".", ".", ",", "?", "!"]))
-    data = "\n".join(text_lines)[:n_chars]
+    return "\n".join(text_lines)[:n_chars]
+
+
+def write_char_dataset(folder: Path, n_chars: int) -> None:
+    """``train.bin``/``val.bin``/``meta.pkl`` as nanoGPT's ``data/shakespeare_char/prepare.py``
+    writes them (uint16 ids, 90/10 split, ``vocab_size``/``itos``/``stoi``)."""
+    import numpy as np
+
+    data = char_text(n_chars)
     chars = sorted(set(data))
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = dict(enumerate(chars))
@@ -221,6 +226,17 @@ def prepare_mingpt(work: Path, variant: str) -> None:
              "            if pn == 'transformer.h.1.attn.c_attn.weight':\n"
              "                torch.nn.init.normal_(p, mean=0.0, std=1.0)\n"
              "            if pn.endswith('c_proj.weight'):\n")
+
+
+def prepare_chargpt(work: Path, variant: str) -> None:
+    """chargpt reads ``input.txt`` (tiny-shakespeare in its README) from its folder and samples
+    from the context "O God, O God!" at iteration 0, so the text holds those characters."""
+    text = char_text(200_000) + "\nO God, O God!\n"
+    (work / "projects" / "chargpt" / "input.txt").write_text(text)
+    if variant == "bug":  # the causal mask shifted by one: a position may not attend to itself
+        edit(work / "mingpt" / "model.py",
+             "torch.tril(torch.ones(config.block_size, config.block_size))",
+             "torch.tril(torch.ones(config.block_size, config.block_size), diagonal=-1)")
 
 
 def prepare_wlm(work: Path, variant: str) -> None:
@@ -328,6 +344,15 @@ CLIENTS = [
            150,
            "init std 1.0 instead of 0.02 (x50) for block 1's attention c_attn",
            "transformer.h.1.attn.c_attn", prepare_mingpt, pythonpath=True),
+    Client("chargpt", "mingpt", "", "projects/chargpt/chargpt.py",
+           ("--trainer.max_iters=200", "--trainer.num_workers=0", "--trainer.device=cpu",
+            "--trainer.batch_size=32", "--model.model_type=gpt-nano", "--data.block_size=64",
+            "--system.work_dir=out"),
+           200,
+           "causal mask built with tril(diagonal=-1): no position attends to itself, the first "
+           "has no key at all (its softmax row is NaN), in the attention class every block shares",
+           "transformer.h.0.attn transformer.h.1.attn transformer.h.2.attn", prepare_chargpt,
+           pythonpath=True),
     Client("wlm-adamw", "examples", "word_language_model", "main.py",
            (*WLM_ARGS, "--use-optimizer", "--lr", "1e-3"), 80,
            "learning rate x100 on encoder layer 0's self-attention (its own AdamW param group)",
