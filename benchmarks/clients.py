@@ -6,18 +6,25 @@
     .venv/bin/python benchmarks/clients.py --rescore benchmarks/results/clients   # no runs
     .venv/bin/python benchmarks/clients.py --json table.json     # also write every row
 
-The clients are checkouts of karpathy/nanoGPT, karpathy/minGPT and pytorch/examples (folders given
-with ``--nanogpt``, ``--mingpt``, ``--examples``; default ``/tmp/clients/...``), plus a tiny GPT-2
-under the transformers ``Trainer`` (``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs
-``accelerate``, which the project's venv lacks: ``pip install --no-deps --target
-/tmp/clients/pydeps accelerate psutil``, the ``--pydeps`` folder, put on that client's
-``PYTHONPATH`` only). Nothing of theirs
-lives in this repository: each run copies the scripts it needs into a temporary folder, writes
-synthetic data there (no downloads), and, for the faulty variant, injects one bug by a textual edit
-of that copy. Each client × variant is run once plainly (the wall-time baseline) and under
-``hfault diagnose`` in full mode and with ``--no-curvature``, one process at a time with
-``OMP_NUM_THREADS=1``. Reports go to ``--keep`` (default ``benchmarks/results/clients/``) with an
-``index.json`` of the runs; ``--rescore DIR`` recomputes findings and verdicts of saved reports
+The clients are checkouts of karpathy/nanoGPT (``nanogpt``), karpathy/minGPT (``mingpt``: the
+adder; ``chargpt``), karpathy/makemore (``makemore``, its transformer on the ``names.txt`` it
+ships) and pytorch/examples (``wlm-adamw``, ``wlm-sgd``: word_language_model; ``gat``: graph
+attention on a synthetic citation graph; ``tsp``: time_sequence_prediction, LSTM cells trained
+by LBFGS with a closure), folders given with ``--nanogpt``, ``--mingpt``, ``--makemore``,
+``--examples`` (default ``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive HEAD gat
+| tar -x -C /tmp/clients/examples``), plus a tiny GPT-2 under the transformers ``Trainer``
+(``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs ``accelerate``, which the
+project's venv lacks: ``pip install --no-deps --target /tmp/clients/pydeps accelerate psutil``,
+the ``--pydeps`` folder, put on that client's ``PYTHONPATH`` only). Nothing of theirs lives in
+this repository: each run copies the scripts it needs into a temporary folder, writes synthetic
+data there (no downloads), makes the few edits the venv needs (no ``tensorboard``, ``requests``
+or ``matplotlib``: the prepare functions say which) and, for the faulty variant, injects one bug
+by a textual edit of that copy. A bug in a class that several modules share (an attention class
+every block uses) names them all as its label; any of them ranked first is a hit. Each client ×
+variant is run once plainly (the wall-time baseline) and under ``hfault diagnose`` in full mode
+and with ``--no-curvature``, one process at a time with ``OMP_NUM_THREADS=1``.
+Reports go to ``--keep`` (default ``benchmarks/results/clients/``) with an ``index.json`` of the
+runs; ``--rescore DIR`` recomputes findings and verdicts of saved reports
 with the current rule files (``rejudge()`` of ``benchmarks/accuracy.py``) and prints the table.
 Not a test: it prints numbers.
 """
@@ -496,9 +503,11 @@ def print_table(rows: list[dict]) -> None:
         c = r["counts"]
         ewi = f"{c.get('error', 0)}/{c.get('warning', 0)}/{c.get('info', 0)}" if c else "-"
         hit = "-" if r["top1"] is None else ("yes" if r["top1"] else f"r{r['rank'] or '-'}")
+        labels = r["label"].split()
+        label = f"{labels[0]} +{len(labels) - 1}" if len(labels) > 1 else r["label"]
         plain = "-" if r["plain_s"] is None else f"{r['plain_s']:.1f}"
         print(f"{r['client']:<13}{r['variant']:<8}{r['mode']:<12}{r['exit']:>4} "
-              f"{r['verdict']:<11}{ewi:<8}{short(r['first']):<35}{short(r['label'], 29):<30}"
+              f"{r['verdict']:<11}{ewi:<8}{short(r['first']):<35}{short(label, 29):<30}"
               f"{hit:<5}{r['hfault_s']:>9.1f}{plain:>8}")
         fired = ", ".join(f"{f['rule']}[{f['severity'][0].upper()}]@{f['component'] or 'run'}"
                           for f in r["rules"])
