@@ -6,18 +6,25 @@
     .venv/bin/python benchmarks/clients.py --rescore benchmarks/results/clients   # no runs
     .venv/bin/python benchmarks/clients.py --json table.json     # also write every row
 
-The clients are checkouts of karpathy/nanoGPT, karpathy/minGPT and pytorch/examples (folders given
-with ``--nanogpt``, ``--mingpt``, ``--examples``; default ``/tmp/clients/...``), plus a tiny GPT-2
-under the transformers ``Trainer`` (``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs
-``accelerate``, which the project's venv lacks: ``pip install --no-deps --target
-/tmp/clients/pydeps accelerate psutil``, the ``--pydeps`` folder, put on that client's
-``PYTHONPATH`` only). Nothing of theirs
-lives in this repository: each run copies the scripts it needs into a temporary folder, writes
-synthetic data there (no downloads), and, for the faulty variant, injects one bug by a textual edit
-of that copy. Each client × variant is run once plainly (the wall-time baseline) and under
-``hfault diagnose`` in full mode and with ``--no-curvature``, one process at a time with
-``OMP_NUM_THREADS=1``. Reports go to ``--keep`` (default ``benchmarks/results/clients/``) with an
-``index.json`` of the runs; ``--rescore DIR`` recomputes findings and verdicts of saved reports
+The clients are checkouts of karpathy/nanoGPT (``nanogpt``), karpathy/minGPT (``mingpt``: the
+adder; ``chargpt``), karpathy/makemore (``makemore``, its transformer on the ``names.txt`` it
+ships) and pytorch/examples (``wlm-adamw``, ``wlm-sgd``: word_language_model; ``gat``: graph
+attention on a synthetic citation graph; ``tsp``: time_sequence_prediction, LSTM cells trained
+by LBFGS with a closure), folders given with ``--nanogpt``, ``--mingpt``, ``--makemore``,
+``--examples`` (default ``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive HEAD gat
+| tar -x -C /tmp/clients/examples``), plus a tiny GPT-2 under the transformers ``Trainer``
+(``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs ``accelerate``, which the
+project's venv lacks: ``pip install --no-deps --target /tmp/clients/pydeps accelerate psutil``,
+the ``--pydeps`` folder, put on that client's ``PYTHONPATH`` only). Nothing of theirs lives in
+this repository: each run copies the scripts it needs into a temporary folder, writes synthetic
+data there (no downloads), makes the few edits the venv needs (no ``tensorboard``, ``requests``
+or ``matplotlib``: the prepare functions say which) and, for the faulty variant, injects one bug
+by a textual edit of that copy. A bug in a class that several modules share (an attention class
+every block uses) names them all as its label; any of them ranked first is a hit. Each client ×
+variant is run once plainly (the wall-time baseline) and under ``hfault diagnose`` in full mode
+and with ``--no-curvature``, one process at a time with ``OMP_NUM_THREADS=1``.
+Reports go to ``--keep`` (default ``benchmarks/results/clients/``) with an ``index.json`` of the
+runs; ``--rescore DIR`` recomputes findings and verdicts of saved reports
 with the current rule files (``rejudge()`` of ``benchmarks/accuracy.py``) and prints the table.
 Not a test: it prints numbers.
 """
@@ -105,18 +112,23 @@ def write_corpus(folder: Path, vocab: int, tokens: dict[str, int]) -> None:
         (folder / f"{split}.txt").write_text("".join(" " + " ".join(w) + " \n" for w in lines))
 
 
-def write_char_dataset(folder: Path, n_chars: int) -> None:
-    """``train.bin``/``val.bin``/``meta.pkl`` as nanoGPT's ``data/shakespeare_char/prepare.py``
-    writes them (uint16 ids, 90/10 split, ``vocab_size``/``itos``/``stoi``)."""
-    import numpy as np
-
+def char_text(n_chars: int) -> str:
+    """``n_chars`` characters of Zipf-text sentences, capitalized and punctuated."""
     lines = zipf_text(seed=3, vocab=600, n_tokens=n_chars // 5)
     rng = random.Random(4)
     text_lines = []
     for line in lines:
         sentence = " ".join(line).capitalize()
         text_lines.append(sentence + rng.choice([".", ".", ",", "?", "!"]))
-    data = "\n".join(text_lines)[:n_chars]
+    return "\n".join(text_lines)[:n_chars]
+
+
+def write_char_dataset(folder: Path, n_chars: int) -> None:
+    """``train.bin``/``val.bin``/``meta.pkl`` as nanoGPT's ``data/shakespeare_char/prepare.py``
+    writes them (uint16 ids, 90/10 split, ``vocab_size``/``itos``/``stoi``)."""
+    import numpy as np
+
+    data = char_text(n_chars)
     chars = sorted(set(data))
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = dict(enumerate(chars))
@@ -127,6 +139,36 @@ def write_char_dataset(folder: Path, n_chars: int) -> None:
     ids[cut:].tofile(folder / "val.bin")
     with open(folder / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
+
+
+def write_citation_graph(folder: Path, nodes: int, words: int, classes: int, seed: int = 5) -> None:
+    """``cora.content``/``cora.cites`` in the Cora format the GAT example reads (``<id> <0/1 per
+    word>... <class>`` a line; ``<cited> <citing>`` a line). Each paper's bag of words draws 15%
+    from its class's 40 topic words, the rest at random, so features alone are weak; 80% of its
+    1-5 citations stay within its class, picked by preferential attachment (a few papers are cited
+    by many, as in Cora), so the graph carries the signal attention has to find."""
+    rng = random.Random(seed)
+    labels = [rng.randrange(classes) for _ in range(nodes)]
+    topics = {c: rng.sample(range(words), 40) for c in range(classes)}
+    lines = []
+    for i, c in enumerate(labels):
+        bag = {rng.choice(topics[c]) if rng.random() < 0.15 else rng.randrange(words)
+               for _ in range(rng.randint(8, 20))}
+        row = ["1" if w in bag else "0" for w in range(words)]
+        lines.append(" ".join([str(1000 + i), *row, f"class_{c}"]))
+    by_class = {c: [i for i in range(nodes) if labels[i] == c] for c in range(classes)}
+    cites: set[tuple[int, int]] = set()
+    cited = [1] * nodes
+    for i, c in enumerate(labels):
+        for _ in range(rng.randint(1, 5)):
+            pool = by_class[c] if rng.random() < 0.8 else range(nodes)
+            j = rng.choices(pool, weights=[cited[k] for k in pool])[0]
+            if j != i and (1000 + j, 1000 + i) not in cites:
+                cites.add((1000 + j, 1000 + i))
+                cited[j] += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cora.content").write_text("\n".join(lines) + "\n")
+    (folder / "cora.cites").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(cites)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +187,8 @@ def edit(path: Path, old: str, new: str) -> None:
 class Client:
     name: str
     source: str
-    """The checkout option it comes from (``nanogpt``, ``mingpt``, ``examples``, ``own``)."""
+    """The checkout option it comes from (``nanogpt``, ``mingpt``, ``examples``, ``makemore``,
+    ``own``)."""
     copy: str
     """The folder of the checkout copied into the work folder ("" = all of it)."""
     script: str
@@ -154,6 +197,8 @@ class Client:
     steps: int
     bug: str
     label: str
+    """The culprit module(s) as ``named_modules()`` names them, space-separated when the bug is in
+    a class that several modules share (any of them ranked first is a hit)."""
     prepare: Callable[[Path, str], None]
     """``prepare(work, variant)``: write data, inject the bug."""
     pythonpath: bool = False
@@ -190,6 +235,17 @@ def prepare_mingpt(work: Path, variant: str) -> None:
              "            if pn.endswith('c_proj.weight'):\n")
 
 
+def prepare_chargpt(work: Path, variant: str) -> None:
+    """chargpt reads ``input.txt`` (tiny-shakespeare in its README) from its folder and samples
+    from the context "O God, O God!" at iteration 0, so the text holds those characters."""
+    text = char_text(200_000) + "\nO God, O God!\n"
+    (work / "projects" / "chargpt" / "input.txt").write_text(text)
+    if variant == "bug":  # the causal mask shifted by one: a position may not attend to itself
+        edit(work / "mingpt" / "model.py",
+             "torch.tril(torch.ones(config.block_size, config.block_size))",
+             "torch.tril(torch.ones(config.block_size, config.block_size), diagonal=-1)")
+
+
 def prepare_wlm(work: Path, variant: str) -> None:
     write_corpus(work / "data" / "synth", vocab=5000,
                  tokens={"train": 60_000, "valid": 4_000, "test": 4_000})
@@ -220,6 +276,58 @@ def prepare_gpt2(work: Path, variant: str) -> None:
     shutil.copy(HERE / "clients" / "gpt2_trainer.py", work / "gpt2_trainer.py")
 
 
+def prepare_makemore(work: Path, variant: str) -> None:
+    """makemore trains on the ``names.txt`` it ships with. ``tensorboard`` is not installed, so
+    its ``SummaryWriter`` becomes a no-op; it evaluates every 100 steps instead of 500, so that a
+    short run prints a test loss."""
+    edit(work / "makemore.py", "from torch.utils.tensorboard import SummaryWriter\n",
+         "class SummaryWriter:  # tensorboard is not installed\n"
+         "    def __init__(self, *args, **kwargs): pass\n"
+         "    def add_scalar(self, *args, **kwargs): pass\n"
+         "    def flush(self): pass\n")
+    edit(work / "makemore.py", "if step > 0 and step % 500 == 0:",
+         "if step > 0 and step % 100 == 0:")
+    if variant == "bug":  # scores multiplied by sqrt(head size) instead of divided
+        edit(work / "makemore.py",
+             "att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))",
+             "att = (q @ k.transpose(-2, -1)) * math.sqrt(k.size(-1))")
+
+
+def prepare_gat(work: Path, variant: str) -> None:
+    """A synthetic citation graph where the script expects Cora (no download; ``requests``, which
+    only the download needs, is not installed), 500 papers instead of 2708, so the hard-coded
+    test/val/train split (1200/400/rest) shrinks to 150/100/250."""
+    write_citation_graph(work / "cora", nodes=500, words=300, classes=7)
+    edit(work / "main.py", "import requests\n", "")
+    edit(work / "main.py", "idx[:1200], idx[1200:1600], idx[1600:]",
+         "idx[:150], idx[150:250], idx[250:]")
+    if variant == "bug":  # the edge mask inverted: attention over the non-neighbours only
+        edit(work / "main.py", "e = torch.where(adj_mat > 0, e, connectivity_mask)",
+             "e = torch.where(adj_mat > 0, connectivity_mask, e)")
+
+
+TSP_LENGTH = 120
+
+
+def prepare_tsp(work: Path, variant: str) -> None:
+    """The example's own data generator with sequences of 120 samples instead of 1000 (about one
+    period) and 120 predicted future values instead of 1000; ``matplotlib`` is not installed, so
+    the per-step plots go; the data file holds a numpy array, which ``torch.load`` refuses since
+    torch 2.6 unless ``weights_only=False``."""
+    edit(work / "generate_sine_wave.py", "L = 1000\n", f"L = {TSP_LENGTH}\n")
+    subprocess.run([sys.executable, "generate_sine_wave.py"], cwd=work, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    train = work / "train.py"
+    edit(train, "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n", "")
+    text = train.read_text()
+    train.write_text(text[:text.index("        # draw the result\n")])
+    edit(train, "torch.load('traindata.pt')", "torch.load('traindata.pt', weights_only=False)")
+    edit(train, "future = 1000\n", f"future = {TSP_LENGTH}\n")
+    if variant == "bug":  # "truncated BPTT" done at every time step: lstm1 learns no recurrence
+        edit(train, "h_t, c_t = self.lstm1(input_t, (h_t, c_t))",
+             "h_t, c_t = self.lstm1(input_t, (h_t.detach(), c_t.detach()))")
+
+
 WLM_ARGS = ("--model", "Transformer", "--data", "data/synth", "--emsize", "64", "--nhid", "128",
             "--nlayers", "2", "--nhead", "2", "--bptt", "35", "--batch_size", "20",
             "--dropout", "0.1", "--epochs", "1", "--log-interval", "20", "--save", "model.pt")
@@ -243,6 +351,15 @@ CLIENTS = [
            150,
            "init std 1.0 instead of 0.02 (x50) for block 1's attention c_attn",
            "transformer.h.1.attn.c_attn", prepare_mingpt, pythonpath=True),
+    Client("chargpt", "mingpt", "", "projects/chargpt/chargpt.py",
+           ("--trainer.max_iters=200", "--trainer.num_workers=0", "--trainer.device=cpu",
+            "--trainer.batch_size=32", "--model.model_type=gpt-nano", "--data.block_size=64",
+            "--system.work_dir=out"),
+           200,
+           "causal mask built with tril(diagonal=-1): no position attends to itself, the first "
+           "has no key at all (its softmax row is NaN), in the attention class every block shares",
+           "transformer.h.0.attn transformer.h.1.attn transformer.h.2.attn", prepare_chargpt,
+           pythonpath=True),
     Client("wlm-adamw", "examples", "word_language_model", "main.py",
            (*WLM_ARGS, "--use-optimizer", "--lr", "1e-3"), 80,
            "learning rate x100 on encoder layer 0's self-attention (its own AdamW param group)",
@@ -257,6 +374,20 @@ CLIENTS = [
            "learning rate x100 on block 1's attention c_attn (its own AdamW param group passed "
            "to the Trainer, --lr-scale 100)",
            "transformer.h.1.attn.c_attn", prepare_gpt2, pydeps=True),
+    Client("makemore", "makemore", "", "makemore.py",
+           ("--type", "transformer", "--n-layer", "2", "--n-head", "2", "--n-embd", "128",
+            "--num-workers", "0", "--max-steps", "301", "--work-dir", "out"), 301,
+           "attention scores multiplied by sqrt(head size) instead of divided (x64 for a head "
+           "size of 64), in the attention class both blocks share",
+           "transformer.h.0.attn transformer.h.1.attn", prepare_makemore),
+    Client("gat", "examples", "gat", "main.py",
+           ("--epochs", "100", "--val-every", "20", "--no-accel"), 100,
+           "edge mask inverted (torch.where's branches swapped): each node attends to its "
+           "non-neighbours, in the layer class both GAT layers share", "gat1 gat2", prepare_gat,
+           note="full-batch graph training, one step an epoch"),
+    Client("tsp", "examples", "time_sequence_prediction", "train.py", ("--steps", "5"), 5,
+           "lstm1's recurrent state detached at every time step (truncated BPTT of one step)",
+           "lstm1", prepare_tsp, note="LBFGS with a closure (up to 20 evaluations a step)"),
 ]
 
 
@@ -345,7 +476,7 @@ def row_for(entry: dict, report: dict | None) -> dict:
     findings = report.get("findings", [])
     counts = {s: sum(f["severity"] == s for f in findings) for s in ("error", "warning", "info")}
     comps = ranked_components(report)
-    label = (entry["label"],) if entry["label"] else ()
+    label = tuple(entry["label"].split())
     rank = next((i + 1 for i, c in enumerate(comps) if matches(c, label)), None)
     row.update(
         verdict=report["summary"]["verdict"], status=report["run"].get("status"), counts=counts,
@@ -372,9 +503,11 @@ def print_table(rows: list[dict]) -> None:
         c = r["counts"]
         ewi = f"{c.get('error', 0)}/{c.get('warning', 0)}/{c.get('info', 0)}" if c else "-"
         hit = "-" if r["top1"] is None else ("yes" if r["top1"] else f"r{r['rank'] or '-'}")
+        labels = r["label"].split()
+        label = f"{labels[0]} +{len(labels) - 1}" if len(labels) > 1 else r["label"]
         plain = "-" if r["plain_s"] is None else f"{r['plain_s']:.1f}"
         print(f"{r['client']:<13}{r['variant']:<8}{r['mode']:<12}{r['exit']:>4} "
-              f"{r['verdict']:<11}{ewi:<8}{short(r['first']):<35}{short(r['label'], 29):<30}"
+              f"{r['verdict']:<11}{ewi:<8}{short(r['first']):<35}{short(label, 29):<30}"
               f"{hit:<5}{r['hfault_s']:>9.1f}{plain:>8}")
         fired = ", ".join(f"{f['rule']}[{f['severity'][0].upper()}]@{f['component'] or 'run'}"
                           for f in r["rules"])
@@ -459,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nanogpt", type=Path, default=Path("/tmp/clients/nanogpt"))
     parser.add_argument("--mingpt", type=Path, default=Path("/tmp/clients/mingpt"))
     parser.add_argument("--examples", type=Path, default=Path("/tmp/clients/examples"))
+    parser.add_argument("--makemore", type=Path, default=Path("/tmp/clients/makemore"))
     parser.add_argument("--pydeps", type=Path, default=Path("/tmp/clients/pydeps"),
                         help="extra packages for the transformers Trainer client (accelerate, "
                         "psutil: pip install --no-deps --target DIR accelerate psutil)")
@@ -481,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             PYDEPS.append(args.pydeps)
         modes = list(MODES) if args.mode == "both" else [args.mode]
         checkouts = {"nanogpt": args.nanogpt, "mingpt": args.mingpt,
-                     "examples": args.examples, "own": ROOT}
+                     "examples": args.examples, "makemore": args.makemore, "own": ROOT}
         rows = run_all(clients, modes, checkouts, args.keep)
     print_table(rows)
     if args.json:
