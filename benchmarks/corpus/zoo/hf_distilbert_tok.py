@@ -2,8 +2,9 @@
 
 Quicksort-style partition tagging: each token of a padded sequence is tagged by how it compares
 with the sequence's last token, the pivot (smaller / equal / larger), so every tag needs attention
-to another position; padding is excluded through the attention mask and labelled -100. AdamW with the usual weight-decay groups
-(no decay on biases and LayerNorm weights), linear warmup/decay schedule, gradient clipping.
+to another position; padding is excluded through the attention mask and labelled -100. AdamW
+with the usual weight-decay groups (no decay on biases and LayerNorm weights), linear
+warmup/decay schedule, gradient clipping.
 """
 
 import argparse
