@@ -44,7 +44,13 @@ DIAGNOSES: dict[str, list[str]] = tomllib.loads(
 LEAK_OPS = ("mask_drop", "mask_shift")
 KILL_SHARE = 0.1
 KILL_ABS = 0.02
-SPLITS = ("calibration", "held-out", "held-out-2")  # split.toml's parts, in table order
+SPLIT_FILE = Path(__file__).resolve().parent / "split.toml"
+
+
+def split_parts() -> tuple[str, ...]:
+    """split.toml's parts in file order (the tables' column order): a part added there is scored
+    without touching this module."""
+    return tuple(tomllib.loads(SPLIT_FILE.read_text()))
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,7 @@ def score_jobs(jobs: list[Job], modes: list[str], out: Path,
                 "findings": [(f["rule"], f["severity"], f.get("component")) for f in findings],
             })
     tables = {}
-    for split in SPLITS:
+    for split in split_parts():
         for mode in modes:
             tables[f"{split}/{mode}"] = summarize(
                 [r for r in rows if r["split"] == split and r["mode"] == mode])
