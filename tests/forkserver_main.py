@@ -81,11 +81,14 @@ def _fork(listener: socket.socket, children: Children, poller: select.poll
           ) -> dict[str, Any] | None:
     """Accept one request and fork for it: the request in the child, None in the server."""
     conn, _ = listener.accept()
-    fds: list[int] = []
     try:
         request, fds = _receive(conn)
-        pid = os.fork()
     except (OSError, ValueError):  # the client sees the connection close without a pid
+        conn.close()
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
         for descriptor in fds:
             os.close(descriptor)
         conn.close()
@@ -109,14 +112,19 @@ def _fork(listener: socket.socket, children: Children, poller: select.poll
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One request: its JSON line and the two output descriptors sent with its first bytes."""
     data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 2)
-    while not data.endswith(b"\n"):
-        more = conn.recv(MAX_MESSAGE)
-        if not more:
-            raise ConnectionError("request cut short")
-        data += more
-    if len(fds) != 2:
-        raise ConnectionError("a request carries its stdout and stderr")
-    return json.loads(data), fds
+    try:
+        while not data.endswith(b"\n"):
+            more = conn.recv(MAX_MESSAGE)
+            if not more:
+                raise ConnectionError("request cut short")
+            data += more
+        if len(fds) != 2:
+            raise ConnectionError("a request carries its stdout and stderr")
+        return json.loads(data), fds
+    except (OSError, ValueError):
+        for descriptor in fds:
+            os.close(descriptor)
+        raise
 
 
 def _send(conn: socket.socket, message: dict[str, int]) -> None:
