@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 FRESH_ENV = "HFAULT_TEST_FRESH"
+LOG_ENV = "HFAULT_TEST_FORKSERVER_LOG"
 SERVER_PROGRAM = Path(__file__).with_name("forkserver_main.py")
 START_TIMEOUT = 180.0  # importing torch on a loaded 2-core machine
 KILL_GRACE = 60.0  # for a killed child's status to arrive
@@ -57,12 +58,18 @@ STARTUP_NAMES = frozenset({
     "USERNAME", "PATH", "CI", "CC", "CXX", "SAGE_ROOT", "FAKE_ALLOW_META",
     "UNSAFE_SKIP_FSDP_MODULE_GUARDS", "__PYVENV_LAUNCHER__",
 })
-PER_RUN = frozenset({"PYTHONUNBUFFERED"})  # applied by the child when it makes its stdio
+# Matched above but read later, when the child can apply them: PYTHONUNBUFFERED (the child makes
+# its stdio by it) and two that the test process comes to have without asking (torch's inductor
+# sets its cache dir when dynamo is imported, lightning.fabric the NVML-based CUDA check when it
+# is imported), which torch reads when it uses them.
+READ_LATER = frozenset({
+    "PYTHONUNBUFFERED", "TORCHINDUCTOR_CACHE_DIR", "PYTORCH_NVML_BASED_CUDA_CHECK",
+})
 
 
 def read_at_startup(name: str) -> bool:
     """Whether the variable ``name`` is read before a forked child could apply it."""
-    if name in PER_RUN:
+    if name in READ_LATER:
         return False
     return name in STARTUP_NAMES or name.startswith(STARTUP_PREFIXES)
 
@@ -102,6 +109,15 @@ def _servable(argv: list[str], cwd: str) -> bool:
     return script.endswith(".py") and os.path.isfile(os.path.join(cwd, script))
 
 
+def _note_fresh(argv: list[str], why: str) -> None:
+    """Say why a servable run gets a fresh interpreter, in the file ``HFAULT_TEST_FORKSERVER_LOG``
+    names (if set): a fallback costs seconds of CPU a run and is otherwise silent."""
+    log = os.environ.get(LOG_ENV)
+    if log:
+        with open(log, "a") as file:
+            file.write(f"{os.getpid()} {' '.join(argv[1:3])}: {why}\n")
+
+
 def _decode(data: bytes) -> str:
     """As ``subprocess.run(text=True)`` decodes: the locale's encoding, universal newlines."""
     return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace(
@@ -130,11 +146,10 @@ class _Server:
             self.close()
             raise _ServerError("the fork server did not start")
 
-    def startup_env_matches(self, env: Mapping[str, str]) -> bool:
-        def startup(values: Mapping[str, str]) -> dict[str, str]:
-            return {k: v for k, v in values.items() if read_at_startup(k)}
-
-        return startup(env) == startup(self.env)
+    def startup_differences(self, env: Mapping[str, str]) -> list[str]:
+        """The start-up variables that ``env`` sets otherwise than the server's environment."""
+        names = {k for k in (*env, *self.env) if read_at_startup(k)}
+        return sorted(k for k in names if env.get(k) != self.env.get(k))
 
     def start(self, argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int
               ) -> tuple[socket.socket, int, bytes]:
@@ -206,6 +221,7 @@ class _Servers:
         try:
             return _Child(argv, sock, pid, rest, out_r, err_r).wait(timeout)
         except _ServerError:  # the server died during the run: start it over, fresh
+            _note_fresh(argv, "the fork server died during the run")
             _kill_group(pid)
             self._drop()
             return None
@@ -216,13 +232,15 @@ class _Servers:
             while True:
                 if self._server is None:
                     if self._starts_left == 0:
+                        _note_fresh(argv, "the fork server could not be started")
                         return None
                     self._starts_left -= 1
                     try:
                         self._server = _Server()
                     except (_ServerError, OSError):
                         continue
-                if not self._server.startup_env_matches(env):
+                if differences := self._server.startup_differences(env):
+                    _note_fresh(argv, "start-up variables differ: " + " ".join(differences))
                     return None
                 try:
                     return self._server.start(argv, cwd, env, stdout, stderr)

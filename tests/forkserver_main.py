@@ -166,7 +166,7 @@ def become(request: dict[str, Any]) -> None:
     main = types.ModuleType("__main__")
     main.__annotations__ = {}
     main.__builtins__ = builtins  # type: ignore[attr-defined]
-    main.__loader__ = importlib.machinery.BuiltinImporter  # type: ignore[assignment]
+    main.__loader__ = importlib.machinery.BuiltinImporter
     sys.modules["__main__"] = main
     sys.orig_argv = list(argv)
     try:
@@ -213,8 +213,8 @@ def _reopen_stdio(*, unbuffered: bool) -> None:
     for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
         old = getattr(sys, name)
         buffering = 0 if unbuffered and mode == "w" else -1
-        buf = open(fd, mode + "b", buffering=buffering, closefd=False)  # noqa: SIM115
-        raw = buf if buffering == 0 else buf.raw  # type: ignore[attr-defined]
+        buf: Any = open(fd, mode + "b", buffering=buffering, closefd=False)  # noqa: SIM115
+        raw = buf if buffering == 0 else buf.raw
         raw.name = f"<{name}>"
         line_buffering = not unbuffered and (raw.isatty() or fd == 2)
         stream = io.TextIOWrapper(buf, encoding=old.encoding, errors=old.errors, newline="\n",

@@ -4,7 +4,7 @@ Each test runs a small real script through the server and, where a fresh interpr
 reference, through ``subprocess.run`` too, and compares. Every forked run is checked to have
 been forked (its parent is the server, not this process), so a silent fallback to a fresh
 process cannot pass for the server working; ``HFAULT_TEST_FRESH`` is cleared here so that these
-tests exercise the server in the suite's fresh mode as well.
+tests exercise the server in the suite's fresh mode as well, and they use a server of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,19 @@ from tests.conftest import ROOT
 PPID = "import os; print('ppid', os.getppid())\n"
 
 
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[forkserver._Servers]:
+    """A server of this module's own, started with the environment these tests run in (the
+    suite's may have been started before an earlier test's imports set variables)."""
+    servers = forkserver._Servers()
+    yield servers
+    servers.close()
+
+
 @pytest.fixture(autouse=True)
-def server_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+def server_mode(monkeypatch: pytest.MonkeyPatch, own_server: forkserver._Servers) -> None:
     monkeypatch.delenv(forkserver.FRESH_ENV, raising=False)
+    monkeypatch.setattr(forkserver, "_SERVERS", own_server)
 
 
 def script(tmp_path: Path, body: str, name: str = "prog.py") -> Path:
