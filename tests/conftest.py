@@ -1,11 +1,11 @@
-"""Shared fixtures: run the real CLI in a subprocess; every JSON report is schema-validated."""
+"""Shared fixtures: run the real CLI in a subprocess (forked from a torch-importing server, see
+tests/forkserver.py); every JSON report is schema-validated."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +15,8 @@ from typing import Any
 import jsonschema
 import pytest
 import torch
+
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -57,8 +59,10 @@ def run_cli(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 300,
+    fresh: bool = False,
 ) -> CliResult:
-    """``python -m hfault ARGS [--json tmp/report.json]``; the report is parsed and validated."""
+    """``python -m hfault ARGS [--json tmp/report.json]``; the report is parsed and validated.
+    ``fresh``: in a new interpreter, not forked from the fork server."""
     report_path = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "hfault", *args]
     if json_report:
@@ -66,8 +70,8 @@ def run_cli(
         split = cmd.index("--") if "--" in cmd else len(cmd)
         cmd[split:split] = ["--json", str(report_path)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT
+    proc = forkserver.run(
+        cmd, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT, fresh=fresh
     )
     report = None
     if json_report and report_path.exists():
@@ -77,10 +81,8 @@ def run_cli(
 
 
 def run_plain(script: Path, args: list[str], timeout: float = 300) -> None:
-    subprocess.run(
-        [sys.executable, str(script), *args], check=True, capture_output=True, timeout=timeout,
-        cwd=ROOT,
-    )
+    """``python SCRIPT ARGS`` without hfault (forked from the fork server), which must succeed."""
+    forkserver.run([sys.executable, str(script), *args], check=True, timeout=timeout, cwd=ROOT)
 
 
 def assert_same_training(plain: Path, watched: Path) -> dict[str, Any]:

@@ -3,10 +3,10 @@ the op that makes a non-finite loss outside any module, through the real CLI."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from hfault.exitcodes import ExitCode
+from tests import forkserver
 from tests.conftest import ROOT, SCRIPTS
 
 MANUAL = SCRIPTS / "manual_sgd_train.py"
@@ -32,8 +32,7 @@ def test_word_language_model_style_loop_is_diagnosed_and_trains_unchanged(cli):
     ratios = [m["update_ratio"] for m in first["metrics"].values()]
     assert all(0 < r < 0.1 for r in ratios), ratios  # measured from the parameters' change
     assert any("hand-written update" in note for note in report["notes"])
-    plain = subprocess.run([sys.executable, str(MANUAL)], capture_output=True, text=True,
-                           check=True, cwd=ROOT)
+    plain = forkserver.run([sys.executable, str(MANUAL)], text=True, check=True, cwd=ROOT)
     assert _done_line(result.stdout) == _done_line(plain.stdout)  # training untouched
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests import forkserver
 from tests.conftest import ROOT, SAMPLES, SCRIPTS, assert_same_training, run_plain
 
 pytestmark = pytest.mark.e2e  # runs real training scripts
@@ -214,8 +214,8 @@ def test_training_is_bit_exact_on_a_corpus_mutant_with_measured_steps(cli) -> No
     args = [str(ROOT / "benchmarks" / "corpus" / "zoo" / "hf_llama.py"), "--op", "mask_shift",
             "--target", "model.layers.0.self_attn", "--mutation-seed", "0", "--", "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    plain = subprocess.run([sys.executable, str(launch), *args], capture_output=True, text=True,
-                           check=True, env=env, timeout=300)
+    plain = forkserver.run([sys.executable, str(launch), *args], text=True, check=True, env=env,
+                           timeout=300)
     watched = cli("diagnose", str(launch), "--max-steps", "150", "--fail-on", "never", "--",
                   *args, env={"TRANSFORMERS_VERBOSITY": "error"})
     assert watched.returncode == 0, watched.stderr

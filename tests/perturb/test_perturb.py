@@ -26,6 +26,7 @@ from hfault.perturb.injection import Injection, draw_deltas, unit_generator
 from hfault.perturb.listener import predictions
 from hfault.perturb.report import write_json
 from hfault.perturb.stats import mean_ci, t_quantile
+from tests import forkserver
 from tests.conftest import ROOT, SAMPLES, SCRIPTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_math_thread")]  # real training
@@ -229,8 +230,8 @@ def test_predictions_of_model_outputs():
 # ------------------------------------------------------------------------- CLI
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "hfault", "perturb", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **env})
+    return forkserver.run([sys.executable, "-m", "hfault", "perturb", *args], text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **env})
 
 
 def test_cli_glob_sweep_flips_grow_with_alpha_and_json_shape(tmp_path: Path):
