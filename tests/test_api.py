@@ -111,6 +111,9 @@ def test_nan_ops_and_lr_are_the_clis(tmp_path: Path) -> None:
         _run_script(SCRIPTS / "plain_tensor_train.py", "--log-loss")
     event = run.report["numerics"][0]
     assert event["op"] == "log" and event["op_step"] == event["step"] == 2
+    # the op watch's TorchFunctionMode ended inside one of its own calls (the loop's update is
+    # a torch op); it must not outlive the block
+    assert not torch.overrides._get_current_function_mode_stack()
 
     with hfault.watch(lr=0.5, max_steps=3) as run:
         _run_script(SCRIPTS / "manual_sgd_train.py")

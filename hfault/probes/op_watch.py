@@ -102,11 +102,14 @@ class _Mode(TorchFunctionMode):
     def __init__(self, watch: OpWatch) -> None:
         super().__init__()
         self.watch = watch
+        self.stopped = False
+        """Set when the watch ended while the mode could not be popped (below): it then only
+        passes calls through until it can be."""
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if not torch.is_grad_enabled() or self.watch.seen_this_step():
+        if self.stopped or not torch.is_grad_enabled() or self.watch.seen_this_step():
             return func(*args, **kwargs)
         name = _op_name(func)
         inputs = tree_flatten((args, kwargs))[0]
@@ -137,6 +140,8 @@ class OpWatch(Listener):
         self.always = always
         self.sites: list[OpSite] = []
         self._mode: _Mode | None = None
+        self._unpopped: _Mode | None = None
+        """A stopped mode still on the stack, popped at the next chance (``_pop_stopped``)."""
         self._watched = 0
         self._done = False
 
@@ -160,9 +165,25 @@ class OpWatch(Listener):
         self._done = True
         if self._mode is not None:
             mode, self._mode = self._mode, None
-            # (RuntimeError: the script left a mode of its own on top of it)
-            with contextlib.suppress(RuntimeError, AssertionError):
-                mode.__exit__(None, None, None)
+            mode.stopped = True
+            self._unpopped = mode
+            self._pop_stopped()
+
+    def _pop_stopped(self) -> None:
+        """Pop the stopped mode. That fails while one of its own calls is running (a
+        hand-written update's ``W -= lr * W.grad`` is an op the mode handles, and the step
+        events fire inside it: the stack is empty until the call returns) or when the script
+        pushed a mode of its own on top; it is then retried at the next step and at the end,
+        and passes calls through meanwhile. A mode left behind would outlive ``hfault.watch``."""
+        mode = self._unpopped
+        if mode is None:
+            return
+        stack = torch.overrides._get_current_function_mode_stack()
+        if not stack or stack[-1] is not mode:
+            return
+        with contextlib.suppress(RuntimeError, AssertionError):
+            mode.__exit__(None, None, None)
+            self._unpopped = None
 
     # ------------------------------------------------------------------ listener events
     def open(self) -> None:
@@ -174,6 +195,7 @@ class OpWatch(Listener):
             self.sites[-1].step = event.step  # the forward just made feeds this step
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
+        self._pop_stopped()
         if self._done:
             return
         first = self._first_forward_event()
@@ -199,6 +221,7 @@ class OpWatch(Listener):
     def close(self) -> None:
         if self._mode is not None:
             self._stop()
+        self._pop_stopped()
 
     def contribute(self, draft: ReportDraft) -> None:
         events = draft.sections.get("numerics") or []
