@@ -832,8 +832,7 @@ class Features:
                 gain_ratio=_fold(first_gain[module], gain_peers),
                 gain_outlier=_odd_one(module, same_code, first_gain, first_inner),
                 gain_standard=_standard_scale(first_gain[module], first_inner[module]),
-                standard_ratio=_fold(first_gain[module],
-                                     _standard_scale(first_gain[module], first_inner[module])),
+                standard_ratio=_off_standard(first_gain[module], first_inner[module]),
                 axis_fault=axis[1],
                 axis_step=axis[0],
                 mask_none=first[module].get("masked_share") == 0,
@@ -944,8 +943,8 @@ def _odd_one(module: str, peers: list[str], first: dict[str, float | None],
     if rest is not None:
         return abs(math.log(mine / rest)) >= abs(math.log(theirs / rest))
 
-    return (_fold(mine, _standard_scale(mine, inner.get(module))) or 1.0) >= (
-        _fold(theirs, _standard_scale(theirs, inner.get(other))) or 1.0)
+    return (_off_standard(mine, inner.get(module)) or 1.0) >= (
+        _off_standard(theirs, inner.get(other)) or 1.0)
 
 
 def _standard_scale(gain: float | None, inner: int | None) -> float | None:
@@ -960,6 +959,11 @@ def _standard_scale(gain: float | None, inner: int | None) -> float | None:
         return 1.0
     scaled = 1.0 / math.sqrt(inner)
     return scaled if abs(math.log(gain / scaled)) < abs(math.log(gain)) else 1.0
+
+
+def _off_standard(gain: float | None, inner: int | None) -> float | None:
+    """How many times ``gain`` is from the nearer standard scale (≥ 1)."""
+    return _fold(gain, _standard_scale(gain, inner))
 
 
 def _fold(value: float | None, reference: float | None) -> float | None:
