@@ -255,8 +255,8 @@ class AttentionProbe:
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (..., queries)
             # Normalized by the keys a row may attend to: a masked key is not a choice (a
             # graph's neighbours, a causal prefix, padding). A row with one key has no choice.
-            x = logits.detach()
-            open_keys = (torch.isfinite(x) & (x > MASKED_LOGIT)).sum(-1)
+            keep = unmasked(logits.detach())
+            open_keys = keep.sum(-1)
             if open_keys.shape != entropy.shape:  # scores not shaped like the weights
                 open_keys = torch.full_like(entropy, keys, dtype=torch.long)
             chooses = open_keys >= 2
@@ -283,7 +283,7 @@ class AttentionProbe:
             finite = logits.detach()[torch.isfinite(logits.detach())]
             if finite.numel():
                 stats.max_logit = max(stats.max_logit, float(finite.max()))
-            spread, rows, masked = row_spread(logits.detach())
+            spread, rows, masked = row_spread(logits.detach(), keep)
             stats.std_sum += spread
             stats.std_rows += rows
             operands = self._operands.pop(id(module), None)
@@ -403,12 +403,20 @@ def _rms(t: torch.Tensor) -> float:
     return float(t.detach().float().square().mean().sqrt())
 
 
-def row_spread(logits: torch.Tensor) -> tuple[float, int, int]:
+def unmasked(logits: torch.Tensor) -> torch.Tensor:
+    """Which scores a query may attend to: finite and above ``MASKED_LOGIT`` (a mask written
+    as -inf or as a large negative fill)."""
+    return torch.isfinite(logits) & (logits > MASKED_LOGIT)
+
+
+def row_spread(logits: torch.Tensor, keep: torch.Tensor | None = None
+               ) -> tuple[float, int, int]:
     """(sum over rows of the standard deviation of a row's unmasked logits, rows with at least
     two unmasked entries, masked entries). The softmax ignores a row's mean, so its spread is
-    what sets how sharp the weights are: 1/√d scaling keeps it near 1 at initialization."""
+    what sets how sharp the weights are: 1/√d scaling keeps it near 1 at initialization.
+    ``keep``: ``unmasked(logits)`` when the caller has it."""
     x = logits.double() if logits.dtype == torch.float64 else logits.float()
-    keep = torch.isfinite(x) & (x > MASKED_LOGIT)
+    keep = unmasked(x) if keep is None else keep
     n = keep.sum(-1)
     safe = torch.where(keep, x, torch.zeros_like(x))
     mean = safe.sum(-1) / n.clamp_min(1)
