@@ -215,7 +215,7 @@ def score_jobs(jobs: list[Job], modes: list[str], out: Path,
             rank = None
             if job.label and job.label != "run":
                 rank = next((i + 1 for i, c in enumerate(comps)
-                             if matches(c, tuple(job.label.split("|")))), None)
+                             if names_label(c, job.label)), None)
             meta = load(meta_path) if saved(meta_path) else {}
             first_error = next((f for f in findings if f["severity"] == "error"), None)
             rows.append({
@@ -234,6 +234,12 @@ def score_jobs(jobs: list[Job], modes: list[str], out: Path,
     return rows, tables
 
 
+def names_label(component: str, label: str) -> bool:
+    """Whether a finding's component names a mutant's label: one of its ``|``-separated
+    modules, a part of one, or the module directly enclosing one (``samples.matches``)."""
+    return matches(component, tuple(label.split("|")))
+
+
 def _diagnoses(job: Job, finding: dict | None) -> bool:
     """Whether ``finding`` (a report's first error) names the mutant's cause."""
     if finding is None or job.healthy:
@@ -241,7 +247,7 @@ def _diagnoses(job: Job, finding: dict | None) -> bool:
     if job.label == "run":
         return finding["rule"] in DIAGNOSES.get(job.op or "", ())
     component = finding.get("component")
-    return bool(component) and matches(component, tuple(job.label.split("|")))
+    return bool(component) and names_label(component, job.label)
 
 
 def _pct(hits: list[bool]) -> str:
@@ -261,7 +267,7 @@ def _finding_right(row: dict, finding: tuple) -> bool | None:
         return None
     if row["label"] == "run" or not component:
         return True
-    return matches(component, tuple(row["label"].split("|")))
+    return names_label(component, row["label"])
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:

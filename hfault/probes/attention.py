@@ -255,7 +255,8 @@ class AttentionProbe:
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (..., queries)
             # Normalized by the keys a row may attend to: a masked key is not a choice (a
             # graph's neighbours, a causal prefix, padding). A row with one key has no choice.
-            keep = unmasked(logits.detach())
+            scores = logits.detach()
+            keep = unmasked(scores)
             open_keys = keep.sum(-1)
             if open_keys.shape != entropy.shape:  # scores not shaped like the weights
                 open_keys = torch.full_like(entropy, keys, dtype=torch.long)
@@ -279,11 +280,11 @@ class AttentionProbe:
                     means = per_head[counted, 0] / per_head[counted, 1]
                     stats.head_min = min(stats.head_min, float(means.min()))
             if stats.mask_offset is None:
-                stats.mask_offset = causal_mask_offset(logits.detach())
-            finite = logits.detach()[torch.isfinite(logits.detach())]
+                stats.mask_offset = causal_mask_offset(scores)
+            finite = scores[torch.isfinite(scores)]
             if finite.numel():
                 stats.max_logit = max(stats.max_logit, float(finite.max()))
-            spread, rows, masked = row_spread(logits.detach(), keep)
+            spread, rows, masked = row_spread(scores, keep)
             stats.std_sum += spread
             stats.std_rows += rows
             operands = self._operands.pop(id(module), None)
