@@ -62,6 +62,15 @@ RUN_FEATURES: dict[str, str] = {
     "update ratio ‖Δθ‖/‖θ‖ under any other; components of at least 16 parameters with RMS ≥ 1e-3",
     "relative_step_at": "the snapshot step where relative_step was largest",
     "relative_step_lr": "the median component's learning rate at that step",
+    "grad_died": "components (≥ 16 entries) whose gradient was non-zero at the first snapshot "
+    "and exactly zero in every entry at each of the last two: they stopped learning mid-run",
+    "grad_died_share": "grad_died over the components judged (those with a gradient at every "
+    "snapshot)",
+    "grad_died_judged": "components judged for grad_died",
+    "grad_died_at": "the first snapshot from which every component in grad_died stayed at zero",
+    "grad_died_count": "number of components in grad_died",
+    "grad_alive": "the judged components whose gradient stayed non-zero (comma-separated; "
+    "'none' when every one died)",
     "measured_steps": "number of snapshots",
     "loss": "series: the loss at every step (its own steps, not the snapshots')",
     "loss_points": "number of finite loss values",
@@ -422,11 +431,46 @@ class Features:
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
         out.update(self._relative_step(optimizers))
+        out.update(self._grad_died())
         out.update(self._lr_outlier())
         out.update(self._sample_mixing())
         out.update(self._nonfinite())
         out.update(self._curvature_errors())
         return out
+
+    def _grad_died(self) -> dict[str, Any]:
+        """The components whose gradient went from non-zero to exactly zero and stayed there
+        (HF019). A network whose ReLUs all died, or whose softmax/tanh units saturated after one
+        step too large, gets exactly zero gradients below the break for the rest of the run;
+        a component that never had a gradient is HF003's, and a healthy run's gradients are
+        noisy, never exactly zero in every entry."""
+        none: dict[str, Any] = {"grad_died": [], "grad_died_share": None, "grad_died_judged": 0,
+                                "grad_died_count": 0, "grad_died_at": None, "grad_alive": ""}
+        if len(self.snapshots) < 3:
+            return none
+        died, alive, since = [], [], []
+        for comp in self.components:
+            if int(comp.get("numel") or 0) < 16:
+                continue
+            read = [as_float(z) for z in self._metric(comp["name"], "zero_grad_fraction")]
+            zero = [z for z in read if z is not None]
+            if len(zero) < len(read):
+                continue
+            if zero[0] < 1 and zero[-1] >= 1 and zero[-2] >= 1:
+                died.append(comp["name"])
+                first = len(zero) - 1
+                while first > 0 and zero[first - 1] >= 1:
+                    first -= 1
+                since.append(first)
+            else:
+                alive.append(comp["name"])
+        judged = len(died) + len(alive)
+        if not judged:
+            return none
+        return {"grad_died": died, "grad_died_share": len(died) / judged,
+                "grad_died_judged": judged, "grad_died_count": len(died),
+                "grad_died_at": self.steps[max(since)] if since else None,
+                "grad_alive": ", ".join(alive) or "none"}
 
     def _lr_outlier(self) -> dict[str, Any]:
         """The component trained at a learning rate many times the others' (its own param
