@@ -53,6 +53,9 @@ class AttentionStats:
     inner: int | None = None
     axes: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
     """(shape, dim) of each distinct softmax this module took over an axis other than its last."""
+    summed: list[tuple[int, ...] | None] = field(default_factory=list)
+    """Per entry of ``axes``: the axes (of the weights) that the first product applying those
+    weights summed over, when a matrix product or einsum consumed them directly; else None."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,7 +72,10 @@ class AttentionStats:
             "masked_share": self.masked / self.entries if self.entries else None,
             "logit_gain": self.gain_sum / self.gain_calls if self.gain_calls else None,
             "inner": self.inner,
-            "softmax_axes": [{"shape": list(shape), "dim": dim} for shape, dim in self.axes],
+            "softmax_axes": [{"shape": list(shape), "dim": dim,
+                              "summed": list(summed) if summed is not None else None}
+                             for (shape, dim), summed in zip(self.axes, self.summed,
+                                                             strict=True)],
         }
 
 
@@ -104,6 +110,9 @@ class AttentionProbe:
         self._restore: list[Callable[[], None]] = []
         self._handles: list[Any] = []
         self._operands: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
+        """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
+        stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
         """Per attention module: the two operands of its latest product (matrix product,
         einsum, or linear layer) and the inner size; the scores are the product that precedes
         the softmax. Their RMS is read only when a softmax follows."""
@@ -137,6 +146,7 @@ class AttentionProbe:
         for restore in reversed(self._restore):
             restore()
         self._handles, self._restore, self._stack = [], [], []
+        self._weights = {}
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> None:
         self._restore.append(patch(owner, name, wrap))
@@ -184,6 +194,9 @@ class AttentionProbe:
                 a, b = args[first], args[first + 1]
                 if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() >= 2:
                     probe._operands[id(probe._stack[-1])] = (a, b, int(a.shape[-1]))
+                if probe._weights and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                    probe._applied(a, (a.dim() - 1,))
+                    probe._applied(b, (max(b.dim() - 2, 0),))
             return out
 
         return product
@@ -218,6 +231,11 @@ class AttentionProbe:
                     inner = contracted_size(equation, tensors[0])
                     if inner:
                         probe._operands[id(probe._stack[-1])] = (tensors[0], tensors[1], inner)
+                if probe._weights:
+                    for t, axes in zip(tensors, einsum_summed(equation, len(tensors)),
+                                       strict=False):
+                        if isinstance(t, torch.Tensor) and axes is not None:
+                            probe._applied(t, axes)
             return out
 
         return einsum
@@ -244,6 +262,19 @@ class AttentionProbe:
         entry = (tuple(probs.shape), dim)
         if entry not in stats.axes and len(stats.axes) < 4:
             stats.axes.append(entry)
+            stats.summed.append(None)
+        if entry in stats.axes and stats.summed[stats.axes.index(entry)] is None:
+            self._weights[id(probs)] = (probs, stats, stats.axes.index(entry))
+
+    def _applied(self, operand: torch.Tensor, summed: tuple[int, ...]) -> None:
+        """A product summed ``operand`` over ``summed``: if it is (a view of) softmax weights
+        taken over an axis other than the last, record which of their axes that was."""
+        for key, (weights, stats, index) in list(self._weights.items()):
+            axes = view_axes(operand, weights, summed)
+            if axes is not None:
+                stats.summed[index] = axes
+                del self._weights[key]
+                return
 
     def _record(self, logits: torch.Tensor, probs: torch.Tensor) -> None:
         module = self._stack[-1]
@@ -340,7 +371,8 @@ class AttentionWindow(Listener):
             if leaf == "self" and parent:
                 name = parent  # BERT/ViT: attention.self belongs to attention
             record = stats.to_dict()
-            faults = [axis_fault(a["shape"], a["dim"], batch) for a in record["softmax_axes"]]
+            faults = [axis_fault(a["shape"], a["dim"], batch, a.get("summed"))
+                      for a in record["softmax_axes"]]
             record["axis_fault"] = next((f for f in faults if f), None)
             record["batch"] = batch
             record["input_axes"] = list(self.probe.input_axes) if self.probe.input_axes else None
@@ -355,11 +387,15 @@ on top of the real score. Real attention logits stay far above it (HF205 calls 5
 and the masked set must also form an exact triangle in every row and head to count."""
 
 
-def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None) -> str | None:
+def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None,
+               summed: list[int] | tuple[int, ...] | None = None) -> str | None:
     """Why a softmax an attention module took over ``dim`` (not the last) of ``shape`` is wrong,
     or None when the layout may be deliberate (``(batch, positions, 1)`` pooling scores normalized
     over positions, seq-first ``(positions, batch)`` scores over dim 0). ``batch`` is the batch
-    size the loss saw this step, when known."""
+    size the loss saw this step, when known; ``summed``, the axes of the weights that the product
+    applying them summed over, when a product consumed them directly: weights are normalized over
+    the axis they are summed over, whatever the layout, and that settles it where the shape cannot
+    (a batch of 48 sequences of 48 positions)."""
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
     if not 0 <= dim < nd:
@@ -369,6 +405,22 @@ def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None) 
         return f"softmax over {where}, an axis of size 1: every weight is exactly 1"
     if dim == nd - 1:
         return None  # the keys
+    if summed and dim in summed:
+        return None
+    fault = _layout_fault(shape, dim, batch, where)
+    if fault is None and summed:
+        over = ", ".join(str(a) for a in summed)
+        batch_note = (f" (dim {dim} has the batch's size, {batch}: each sample's weights depend "
+                      "on the other samples)" if batch is not None and dim == 0
+                      and shape[0] == batch else "")
+        return (f"softmax over {where}, but the product that applies the weights sums over dim "
+                f"{over}: each weighted sum's weights do not add up to 1{batch_note}")
+    return fault
+
+
+def _layout_fault(shape: tuple[int, ...], dim: int, batch: int | None, where: str) -> str | None:
+    """The faults a softmax's shape alone shows (``dim`` is neither the last nor of size 1)."""
+    nd = len(shape)
     if nd >= 4 or (nd == 3 and shape[-1] == shape[-2] and shape[-1] > 1):
         if dim == nd - 2:
             return (f"softmax over {where}, the queries: each key's weights sum to 1 across the "
@@ -379,6 +431,40 @@ def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None) 
         return (f"softmax over {where}, the batch (the loss sees {batch} samples): each sample's "
                 "weights depend on the other samples of the batch")
     return None
+
+
+def einsum_summed(equation: str, operands: int) -> list[tuple[int, ...] | None]:
+    """Per operand of an explicit einsum (``"bt,btd->bd"``), the axes it sums over: those whose
+    letter is not in the output. None for an operand it cannot tell (an ellipsis, no ``->``)."""
+    if "->" not in equation:
+        return [None] * operands
+    inputs, output = equation.replace(" ", "").split("->")
+    parts = inputs.split(",")
+    if len(parts) != operands:
+        return [None] * operands
+    return [None if "." in part else tuple(i for i, c in enumerate(part) if c not in output)
+            for part in parts]
+
+
+def view_axes(operand: torch.Tensor, weights: torch.Tensor, summed: tuple[int, ...]
+              ) -> tuple[int, ...] | None:
+    """``summed`` (axes of ``operand``) as axes of ``weights``, when ``operand`` is ``weights`` or
+    a view of it that keeps its axes of size > 1 in order (``unsqueeze``, ``view`` adding unit
+    axes): each such axis is matched by size and stride, so the mapping is exact. None otherwise
+    (a copy, a transpose, an unrelated tensor)."""
+    if operand is weights:
+        return summed
+    if operand._base is not weights or operand.data_ptr() != weights.data_ptr():
+        return None
+    mine = [i for i in range(operand.dim()) if operand.shape[i] > 1]
+    theirs = [i for i in range(weights.dim()) if weights.shape[i] > 1]
+    if len(mine) != len(theirs) or any(
+            operand.shape[i] != weights.shape[j] or operand.stride(i) != weights.stride(j)
+            for i, j in zip(mine, theirs, strict=True)):
+        return None
+    to_weights = dict(zip(mine, theirs, strict=True))
+    out = tuple(to_weights[a] for a in summed if a in to_weights)
+    return out or None
 
 
 def contracted_size(equation: str, first: torch.Tensor) -> int | None:

@@ -163,8 +163,11 @@ class _Attention(torch.nn.Module):
         return scores.softmax(dim=self.dim) @ x
 
 
-@pytest.mark.parametrize("dim, recorded", [(-1, []), (-2, [{"shape": [3, 5, 5], "dim": 1}]),
-                                           (1, [{"shape": [3, 5, 5], "dim": 1}])])
+@pytest.mark.parametrize("dim, recorded", [
+    (-1, []),
+    (-2, [{"shape": [3, 5, 5], "dim": 1, "summed": [2]}]),  # the @ x that follows sums dim 2
+    (1, [{"shape": [3, 5, 5], "dim": 1, "summed": [2]}]),
+])
 def test_probe_records_softmax_over_other_axes(dim, recorded):
     from hfault.components import is_attention_module
     from hfault.probes.attention import AttentionProbe
@@ -208,6 +211,92 @@ def test_axis_fault_names_only_layouts_that_cannot_be_deliberate(shape, dim, bat
         assert found is None
     else:
         assert found is not None and fault in found, found
+
+
+@pytest.mark.parametrize(
+    "shape, dim, batch, summed, fault",
+    [
+        ((32, 32), 0, 32, [1], "sums over dim 1"),  # square: only the product can tell
+        ((32, 32), 0, 32, [0], None),  # seq-first pooling over the positions, summed there
+        ((32, 60), 0, 32, [1], "the batch"),  # the layout's own message when it has one
+        ((32, 12, 12), 1, 32, [1], None),  # keys attending to queries, summed over the queries
+        ((32, 12, 12), 1, 32, None, "the queries"),  # no product seen: the layout decides
+        ((32, 12, 1), 2, 32, [1], "size 1"),
+    ],
+)
+def test_axis_fault_reads_the_axis_the_weights_are_summed_over(shape, dim, batch, summed, fault):
+    from hfault.probes.attention import axis_fault
+
+    found = axis_fault(shape, dim, batch, summed)
+    if fault is None:
+        assert found is None
+    else:
+        assert found is not None and fault in found, found
+
+
+class _Pool(torch.nn.Module):
+    """Attention pooling over time, ``(batch, time, dim) -> (batch, dim)``, with the softmax
+    axis and the product that applies the weights as constructor arguments."""
+
+    def __init__(self, dim: int, product: str) -> None:
+        super().__init__()
+        self.dim, self.product = dim, product
+        self.score = torch.nn.Linear(4, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.score(h).squeeze(-1), dim=self.dim)
+        if self.product == "einsum":
+            return torch.einsum("bt,btd->bd", w, h)
+        return torch.bmm(w.unsqueeze(1), h).squeeze(1)
+
+
+@pytest.mark.parametrize("product", ["einsum", "bmm"])
+@pytest.mark.parametrize("dim, summed", [(0, [1]), (-1, None)])
+def test_probe_reads_the_axis_a_pooling_product_sums_over(product, dim, summed):
+    """A batch of 6 sequences of 6 steps: the shape cannot say which axis is the batch, the
+    product that applies the weights can (through an ``unsqueeze`` view too)."""
+    from hfault.components import is_attention_module
+    from hfault.probes.attention import AttentionProbe, axis_fault
+
+    torch.manual_seed(0)
+    pool = _Pool(dim, product)
+    probe = AttentionProbe(lambda m: m is pool or is_attention_module(m))
+    probe.start()
+    try:
+        pool(torch.randn(6, 6, 4, requires_grad=True))
+    finally:
+        probe.stop()
+    axes = probe.stats[id(pool)].to_dict()["softmax_axes"] if probe.stats else []
+    if summed is None:
+        assert axes == []
+        return
+    assert axes == [{"shape": [6, 6], "dim": 0, "summed": summed}]
+    assert axis_fault([6, 6], 0, 6, summed) is not None
+    assert axis_fault([6, 6], 0, 6) is None  # without the product: ambiguous, no call
+
+
+@pytest.mark.parametrize("equation, summed", [
+    ("bt,btd->bd", [(1,), (1,)]),
+    ("bhqk,bhkd->bhqd", [(3,), (2,)]),
+    ("ij,jk", [None, None]),  # implicit output: not read
+    ("...t,...td->...d", [None, None]),
+])
+def test_einsum_summed(equation, summed):
+    from hfault.probes.attention import einsum_summed
+
+    assert einsum_summed(equation, 2) == summed
+
+
+def test_view_axes_follows_unit_axes_and_refuses_copies_and_transposes():
+    from hfault.probes.attention import view_axes
+
+    w = torch.rand(3, 5)
+    assert view_axes(w, w, (1,)) == (1,)
+    assert view_axes(w.unsqueeze(1), w, (2,)) == (1,)  # (3, 1, 5): its dim 2 is w's dim 1
+    assert view_axes(w.unsqueeze(-1), w, (1,)) == (1,)
+    assert view_axes(w.t(), w, (1,)) is None  # a transpose reorders the axes
+    assert view_axes(w.clone(), w, (1,)) is None
+    assert view_axes(torch.rand(3, 5), w, (1,)) is None
 
 
 def test_row_spread_ignores_masked_entries():
