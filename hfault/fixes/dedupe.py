@@ -15,7 +15,9 @@ report records between the two components, in the same step window:
 - a finding whose component is the cause's and whose ``related`` names it as the downstream end
   of a coupling (``evidence.downstream_component``, HF203);
 - a strong coupling between the two in the coupling graph of a snapshot in the window
-  (κ at or above HF203's ``kappa_min``, 0.5 by default).
+  (κ at or above HF203's ``kappa_min``, 0.5 by default);
+- for two components with no gradient (HF003), the effect running before the cause in the
+  forward with every component between them dead too (one cut starves everything upstream).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 from hfault.findings import Finding, Fix
 from hfault.fixes.registry import kind_of
 
+NO_GRADIENT_RULE = "HF003"
+"""The rule of a component that never received a gradient (dead-component)."""
 KAPPA_MIN = 0.5
 """A coupling this strong relates two components (HF203's default ``kappa_min``)."""
 
@@ -64,6 +68,8 @@ def consequence_evidence(cause: Finding, effect: Finding, findings: Iterable[Fin
     a, b = cause.component, effect.component
     if not a or not b or a == b:
         return None
+    if cause.rule == effect.rule == NO_GRADIENT_RULE:
+        return dead_upstream(a, b, findings, report)
     if effect.evidence.get("pushed_by") == a:
         return f"{b} is pushed by {a} ({effect.rule})"
     if not _same_window(cause.step, effect.step, window):
@@ -80,6 +86,24 @@ def consequence_evidence(cause: Finding, effect: Finding, findings: Iterable[Fin
     if kappa is not None and kappa >= kappa_min:
         return f"coupled to {a} (κ = {kappa:.2f} at step {step})"
     return None
+
+
+def dead_upstream(cause: str, effect: str, findings: Iterable[Finding],
+                  report: Mapping[str, Any]) -> str | None:
+    """Why a component with no gradient is a consequence of ``cause``, the one where the
+    gradient stops: it comes before ``cause`` in the forward and every component from it to
+    ``cause`` has no gradient either. One ``.detach()`` or unused output starves everything
+    upstream of it, and listing each of those components as a fault of its own buries the one
+    place to look; a live component in between means a second cut, which keeps its own fix."""
+    order = [c.get("name") for c in report.get("components") or [] if isinstance(c, Mapping)]
+    if cause not in order or effect not in order:
+        return None
+    first, last = order.index(effect), order.index(cause)
+    dead = {f.component for f in findings if f.rule == NO_GRADIENT_RULE}
+    if first >= last or not all(name in dead for name in order[first:last + 1]):
+        return None
+    return (f"{effect} runs before {cause}, where the gradient stops, and every component "
+            f"between them gets none either ({NO_GRADIENT_RULE})")
 
 
 def same_fix(a: Finding, b: Finding) -> bool:

@@ -9,7 +9,7 @@ the left, and the report says which columns it left out."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -21,7 +21,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from hfault.fixes.dedupe import relation_text
+from hfault.fixes.dedupe import NO_GRADIENT_RULE, relation_text
 from hfault.numbers import fmt
 from hfault.report.columns import Column, Fitted, fit, table_width
 from hfault.report.width import terminal_width
@@ -135,11 +135,33 @@ def _evidence(f: Mapping[str, Any]) -> str:
     return text
 
 
+def folded(findings: Sequence[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    """Findings shown under their cause rather than on their own: the components upstream of
+    where the gradient stops (HF003 consequences of an HF003), by the cause's rank. One cut can
+    starve dozens of components; every one stays in the JSON report, and the terminal lists
+    their names in one line."""
+    rules = {f.get("rank"): f.get("rule") for f in findings}
+    out: dict[int, list[Mapping[str, Any]]] = {}
+    for f in findings:
+        cause = f.get("consequence_of")
+        if isinstance(cause, int) and f.get("rule") == NO_GRADIENT_RULE == rules.get(cause):
+            out.setdefault(cause, []).append(f)
+    return out
+
+
 def _findings(report: Mapping[str, Any], console: Console) -> None:
-    findings = report.get("findings", [])
-    if not findings:
+    every = report.get("findings", [])
+    if not every:
         console.print(Text("No findings.", style="green"))
         return
+    under = folded(every)
+    hidden = {id(f) for group in under.values() for f in group}
+    findings = [f for f in every if id(f) not in hidden]
+
+    def component(f: Mapping[str, Any]) -> str:
+        more = len(under.get(f["rank"], []))
+        return (f.get("component") or "(run)") + (f" (+{more} upstream)" if more else "")
+
     severity = [Text(f["severity"], style=_SEVERITY_STYLE[f["severity"]]) for f in findings]
     columns = [
         Column("#", [str(f["rank"]) for f in findings]),
@@ -148,8 +170,7 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
         Column("severity", severity, justify="left",
                short=("sev", [Text(_SEVERITY_SHORT[t.plain], style=t.style)
                               for t in severity])),
-        Column("component", [f.get("component") or "(run)" for f in findings], justify="left",
-               kind="name"),
+        Column("component", [component(f) for f in findings], justify="left", kind="name"),
         Column("evidence", [_evidence(f) for f in findings], justify="left", kind="wrap"),
         Column("step", [fmt(f.get("step")) for f in findings]),
     ]
@@ -174,6 +195,12 @@ def _findings(report: Mapping[str, Any], console: Console) -> None:
         if loc:
             console.print(Padding(Text(f"at {loc['path']}:{loc['line']}", style="dim"),
                                   (0, 0, 0, 5)))
+        group = under.get(f["rank"])
+        if group:
+            names = ", ".join(g.get("component") or "(run)" for g in group)
+            console.print(Padding(Text(
+                f"+ {len(group)} more {f['rule']} finding(s), consequences of #{f['rank']}: "
+                f"{names}", style="cyan"), (0, 0, 0, 5)))
     console.print()
     shown = 0
     for f in findings:

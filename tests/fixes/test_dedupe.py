@@ -224,3 +224,51 @@ def test_sarif_says_it_in_the_message_and_properties(report: dict[str, Any]) -> 
     assert results[2]["message"]["text"].endswith(
         "Consequence of #1: embeddings is pushed by word_rnn (HF201); apply #1's fix, not one "
         "of its own.")
+
+
+# ---------------------------------------------------------------- one cut, many dead components
+def _dead_report(names: list[str]) -> dict[str, Any]:
+    return {"snapshots": snapshots(1, 50, 100), "components": [{"name": n} for n in names]}
+
+
+def _dead(*components: str) -> list[Finding]:
+    """HF003 on each component, scored like the rule (10 + forward position)."""
+    manual = Fix("Reconnect it to the loss.", {"kind": "manual"}, "x = y")
+    order = ["embed", "blocks.0.attn", "blocks.0.ffn", "blocks.1.attn", "blocks.1.ffn", "head"]
+    return [finding("HF003", c, 10 + order.index(c) / 5, step=1,
+                    fix=Fix(manual.summary, dict(manual.values), manual.snippet))
+            for c in components]
+
+
+def test_components_upstream_of_where_the_gradient_stops_are_its_consequences() -> None:
+    names = ["embed", "blocks.0.attn", "blocks.0.ffn", "blocks.1.attn", "blocks.1.ffn", "head"]
+    out = rank(_dead("embed", "blocks.0.attn", "blocks.0.ffn", "blocks.1.attn"))
+    relate(out, _dead_report(names))
+    assert [(f.component, f.consequence_of) for f in out] == [
+        ("blocks.1.attn", None), ("blocks.0.ffn", 1), ("blocks.0.attn", 1), ("embed", 1)]
+    assert "where the gradient stops" in (out[1].relation or "")
+
+
+def test_a_live_component_between_two_dead_ones_is_a_second_cut() -> None:
+    names = ["embed", "blocks.0.attn", "blocks.0.ffn", "blocks.1.attn", "blocks.1.ffn", "head"]
+    out = rank(_dead("embed", "blocks.0.attn", "blocks.1.attn"))  # blocks.0.ffn learns
+    relate(out, _dead_report(names))
+    assert [(f.component, f.consequence_of) for f in out] == [
+        ("blocks.1.attn", None), ("blocks.0.attn", None), ("embed", 2)]
+
+
+def test_terminal_folds_same_rule_consequences_under_their_cause() -> None:
+    names = ["embed", "blocks.0.attn", "blocks.0.ffn", "blocks.1.attn", "blocks.1.ffn", "head"]
+    findings = rank(_dead("embed", "blocks.0.attn", "blocks.0.ffn", "blocks.1.attn"))
+    run = RunInfo(script="train.py", argv=[], status="completed", error=None, steps=100,
+                  seconds=1.0, device="cpu", torch="2", python="3.11")
+    relate(findings, _dead_report(names))
+    data = Report(run=run, components=[], snapshots=[], losses=[], findings=findings).to_dict()
+    out = io.StringIO()
+    render(data, Console(file=out, width=200, color_system=None))
+    text = out.getvalue()
+    assert "blocks.1.attn (+3 upstream)" in text
+    assert "+ 3 more HF003 finding(s), consequences of #1: blocks.0.ffn, blocks.0.attn, embed" \
+        in text
+    assert text.count("fix: Reconnect it to the loss.") == 1
+    assert len(data["findings"]) == 4  # the JSON report keeps every one
