@@ -63,7 +63,8 @@ RUN_FEATURES: dict[str, str] = {
     "relative_step_at": "the snapshot step where relative_step was largest",
     "relative_step_lr": "the median component's learning rate at that step",
     "grad_died": "components (≥ 16 entries) whose gradient was non-zero at the first snapshot "
-    "and exactly zero in every entry at each of the last two: they stopped learning mid-run",
+    "and a tensor of zeros (not None: not frozen) at each of the last two: they stopped learning "
+    "mid-run",
     "grad_died_share": "grad_died over the components judged (those with a gradient at every "
     "snapshot)",
     "grad_died_judged": "components judged for grad_died",
@@ -456,7 +457,10 @@ class Features:
             zero = [z for z in read if z is not None]
             if len(zero) < len(read):
                 continue
-            if zero[0] < 1 and zero[-1] >= 1 and zero[-2] >= 1:
+            # a gradient of zeros, not none: a module frozen or left out of the loss on purpose
+            # part-way through (a backbone frozen after warm-up) has no gradient at all
+            missing = self._metric(comp["name"], "grad_missing")
+            if zero[0] < 1 and zero[-1] >= 1 and zero[-2] >= 1 and not any(missing[-2:]):
                 died.append(comp["name"])
                 first = len(zero) - 1
                 while first > 0 and zero[first - 1] >= 1:
