@@ -16,6 +16,7 @@ from hfault.probes.gradients import GradientStats
 from hfault.probes.init_scale import InitScaleProbe
 from hfault.probes.label_fit import LabelFitProbe
 from hfault.probes.loss_input import LossInputWatch
+from hfault.probes.next_token import NextTokenProbe
 from hfault.probes.numerics import NumericsProbe
 from hfault.probes.op_watch import OpWatch
 from hfault.probes.printed_validation import PrintedValidation
@@ -43,6 +44,7 @@ def diagnosis_probes(
         FrozenProbe(session),
         AttentionWindow(session, loss_inputs),
         LabelFitProbe(session, loss_inputs),
+        NextTokenProbe(session, loss_inputs),
         SampleMixingProbe(session, loss_inputs),
         PrintedValidation(session),
         CurvatureProbe(session, curvature) if curvature is not None else None,

@@ -111,6 +111,8 @@ class Report:
     frozen: list[dict[str, Any]] = field(default_factory=list)
     """Modules whose parameters all have requires_grad off, in models that otherwise train."""
     label_fit: list[dict[str, Any]] = field(default_factory=list)
+    next_token: list[dict[str, Any]] = field(default_factory=list)
+    """Per measured step: the share of the loss's targets that are the input one token later."""
     validation: list[list[float]] = field(default_factory=list)
     """[step, loss] of every validation loss the script printed."""
     sample_mixing: dict[str, Any] | None = None
@@ -161,6 +163,7 @@ class Report:
             "loss_inputs": self.loss_inputs,
             "frozen": self.frozen,
             "label_fit": clean(self.label_fit),
+            "next_token": clean(self.next_token),
             "validation": clean(self.validation),
             "sample_mixing": clean(self.sample_mixing),
             "findings": [f.to_dict() for f in self.findings],

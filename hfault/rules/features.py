@@ -111,6 +111,15 @@ RUN_FEATURES: dict[str, str] = {
     "frozen_module": "the first frozen, untrained module in forward order",
     "frozen_kurtosis": "the kurtosis of its largest weight",
     "frozen_in_optimizer": "whether its parameters were handed to an optimizer",
+    "next_token_share": "the smallest, over the measured steps, share of the cross_entropy "
+    "targets that equal the model's input token one position later (next-token training: about "
+    "1; any other task: about 1/vocabulary); none when no target was laid out like an "
+    "embedding's input",
+    "next_token_steps": "measured steps with such targets",
+    "attention_modules": "attention modules whose softmax over the keys the probe read at the "
+    "first snapshot that read any",
+    "attention_masked": "of those, the ones with at least one masked score (causal, padding...)",
+    "attention_first": "the first of those modules in the forward",
     "label_fit_records": "measured steps at which the targets of a cross_entropy over 2 classes "
     "or more were ranked (the label-fit probe)",
     "label_fit_step": "the last of those steps",
@@ -368,6 +377,24 @@ class Features:
             "frozen_in_optimizer": first.get("in_optimizer"),
         }
 
+    def _next_token_features(self) -> dict[str, Any]:
+        """Next-token training, and whether any attention masks anything (HF215): the smallest
+        share over the measured steps (a next-token task matches at every step), and the
+        attention modules of the first snapshot that recorded any (mask or no mask is settled
+        at the first forward)."""
+        shares = [as_float(r.get("next_token_share")) for r in self.report.get("next_token") or []]
+        known = [x for x in shares if x is not None]
+        first: Mapping[str, Any] = next(
+            (s["attention"] for s in self.snapshots if s.get("attention")), {})
+        modules = [name for name, st in first.items()
+                   if isinstance(st, Mapping) and st.get("calls")]
+        masked = [name for name in modules if (as_float(first[name].get("masked_share")) or 0) > 0]
+        return {"next_token_share": min(known) if known else None,
+                "next_token_steps": len(known),
+                "attention_modules": len(modules),
+                "attention_masked": len(masked),
+                "attention_first": modules[0] if modules else None}
+
     def _label_fit_features(self) -> dict[str, Any]:
         """The last two measured steps pooled: one step of a small batch is a few dozen rows."""
         records = [r for r in self.report.get("label_fit") or [] if r.get("samples")]
@@ -419,6 +446,7 @@ class Features:
             **self._frozen_features(),
             **self._stale_grad_features(optimizers),
             **self._label_fit_features(),
+            **self._next_token_features(),
             **_loss_features([(p["step"], p["loss"]) for p in timeline]),
             "phase": None,
         }

@@ -112,5 +112,6 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         "loss_inputs": spec.get("loss_inputs", []),
         "frozen": spec.get("frozen", []),
         "label_fit": spec.get("label_fit", []),
+        "next_token": spec.get("next_token", []),
         "sample_mixing": spec.get("sample_mixing"),
     }

@@ -1,7 +1,8 @@
 """A 4-layer causal decoder with one attention fault per layer (or none, ``--healthy``):
 layer 0 multiplies its scores by √d instead of dividing (16× too sharp at d = 16), layer 1 lost
 its causal mask, layer 2 normalizes over the queries (softmax dim=-2), layer 3 is right; the
-positional embedding is frozen at its random initialization."""
+positional embedding is frozen at its random initialization. ``--unmasked``: every layer right
+but none masks the future (the mask lost in the class all layers share)."""
 
 import math
 
@@ -42,11 +43,13 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, healthy: bool) -> None:
+    def __init__(self, healthy: bool, unmasked: bool = False) -> None:
         super().__init__()
         self.tok = nn.Embedding(V, D)
         self.pos = nn.Embedding(T, D)
         faults = [{}] * 4 if healthy else [{"scale_up": True}, {"causal": False}, {"dim": -2}, {}]
+        if unmasked:
+            faults, healthy = [{"causal": False}] * 4, True
         self.blocks = nn.ModuleList(Block(**f) for f in faults)
         self.head = nn.Linear(D, V)
         if not healthy:
@@ -60,9 +63,9 @@ class Decoder(nn.Module):
 
 
 def main() -> None:
-    args = parse({"--healthy": {"action": "store_true"}})
+    args = parse({"--healthy": {"action": "store_true"}, "--unmasked": {"action": "store_true"}})
     torch.manual_seed(args.seed)
-    model = Decoder(args.healthy)
+    model = Decoder(args.healthy, args.unmasked)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     data = torch.randint(0, V, (8, T + 1))
     for _ in range(args.steps):
