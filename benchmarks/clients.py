@@ -8,11 +8,13 @@
 
 The clients are checkouts of karpathy/nanoGPT (``nanogpt``), karpathy/minGPT (``mingpt``: the
 adder; ``chargpt``), karpathy/makemore (``makemore``, its transformer on the ``names.txt`` it
-ships) and pytorch/examples (``wlm-adamw``, ``wlm-sgd``: word_language_model; ``gat``: graph
-attention on a synthetic citation graph; ``tsp``: time_sequence_prediction, LSTM cells trained
-by LBFGS with a closure), folders given with ``--nanogpt``, ``--mingpt``, ``--makemore``,
-``--examples`` (default ``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive HEAD gat
-| tar -x -C /tmp/clients/examples``), plus a tiny GPT-2 under the transformers ``Trainer``
+ships), karpathy/ng-video-lecture (``ngvl``, the lecture's GPT with one module per head, on the
+tiny Shakespeare it ships) and pytorch/examples (``wlm-adamw``, ``wlm-sgd``:
+word_language_model; ``gat``: graph attention on a synthetic citation graph; ``tsp``:
+time_sequence_prediction, LSTM cells trained by LBFGS with a closure), folders given with
+``--nanogpt``, ``--mingpt``, ``--makemore``, ``--examples``, ``--ngvl`` (default
+``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive HEAD gat | tar -x -C
+/tmp/clients/examples``), plus a tiny GPT-2 under the transformers ``Trainer``
 (``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs ``accelerate``, which the
 project's venv lacks: ``pip install --no-deps --target /tmp/clients/pydeps accelerate psutil``,
 the ``--pydeps`` folder, put on that client's ``PYTHONPATH`` only). Nothing of theirs lives in
@@ -306,6 +308,25 @@ def prepare_gat(work: Path, variant: str) -> None:
              "e = torch.where(adj_mat > 0, connectivity_mask, e)")
 
 
+def prepare_ngvl(work: Path, variant: str) -> None:
+    """The lecture's GPT trains on the ``input.txt`` it ships (tiny Shakespeare); its settings
+    are module constants, which a user edits for a CPU: 2 layers of 4 heads, width 64, blocks
+    of 32 characters, 300 steps at a learning rate of 1e-3, a short evaluation, no sampling."""
+    script = work / "gpt.py"
+    for old, new in (("batch_size = 64", "batch_size = 16"),
+                     ("block_size = 256", "block_size = 32"),
+                     ("max_iters = 5000", "max_iters = 300"),
+                     ("eval_interval = 500", "eval_interval = 100"),
+                     ("learning_rate = 3e-4", "learning_rate = 1e-3"),
+                     ("eval_iters = 200", "eval_iters = 10"), ("n_embd = 384", "n_embd = 64"),
+                     ("n_head = 6", "n_head = 4"), ("n_layer = 6", "n_layer = 2"),
+                     ("max_new_tokens=500", "max_new_tokens=20")):
+        edit(script, old, new)
+    if variant == "bug":  # the causal mask line commented out in the Head class all heads share
+        edit(script, "        wei = wei.masked_fill(self.tril[:T, :T] == 0, float('-inf'))",
+             "        # wei = wei.masked_fill(self.tril[:T, :T] == 0, float('-inf'))")
+
+
 TSP_LENGTH = 120
 
 
@@ -385,6 +406,10 @@ CLIENTS = [
            "edge mask inverted (torch.where's branches swapped): each node attends to its "
            "non-neighbours, in the layer class both GAT layers share", "gat1 gat2", prepare_gat,
            note="full-batch graph training, one step an epoch"),
+    Client("ngvl", "ngvl", "", "gpt.py", (), 300,
+           "causal mask line commented out in the Head class every head of every block shares",
+           " ".join(f"blocks.{b}.sa.heads.{h}" for b in range(2) for h in range(4)),
+           prepare_ngvl, note="tiny Shakespeare as shipped; one nn.Module per head"),
     Client("tsp", "examples", "time_sequence_prediction", "train.py", ("--steps", "5"), 5,
            "lstm1's recurrent state detached at every time step (truncated BPTT of one step)",
            "lstm1", prepare_tsp, note="LBFGS with a closure (up to 20 evaluations a step)"),
@@ -593,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mingpt", type=Path, default=Path("/tmp/clients/mingpt"))
     parser.add_argument("--examples", type=Path, default=Path("/tmp/clients/examples"))
     parser.add_argument("--makemore", type=Path, default=Path("/tmp/clients/makemore"))
+    parser.add_argument("--ngvl", type=Path, default=Path("/tmp/clients/ngvl"),
+                        help="karpathy/ng-video-lecture (gpt.py and its input.txt)")
     parser.add_argument("--pydeps", type=Path, default=Path("/tmp/clients/pydeps"),
                         help="extra packages for the transformers Trainer client (accelerate, "
                         "psutil: pip install --no-deps --target DIR accelerate psutil)")
@@ -615,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
             PYDEPS.append(args.pydeps)
         modes = list(MODES) if args.mode == "both" else [args.mode]
         checkouts = {"nanogpt": args.nanogpt, "mingpt": args.mingpt,
-                     "examples": args.examples, "makemore": args.makemore, "own": ROOT}
+                     "examples": args.examples, "makemore": args.makemore, "ngvl": args.ngvl,
+                     "own": ROOT}
         rows = run_all(clients, modes, checkouts, args.keep)
     print_table(rows)
     if args.json:
