@@ -46,7 +46,7 @@ def shifted_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: in
     target is not laid out like the tokens (same size, or one position fewer along an axis)."""
     if tokens.dim() < 2 or target.is_floating_point() or tokens.is_floating_point():
         return None
-    best: torch.Tensor | None = None
+    found: list[torch.Tensor] = []
     for axis in (1, 0):  # (B, T) positions on axis 1; sequence-first (T, B) on axis 0
         n = int(tokens.shape[axis])
         if n < 2:
@@ -59,14 +59,20 @@ def shifted_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: in
         else:
             continue
         counted = aligned != ignore_index
-        found = torch.stack([((aligned == later.to(aligned.device)) & counted).sum(),
-                             counted.sum()]).double()
-        if best is None:
-            best = found
-        else:  # the axis with the larger share, without reading it
-            share = found[0] / found[1].clamp_min(1)
-            best_share = best[0] / best[1].clamp_min(1)
-            best = torch.where(share > best_share, found, best)
+        found.append(torch.stack([((aligned == later.to(aligned.device)) & counted).sum(),
+                                  counted.sum()]).double())
+    return best_share(found)
+
+
+def best_share(found: list[torch.Tensor]) -> torch.Tensor | None:
+    """Of (matches, counted) pairs, the one with the largest share, chosen on the device (no
+    host read); None when there is none."""
+    if not found:
+        return None
+    best = found[0]
+    for pair in found[1:]:
+        better = pair[0] / pair[1].clamp_min(1) > best[0] / best[1].clamp_min(1)
+        best = torch.where(better, pair, best)
     return best
 
 
@@ -139,12 +145,8 @@ class NextTokenProbe(Listener):
             return
         ignore = kwargs.get("ignore_index", args[3] if len(args) > 3 else -100)
         with torch.no_grad():
-            found = [m for t in self._tokens
-                     if (m := shifted_matches(t, target.detach(), int(ignore))) is not None]
-            if not found:
-                return
-            best = found[0]
-            for m in found[1:]:
-                better = m[0] / m[1].clamp_min(1) > best[0] / best[1].clamp_min(1)
-                best = torch.where(better, m, best)
+            best = best_share([m for t in self._tokens if (m := shifted_matches(
+                t, target.detach(), int(ignore))) is not None])
+        if best is None:
+            return
         self._sums = best if self._sums is None else self._sums + best.to(self._sums.device)
