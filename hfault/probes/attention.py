@@ -110,12 +110,12 @@ class AttentionProbe:
         self._restore: list[Callable[[], None]] = []
         self._handles: list[Any] = []
         self._operands: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
-        self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
-        """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
-        stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
         """Per attention module: the two operands of its latest product (matrix product,
         einsum, or linear layer) and the inner size; the scores are the product that precedes
         the softmax. Their RMS is read only when a softmax follows."""
+        self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
+        """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
+        stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
         self.input_axes: tuple[int, int] | None = None
         """The two leading sizes of the first tensor of ≥ 2 dimensions a module was called with
         in the window: the model's input, (batch, positions) or (positions, batch). When the
@@ -433,17 +433,28 @@ def _layout_fault(shape: tuple[int, ...], dim: int, batch: int | None, where: st
     return None
 
 
-def einsum_summed(equation: str, operands: int) -> list[tuple[int, ...] | None]:
-    """Per operand of an explicit einsum (``"bt,btd->bd"``), the axes it sums over: those whose
-    letter is not in the output. None for an operand it cannot tell (an ellipsis, no ``->``)."""
-    if "->" not in equation:
-        return [None] * operands
-    inputs, output = equation.replace(" ", "").split("->")
+def einsum_parts(equation: str) -> tuple[list[str], str] | None:
+    """An einsum equation's operand subscripts and its output (the implicit output of an
+    equation without ``->``: the letters that appear once, sorted); None with an ellipsis."""
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        return None
+    inputs, arrow, output = eq.partition("->")
     parts = inputs.split(",")
-    if len(parts) != operands:
+    if not arrow:
+        letters = "".join(parts)
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return parts, output
+
+
+def einsum_summed(equation: str, operands: int) -> list[tuple[int, ...] | None]:
+    """Per operand of an einsum (``"bt,btd->bd"``), the axes it sums over: those whose letter is
+    not in the output. None for every operand when it cannot tell (an ellipsis)."""
+    read = einsum_parts(equation)
+    if read is None or len(read[0]) != operands:
         return [None] * operands
-    return [None if "." in part else tuple(i for i, c in enumerate(part) if c not in output)
-            for part in parts]
+    parts, output = read
+    return [tuple(i for i, c in enumerate(part) if c not in output) for part in parts]
 
 
 def view_axes(operand: torch.Tensor, weights: torch.Tensor, summed: tuple[int, ...]
@@ -470,16 +481,10 @@ def view_axes(operand: torch.Tensor, weights: torch.Tensor, summed: tuple[int, .
 def contracted_size(equation: str, first: torch.Tensor) -> int | None:
     """The product of the sizes of the axes an einsum contracts (in the first operand and
     summed away), or None when the equation cannot be read (ellipses, one operand)."""
-    eq = equation.replace(" ", "")
-    if "..." in eq:
+    read = einsum_parts(equation)
+    if read is None or len(read[0]) != 2 or len(read[0][0]) != first.dim():
         return None
-    inputs, _, output = eq.partition("->")
-    parts = inputs.split(",")
-    if len(parts) != 2 or len(parts[0]) != first.dim():
-        return None
-    if not _:
-        letters = parts[0] + parts[1]
-        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    parts, output = read
     contracted = [i for i, c in enumerate(parts[0]) if c in parts[1] and c not in output]
     if not contracted:
         return None

@@ -278,7 +278,7 @@ def test_probe_reads_the_axis_a_pooling_product_sums_over(product, dim, summed):
 @pytest.mark.parametrize("equation, summed", [
     ("bt,btd->bd", [(1,), (1,)]),
     ("bhqk,bhkd->bhqd", [(3,), (2,)]),
-    ("ij,jk", [None, None]),  # implicit output: not read
+    ("ij,jk", [(1,), (0,)]),  # implicit output: the letters that appear once, "ik"
     ("...t,...td->...d", [None, None]),
 ])
 def test_einsum_summed(equation, summed):
