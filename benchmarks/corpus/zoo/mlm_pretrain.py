@@ -1,13 +1,13 @@
 """Masked-language-model pretraining written by hand: a tiny BERT-style encoder on Markov text.
 
-A one-layer post-LayerNorm encoder (BERT layout: separate query/key/value Linear, torch.matmul scores,
-an additive extended attention mask ``(1 - mask) * -10000`` for padding, F.softmax, dense +
-LayerNorm output, GELU intermediate), token + learned position + segment-free embeddings with an
+A one-layer post-LayerNorm encoder (BERT layout: separate query/key/value Linear, torch.matmul
+scores, an additive extended attention mask ``(1 - mask) * -10000`` for padding, F.softmax,
+dense + LayerNorm output, GELU intermediate), token + learned position embeddings with an
 embedding LayerNorm, an MLM transform head whose decoder is tied to the word embeddings. Random
 15% masking with the 80/10/10 rule, loss F.cross_entropy(ignore_index=-100) on masked slots only.
 Sequences come from a sparse random Markov chain, so a masked token is predictable only from its
 neighbours (attention is the only route to them). Adam with the embeddings in a param group of
-their own (lower LR), a step-decay schedule and gradient-norm clipping.
+their own (its own LR setting), a step-decay schedule and gradient-norm clipping.
 """
 
 import argparse

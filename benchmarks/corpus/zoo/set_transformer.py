@@ -1,4 +1,4 @@
-"""Set Transformer (Lee et al. 2019): which prototype does the highest-scoring element of a set hold.
+"""Set Transformer (Lee et al. 2019): the prototype held by the highest-scoring element of a set.
 
 Hand-written multihead attention blocks (MAB, post-LayerNorm as in the paper, separate q/k/v/o
 projections, key-padding mask via masked_fill(-1e9), Tensor.softmax); two induced set attention
