@@ -1,4 +1,4 @@
-"""A small Conformer encoder classifying the order in which three cue frames occur in noisy audio-like frames.
+"""A small Conformer classifying the order in which three cue frames occur in noisy frame sequences.
 
 Conformer blocks (macaron half-step feed-forward modules, multi-head self-attention with a learned
 clipped relative-position bias per head, a convolution module: pointwise conv + GLU, depthwise
@@ -138,7 +138,7 @@ def main():
     val_batches = [make_batch(gen, cues, 128) for _ in range(2)]
 
     model = ConformerClassifier()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                                 weight_decay=1e-4)
     warmup = 10
 
