@@ -89,10 +89,11 @@ class ForwardFlags:
         """The first module whose output was non-finite, if any (reads the probes)."""
         if self.probes is None:
             return None
-        values = iter(self.probes.tolist())
+        values, at = self.probes.tolist(), 0
         for module, count in zip(self.modules, self.counts, strict=True):
-            if not all(math.isfinite(next(values)) for _ in range(count)):
+            if not all(math.isfinite(v) for v in values[at:at + count]):
                 return module
+            at += count
         return None
 
 
