@@ -161,7 +161,8 @@ def diagnose(
         typer.Option(
             "--nan-watch/--no-nan-watch",
             help="Check every module output, and every gradient before the script's clipping, for "
-            "NaN/Inf (one reduction per output and parameter).",
+            "NaN/Inf (one reduction per output; per parameter too where the script changes "
+            "gradients before the step).",
         ),
     ] = True,
     curvature: Annotated[

@@ -3,11 +3,12 @@
 Per component and per step the statistics need ‖g‖, ‖θ‖ and the number of zero gradient entries.
 Taken one component at a time they cost several kernels and three host reads each; here one
 ``torch._foreach_norm`` in float64 gives ‖·‖ of every gradient and weight view (a slice of a
-fused parameter is a ``narrow`` view: its norm is exactly the slice's), a second one with
-``ord=0`` counts the non-zero gradient entries, and the results stay on the device as one
-tensor. Float64 makes the norm of any finite float32/float16/bfloat16 tensor finite, so
-"every norm is finite" is "every gradient and weight is finite": that one value is read at each
-step; the rest when asked for.
+fused parameter is a ``narrow`` view: its norm is exactly the slice's), ``count_nonzero`` counts
+the non-zero gradient entries (the exact integers the ``ord=0`` norm gives, without its float64
+copy of each gradient: a third of its time on a CPU), and the results stay on the device as one
+tensor. Float64 makes the norm of any finite float32/float16/bfloat16 tensor finite, so "every
+norm is finite" is "every gradient and weight is finite": that one value is read at each step;
+the rest when asked for.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ class FusedStats:
             grad_numels.append(numel)
         with torch.no_grad():
             norms = torch._foreach_norm(grads + weights, 2, dtype=torch.float64)
-            nonzero = torch._foreach_norm(grads, 0, dtype=torch.float64) if grads else []
-            values = stack([*norms, *nonzero])
+            values = stack(norms)
+            if grads:  # the int64 counts, promoted to float64 (exact) by the cat: a stack of
+                # mixed dtypes would take several times as long
+                values = torch.cat([values, stack([torch.count_nonzero(g) for g in grads])])
             finite = reads.put(values[: len(norms)].sum())
         lrs = [[lr for g in groups if (lr := _lr(g.get("lr"))) is not None]
                for groups in layout.groups]

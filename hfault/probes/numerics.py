@@ -3,16 +3,17 @@ NaN/Inf (in completion order, so the innermost culprit is named first), or the p
 gradient does, and the step where it happens.
 
 Checks are recorded as device tensors and read only when the loss itself is non-finite, so a
-healthy run pays one reduction per module output and no host read of its own: the loss is read
-at the step with the step's other values (``capture.host_reads``), and so is whether the
-first-order statistics (the norms of weights and gradients) are all finite.
+healthy run pays one reduction per module output (``aminmax``) and no host read of its own: the
+loss is read at the step with the step's other values (``capture.host_reads``), and so is whether
+the first-order statistics (the norms of weights and gradients) are all finite. The gradients as
+backward left them are watched by ``probes.raw_gradients``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CHECK, BackwardEvent, Listener
 from hfault.probes.fused_stats import stack
 from hfault.probes.gradients import GradientStats, StepRecord
+from hfault.probes.raw_gradients import GradientWatch
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -61,67 +63,72 @@ def _tensors(output: object) -> Iterable[torch.Tensor]:
                 yield item
 
 
-_SUMMABLE = (torch.float32, torch.float16, torch.bfloat16)
+_MIN_MAX = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def finite_probe(t: torch.Tensor) -> torch.Tensor:
-    """A float64 scalar that is finite exactly when ``t`` is: for float32/16 and bfloat16 the
-    float64 sum (it cannot overflow; a NaN or Inf entry makes it non-finite), one kernel and no
-    temporary of ``t``'s size; for other dtypes log(all finite): 0 or -inf."""
-    if t.dtype in _SUMMABLE:
-        return t.sum(dtype=torch.float64)
-    return torch.isfinite(t).all().to(torch.float64).log()
+def finite_probe(t: torch.Tensor) -> Sequence[torch.Tensor]:
+    """Scalars that are all finite exactly when ``t`` is. For real floating dtypes ``t``'s
+    minimum and maximum: one ``aminmax`` kernel (a NaN propagates to both, an Inf is one of
+    them), no temporary (a float64 sum copies ``t`` to float64 first on a CPU: twice the time);
+    none for an empty ``t``. For other dtypes log(all finite): 0 or -inf."""
+    if t.dtype in _MIN_MAX:
+        return torch.aminmax(t) if t.numel() else ()
+    return (torch.isfinite(t).all().to(torch.float64).log(),)
 
 
 @dataclass
 class ForwardFlags:
-    """The modules whose outputs one forward recorded, in completion order, and their finite
-    probes stacked into one device tensor."""
+    """The modules whose outputs one forward recorded, in completion order, how many probes
+    each has, and all the probes stacked into one device tensor."""
 
     modules: list[nn.Module]
+    counts: list[int]
     probes: torch.Tensor | None
 
     def first_bad(self) -> nn.Module | None:
         """The first module whose output was non-finite, if any (reads the probes)."""
         if self.probes is None:
             return None
-        for module, value in zip(self.modules, self.probes.tolist(), strict=True):
-            if not math.isfinite(value):
+        values, at = self.probes.tolist(), 0
+        for module, count in zip(self.modules, self.counts, strict=True):
+            if not all(math.isfinite(v) for v in values[at:at + count]):
                 return module
+            at += count
         return None
 
 
 class ActivationWatch:
-    """Collects, per forward pass, a finite probe of each module output (no host read)."""
+    """Collects, per forward pass, the finite probes of each module output (no host read)."""
 
     MAX_PENDING = 20000
 
     def __init__(self) -> None:
-        self.pending: list[tuple[nn.Module, torch.Tensor]] = []
+        self.pending: list[tuple[nn.Module, Sequence[torch.Tensor]]] = []
 
     def record(self, module: nn.Module, output: object) -> None:
         if not torch.is_grad_enabled():
             return
-        probes = [
-            finite_probe(t.detach())
-            for t in _tensors(output)
-            if t.is_floating_point() or t.is_complex()
-        ]
+        probes: Sequence[torch.Tensor]
+        if isinstance(output, torch.Tensor):  # the common case, without building a list
+            if not (output.is_floating_point() or output.is_complex()):
+                return
+            probes = finite_probe(output.detach())
+        else:
+            probes = [probe for t in _tensors(output) if t.is_floating_point() or t.is_complex()
+                      for probe in finite_probe(t.detach())]
         if not probes:
             return
         if len(self.pending) >= self.MAX_PENDING:
             del self.pending[: self.MAX_PENDING // 2]
-        probe = probes[0]
-        for other in probes[1:]:
-            probe = probe + other  # non-finite if any is (inf - inf is NaN)
-        self.pending.append((module, probe))
+        self.pending.append((module, probes))
 
     def take(self) -> ForwardFlags:
         """What the forward since the last ``take`` recorded; starts a new one."""
         pending, self.pending = self.pending, []
         if not pending:
-            return ForwardFlags([], None)
-        return ForwardFlags([m for m, _ in pending], torch.stack([p for _, p in pending]))
+            return ForwardFlags([], [], None)
+        return ForwardFlags([m for m, _ in pending], [len(p) for _, p in pending],
+                            stack([probe for _, probes in pending for probe in probes]))
 
     def clear(self) -> None:
         self.pending.clear()
@@ -131,54 +138,6 @@ def describe_value(x: float) -> str:
     if x != x:
         return "nan"
     return "inf" if x > 0 else "-inf"
-
-
-class GradientWatch:
-    """Whether each component's ``.grad`` was finite right after ``backward`` returned.
-
-    The optimizer-step hook sees gradients only after the script's own post-processing:
-    ``clip_grad_norm_`` with a NaN total norm multiplies *every* gradient by NaN, which would hide
-    where the NaN came from. One fused float64 norm per backward (finite exactly when the
-    gradient is), kept on the device and read only when a step's gradients are bad.
-    """
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.owners: list[int] = []
-        self.norms: torch.Tensor | None = None
-
-    def record(self, components: Iterable[Any]) -> None:
-        names: list[str] = []
-        owners: list[int] = []
-        views: list[torch.Tensor] = []
-        for comp in components:
-            for part in comp.parts:
-                if part.param.grad is not None:
-                    if not names or names[-1] != comp.name:
-                        names.append(comp.name)
-                    owners.append(len(names) - 1)
-                    views.append(part.view(part.param.grad))
-        self.names, self.owners = names, owners
-        if not views:
-            self.norms = None
-            return
-        with torch.no_grad():
-            norms = torch._foreach_norm(views, 2, dtype=torch.float64)
-        self.norms = stack(norms)
-
-    def bad_components(self) -> list[str] | None:
-        """Components whose gradient was non-finite after the last backward (None: no record)."""
-        if self.norms is None:
-            return None
-        bad: list[str] = []
-        for owner, value in zip(self.owners, self.norms.tolist(), strict=True):
-            name = self.names[owner]
-            if not math.isfinite(value) and (not bad or bad[-1] != name):
-                bad.append(name)
-        return bad
-
-    def clear(self) -> None:
-        self.names, self.owners, self.norms = [], [], None
 
 
 class NumericsProbe(Listener):
@@ -225,6 +184,8 @@ class NumericsProbe(Listener):
             self.gradient_flags.record(self.session.state.components)
 
     def before_step(self, opt: torch.optim.Optimizer) -> None:
+        if self.watch:
+            self.gradient_flags.step()
         self._check_forwards()
         record = self.gradients.last
         if record is not None and not record.finite():
