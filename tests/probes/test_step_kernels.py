@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hfault.capture.schedule import Schedule
 from hfault.capture.session import CaptureSession
 from hfault.probes.registry import diagnosis_probes
+from tests.probes.test_host_syncs import Net  # the host-sync test's model
 
 
 class KernelCount(TorchDispatchMode):
@@ -33,22 +34,6 @@ class KernelCount(TorchDispatchMode):
         name = func.overloadpacket.__name__
         self.counts[name] += len(args[0]) if name.startswith("_foreach") else 1
         return func(*args, **(kwargs or {}))
-
-
-class Net(nn.Module):
-    """Whole parameters, the fused q/k/v slices of nn.MultiheadAttention, a norm."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(6, 16)
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
-        self.norm = nn.LayerNorm(16)
-        self.head = nn.Linear(16, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
-        h = self.norm(h + self.attn(h, h, h, need_weights=False)[0])
-        return self.head(h.mean(1))
 
 
 def _step_kernels(clip: bool, session: CaptureSession | None) -> tuple[Counter[str], int]:
