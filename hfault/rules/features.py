@@ -116,6 +116,7 @@ RUN_FEATURES: dict[str, str] = {
     "1; any other task: about 1/vocabulary); none when no target was laid out like an "
     "embedding's input",
     "next_token_steps": "measured steps with such targets",
+    "next_token_step": "the first of those steps",
     "attention_modules": "attention modules whose softmax over the keys the probe read at the "
     "first snapshot that read any",
     "attention_masked": "of those, the ones with at least one masked score (causal, padding...)",
@@ -382,7 +383,8 @@ class Features:
         share over the measured steps (a next-token task matches at every step), and the
         attention modules of the first snapshot that recorded any (mask or no mask is settled
         at the first forward)."""
-        shares = [as_float(r.get("next_token_share")) for r in self.report.get("next_token") or []]
+        records = list(self.report.get("next_token") or [])
+        shares = [as_float(r.get("next_token_share")) for r in records]
         known = [x for x in shares if x is not None]
         first: Mapping[str, Any] = next(
             (s["attention"] for s in self.snapshots if s.get("attention")), {})
@@ -391,6 +393,7 @@ class Features:
         masked = [name for name in modules if (as_float(first[name].get("masked_share")) or 0) > 0]
         return {"next_token_share": min(known) if known else None,
                 "next_token_steps": len(known),
+                "next_token_step": records[0].get("step") if records else None,
                 "attention_modules": len(modules),
                 "attention_masked": len(masked),
                 "attention_first": modules[0] if modules else None}

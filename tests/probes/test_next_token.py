@@ -58,5 +58,6 @@ def test_a_decoder_without_any_causal_mask_is_an_error(cli, variant: str, fires:
     found = [(f["rule"], f["component"]) for f in done.report["findings"]]
     if fires:
         assert found == [("HF215", "blocks.0.attn")]
+        assert done.report["findings"][0]["step"] == done.report["next_token"][0]["step"]
     else:
         assert found == []
