@@ -260,11 +260,14 @@ class AttentionProbe:
         stats = self.stats.setdefault(id(module), AttentionStats())
         self.modules[id(module)] = module
         entry = (tuple(probs.shape), dim)
-        if entry not in stats.axes and len(stats.axes) < 4:
+        if entry not in stats.axes:
+            if len(stats.axes) >= 4:
+                return
             stats.axes.append(entry)
             stats.summed.append(None)
-        if entry in stats.axes and stats.summed[stats.axes.index(entry)] is None:
-            self._weights[id(probs)] = (probs, stats, stats.axes.index(entry))
+        index = stats.axes.index(entry)
+        if stats.summed[index] is None:  # not yet seen applied: follow these weights
+            self._weights[id(probs)] = (probs, stats, index)
 
     def _applied(self, operand: torch.Tensor, summed: tuple[int, ...]) -> None:
         """A product summed ``operand`` over ``summed``: if it is (a view of) softmax weights
