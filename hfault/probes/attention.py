@@ -56,6 +56,11 @@ class AttentionStats:
     summed: list[tuple[int, ...] | None] = field(default_factory=list)
     """Per entry of ``axes``: the axes (of the weights) that the first product applying those
     weights summed over, when a matrix product or einsum consumed them directly; else None."""
+    pad_mass: float = 0.0
+    pad_share: float = 0.0
+    pad_rows: int = 0
+    """Over the rows of real queries of padded samples whose keys are the model input's
+    positions: the attention weight that lands on padding, the share of keys that are padding."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,8 @@ class AttentionStats:
             "masked_share": self.masked / self.entries if self.entries else None,
             "logit_gain": self.gain_sum / self.gain_calls if self.gain_calls else None,
             "inner": self.inner,
+            "padding_mass": self.pad_mass / self.pad_rows if self.pad_rows else None,
+            "padding_share": self.pad_share / self.pad_rows if self.pad_rows else None,
             "softmax_axes": [{"shape": list(shape), "dim": dim,
                               "summed": list(summed) if summed is not None else None}
                              for (shape, dim), summed in zip(self.axes, self.summed,
@@ -116,6 +123,10 @@ class AttentionProbe:
         self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
         """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
         stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
+        self.input: torch.Tensor | None = None
+        """The first tensor of ≥ 2 dimensions a module was called with in the window."""
+        self._padding: torch.Tensor | bool | None = False
+        """The input's padding, (batch, positions), once looked for (False: not yet)."""
         self.input_axes: tuple[int, int] | None = None
         """The two leading sizes of the first tensor of ≥ 2 dimensions a module was called with
         in the window: the model's input, (batch, positions) or (positions, batch). When the
@@ -126,7 +137,7 @@ class AttentionProbe:
         if self._restore:
             return
         self.stats, self.modules, self._stack = {}, {}, []
-        self.input_axes = None
+        self.input_axes, self.input, self._padding = None, None, False
         self._handles = module_hooks(self._push, self._pop, always_call=True)
         self._patch(F, "softmax", self._wrap_softmax)
         self._patch(torch, "softmax", self._wrap_softmax)
@@ -147,6 +158,7 @@ class AttentionProbe:
             restore()
         self._handles, self._restore, self._stack = [], [], []
         self._weights = {}
+        self.input, self._padding = None, False
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> None:
         self._restore.append(patch(owner, name, wrap))
@@ -155,6 +167,8 @@ class AttentionProbe:
     def _push(self, module: nn.Module, args: Any) -> None:
         if self.input_axes is None:
             self.input_axes = leading_sizes(args)
+            if self.input_axes is not None:
+                self.input = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2)
         if self.is_attention(module):
             self._stack.append(module)
             self._operands.pop(id(module), None)  # a product of an earlier call is not this one's
@@ -331,6 +345,33 @@ class AttentionProbe:
                     stats.inner = inner
             stats.masked += masked
             stats.entries += logits.numel()
+            self._record_padding(p, stats)
+
+    def _record_padding(self, p: torch.Tensor, stats: AttentionStats) -> None:
+        """How much of the weights of real queries lands on the input's padding, when the keys
+        are the input's positions (a padding mask, applied, leaves exactly 0)."""
+        if self._padding is False:
+            self._padding = (padding_positions(self.input.detach())
+                             if self.input is not None else None)
+        pad = self._padding
+        if not isinstance(pad, torch.Tensor) or p.dim() < 2:
+            return
+        batch, positions = pad.shape
+        if p.shape[-1] != positions or p.shape[0] % batch or p.numel() == 0:
+            return
+        queries = p.shape[-2] if p.dim() >= 3 else 1
+        w = p.reshape(batch, -1, queries, positions)
+        pad = pad.to(w.device)
+        mass = (w * pad[:, None, None, :].to(w.dtype)).sum(-1)  # (batch, heads, queries)
+        mixed = pad.any(1) & (~pad).any(1)
+        real = ~pad if queries == positions else torch.ones(batch, queries, dtype=torch.bool,
+                                                             device=w.device)
+        rows = (mixed[:, None] & real).to(w.dtype)  # (batch, queries)
+        share = pad.to(w.dtype).mean(1)[:, None] * rows
+        heads = w.shape[1]
+        stats.pad_mass += float((mass * rows[:, None, :]).sum())
+        stats.pad_share += float(share.sum()) * heads
+        stats.pad_rows += int(rows.sum()) * heads
 
 
 class AttentionWindow(Listener):
@@ -382,6 +423,47 @@ class AttentionWindow(Listener):
             record["type"] = type(modules[mid]).__name__
             out[name] = record
         self.records[step] = out
+
+
+PAD_RUN_ROWS = 0.2
+"""Padding is told from data that merely ends alike by its runs: at least this share of the
+samples end in a run of two or more pad positions, and the run lengths differ across samples."""
+
+
+def padding_positions(x: torch.Tensor) -> torch.Tensor | None:
+    """The padded positions of a model input, (batch, positions): the trailing (else leading)
+    run, per sample, of the pad id (integer ids: the id most samples end with) or of all-zero
+    feature vectors (float input of ≥ 3 dimensions), batch-first or sequence-first. None when
+    the input does not look padded: too few samples end in a run of two or more, every sample
+    has the same run (a fixed suffix, not padding), or the runs cover almost everything."""
+    if x.dim() < 2 or x.is_complex() or x.dtype == torch.bool:
+        return None
+    if x.is_floating_point() and x.dim() < 3:
+        return None  # a (batch, positions) float input: a zero is a value, not a pad
+    for seq_first in (False, True):
+        data = x.transpose(0, 1) if seq_first else x
+        if data.shape[0] < 4 or data.shape[1] < 4:
+            continue
+        for leading in (False, True):
+            if data.is_floating_point():
+                blank = (data == 0).reshape(data.shape[0], data.shape[1], -1).all(-1)
+            else:  # the pad id: the one most samples end (or start) with
+                blank = data == data[:, 0 if leading else -1].mode().values
+            b = blank if leading else blank.flip(1)
+            run = b.int().cummin(1).values.bool()
+            run = run if leading else run.flip(1)
+            if _looks_padded(run):
+                return run
+    return None
+
+
+def _looks_padded(run: torch.Tensor) -> bool:
+    lengths = run.sum(1)
+    share = float(run.float().mean())
+    return (float((lengths >= 2).float().mean()) >= PAD_RUN_ROWS
+            and int(lengths.unique().numel()) >= 2
+            and 0.02 <= share <= 0.9
+            and bool((lengths < run.shape[1]).all()))
 
 
 MASKED_LOGIT = -5e3

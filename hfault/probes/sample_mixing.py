@@ -96,6 +96,19 @@ def mixing_shares(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     return out
 
 
+def position_ids_size(ids: torch.Tensor) -> int | None:
+    """T when ``ids`` (an embedding's integer input) are position ids: 0, 1, …, T − 1 (from any
+    offset) along the last axis, the same in every row (``arange(T)``, expanded over the batch or
+    not). A learned position embedding tells the positions axis apart from the batch where the
+    loss cannot (a per-token loss over samples × positions)."""
+    if ids.is_floating_point() or ids.dim() == 0 or ids.shape[-1] < 3:
+        return None
+    n = int(ids.shape[-1])
+    steps = torch.arange(n, device=ids.device)
+    rows = ids.reshape(-1, n)
+    return n if bool((rows == rows[:1, :1] + steps).all()) else None
+
+
 def reentrant_checkpoint(loss: torch.Tensor, limit: int = 200_000) -> bool:
     """Whether the loss's graph holds a reentrant ``torch.utils.checkpoint`` region (a bounded
     walk: a graph larger than ``limit`` nodes is taken to hold one, and left untested)."""
@@ -124,11 +137,13 @@ class SampleMixingProbe(Listener):
         self._done = False
         self._seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self._input_axes: tuple[int, int] | None = None
+        self._positions: int | None = None
         self.record: dict[str, Any] | None = None
 
     def window_opened(self, step: int) -> None:
         if not self._done:
             self._watching, self._seen, self._input_axes = True, [], None
+            self._positions = None
 
     def forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._watching and self._input_axes is None:
@@ -139,6 +154,8 @@ class SampleMixingProbe(Listener):
             return
         x = first_tensor(args)
         y = first_tensor(output)
+        if self._positions is None and isinstance(module, nn.Embedding) and x is not None:
+            self._positions = position_ids_size(x)
         if (x is None or y is None or x.dim() < 3 or y.dim() < 3 or not x.requires_grad
                 or not y.requires_grad or not x.is_floating_point()
                 or not y.is_floating_point()):
@@ -179,7 +196,7 @@ class SampleMixingProbe(Listener):
                             "mixes": [v is not None and v > MIXING for v in read]})
         batch = self.loss_inputs.batch if self.loss_inputs is not None else None
         self.record = {"step": event.step, "input_axes": list(self._input_axes or []) or None,
-                       "batch": batch, "modules": modules}
+                       "batch": batch, "positions": self._positions, "modules": modules}
 
     def close(self) -> None:
         self._watching, self._seen = False, []

@@ -3,8 +3,9 @@
 The probe records, per tested module, along which of its input's two leading sizes it mixes.
 Telling which size is the batch is interpretation, so it lives with the rules: correct modules mix
 along the positions only, so the batch is the loss's sample count when the loss is per sample,
-otherwise the model input's leading size that fewer modules mix along (on a tie the first one,
-where data loaders stack samples).
+otherwise the model input's leading size other than the one a position embedding's ids run along
+(a per-token loss over samples × positions cannot tell), else the leading size that fewer modules
+mix along (on a tie the first one, where data loaders stack samples).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def mixers(modules: Sequence[dict[str, Any]]) -> list[tuple[str, set[int]]]:
 def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
     """The modules that mix along the batch, and how the batch was told apart from the
     positions: the loss's leading size when the loss is per sample; otherwise, of the model
-    input's two leading sizes, the one fewer modules mix along (correct modules mix along the
+    input's two leading sizes, the one a position embedding's ids do not run along, else the one
+    fewer modules mix along (correct modules mix along the
     positions only; on a tie, the first, as data loaders stack samples on axis 0)."""
     none: dict[str, Any] = {"culprits": [], "batch": None, "positions": None, "how": None,
                             "peers": 0}
@@ -48,8 +50,11 @@ def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
     a, b = int(axes[0]), int(axes[1])
     count = {a: sum(a in sizes for _, sizes in found), b: sum(b in sizes for _, sizes in found)}
     loss_batch = record.get("batch")
+    positions = record.get("positions")
     if loss_batch in (a, b):
         batch, how = int(loss_batch), "the loss's samples"
+    elif positions in (a, b):
+        batch, how = (b if positions == a else a), "the position embedding's ids"
     elif count[a] and count[b]:
         batch = a if count[a] <= count[b] else b
         how = "fewer modules mix along it"

@@ -195,6 +195,10 @@ COMPONENT_FEATURES: dict[str, str] = {
     "init_scale": "rms(W)·√fan_in of the largest ≥2-D weight before the first update (about "
     "0.2–1.4 for standard initializers; none for embeddings, biases, norm gains, scalars)",
     "init_scale_peers": "median init_scale of the other components",
+    "table_rms_peers": "for an embedding table: the median init_rms of the model's other "
+    "embedding tables (those of RMS ≥ 1e-3); none for other components or without a peer",
+    "table_rms_ratio": "init_rms / table_rms_peers: how much larger this table's rows start than "
+    "the other tables' (none without a peer)",
     "init_fan_in": "fan-in of that weight",
     "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
     "1 = last (the report lists components in forward order)",
@@ -282,6 +286,16 @@ ATTENTION_FEATURES: dict[str, str] = {
     "batch": "leading size of the loss input at the first measured step (its samples; samples × "
     "positions when the script flattens them)",
     "keys_peer_count": "number of same-role modules of other layers with a key count",
+    "padding_mass": "at the first measured step, the mean attention weight that real queries "
+    "(not padding themselves) of padded samples put on the keys that are padding of the model's "
+    "input (a trailing or leading run of the pad id, or of all-zero feature vectors, whose "
+    "length varies across samples); exactly 0 under a padding mask; none when the input is not "
+    "padded or the keys are not its positions",
+    "padding_share": "the mean share of those rows' keys that are padding (what uniform attention "
+    "would put on them)",
+    "padding_masked_peers": "other attention modules over the same padded positions whose "
+    "padding_mass is 0 (they apply the mask)",
+    "padding_peer": "one of them, else none",
     "input_axis_other": "when keys_first is one of the two leading sizes of the model's input "
     "at the first measured step and keys_peers the other: that other size (the axis the other "
     "layers attend over); none otherwise",
@@ -299,6 +313,7 @@ PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite"})
 """A run-scope rule reading any of these is judged per phase when phases have their own losses."""
 
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
+_TABLES = ("Embedding", "EmbeddingBag")
 _MIN_PEER_INIT_RMS = 1e-3  # zero-initialised parameters' growth is not a comparable peer
 _PUSH_GROWTH = 10.0  # HF006's error-level growth: weights this much larger scale what flows through
 
@@ -688,6 +703,8 @@ class Features:
         growth = {name: self._growth(name, m["weight_norm"]) for name, m in raw.items()}
         out: dict[str, dict[str, Any]] = {}
         last = max(1, len(self.components) - 1)
+        table_rms = {c["name"]: _first_rms(raw[c["name"]]["weight_norm"], c.get("numel"))
+                     for c in self.components if c.get("module_type") in _TABLES}
         for index, comp in enumerate(self.components):
             name, m = comp["name"], raw[comp["name"]]
             others = [n for n in raw if n != name]
@@ -718,7 +735,11 @@ class Features:
                 if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS
             ]
             init = comp.get("init") or {}
+            tables = _median(v for n, v in table_rms.items() if n != name and v is not None
+                             and v >= _MIN_PEER_INIT_RMS) if name in table_rms else None
             f.update(
+                table_rms_peers=tables,
+                table_rms_ratio=_ratio(init_rms, tables),
                 init_scale=as_float(init.get("scale")),
                 init_scale_peers=_median(
                     as_float((self.by_name[n].get("init") or {}).get("scale")) for n in others),
@@ -924,6 +945,15 @@ class Features:
                 keys_peer_count=len([m for m in same_role if first[m].get("keys")]),
                 causal_peer=causal[0] if causal else None,
             )
+            masking = [m for m in modules if m != module
+                       and (as_float(first[m].get("padding_mass")) or 0.0) == 0.0
+                       and first[m].get("padding_mass") is not None]
+            f.update(
+                padding_mass=as_float(first[module].get("padding_mass")),
+                padding_share=as_float(first[module].get("padding_share")),
+                padding_masked_peers=len(masking),
+                padding_peer=masking[0] if masking else None,
+            )
             subjects.append(Subject("attention", module, {**self.run, **f},
                                     component=weakest or module))
         return subjects
@@ -942,6 +972,12 @@ class Features:
         if scope == "attention":
             return self.attention_subjects()
         raise ValueError(f"unknown scope {scope!r}")
+
+
+def _first_rms(norms: Sequence[Any], numel: Any) -> float | None:
+    """A weight's RMS at its first snapshot, from its norm."""
+    first = next((x for x in map(as_float, norms) if x is not None), None)
+    return first / math.sqrt(max(1, int(numel or 1))) if first is not None else None
 
 
 def _loss_features(points: Sequence[Sequence[Any]]) -> dict[str, Any]:

@@ -211,3 +211,17 @@ def test_attention_over_the_batch_is_found_when_the_loss_is_flattened(cli, swap_
         f"blocks.{i}.attn": [8, 12] for i in range(3)}
     found = [(f["component"], f["severity"]) for f in result.findings("HF212")]
     assert found == ([] if swap_layer < 0 else [(f"blocks.{swap_layer}.attn", "error")])
+
+
+@pytest.mark.parametrize("swap_layer", [-1, 0])
+def test_a_one_layer_model_mixing_samples_is_told_by_its_position_ids(cli, swap_layer) -> None:  # type: ignore[no-untyped-def]
+    """One layer, a flattened loss: no other layer to compare with and no per-sample loss; the
+    position embedding's ids (0..11) say which of the input's sizes is the positions."""
+    result = cli("diagnose", str(SCRIPTS / "batch_axis_train.py"), "--no-curvature",
+                 "--fail-on", "never", "--", "--steps", "6", "--layers", "1",
+                 "--swap-layer", str(swap_layer))
+    assert result.report["sample_mixing"]["positions"] == 12
+    found = [(f["component"], f["severity"]) for f in result.findings("HF213")]
+    assert found == ([] if swap_layer < 0 else [("blocks.0.attn", "error")])
+    if found:
+        assert "position embedding" in result.findings("HF213")[0]["message"]

@@ -1,7 +1,8 @@
 """A 3-layer causal decoder (SDPA) trained on a copy task, the logits flattened into the loss
 (batch × positions rows, as nanoGPT does); ``--swap-layer K`` hands block K's attention its input
 as (positions, batch, d): the block was written for sequence-first tensors, so it attends over the
-samples of the batch."""
+samples of the batch. ``--layers N``: N blocks (a one-layer model has no other layer to compare
+with)."""
 
 import torch
 from common import parse, save
@@ -41,11 +42,11 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, swap_layer: int) -> None:
+    def __init__(self, swap_layer: int, layers: int = 3) -> None:
         super().__init__()
         self.tok = nn.Embedding(V, D)
         self.pos = nn.Embedding(T, D)
-        self.blocks = nn.ModuleList(Block(i == swap_layer) for i in range(3))
+        self.blocks = nn.ModuleList(Block(i == swap_layer) for i in range(layers))
         self.head = nn.Linear(D, V)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -56,9 +57,10 @@ class Decoder(nn.Module):
 
 
 def main() -> None:
-    args = parse({"--swap-layer": {"type": int, "default": -1}})
+    args = parse({"--swap-layer": {"type": int, "default": -1},
+                  "--layers": {"type": int, "default": 3}})
     torch.manual_seed(args.seed)
-    model = Decoder(args.swap_layer)
+    model = Decoder(args.swap_layer, args.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(args.steps):
