@@ -123,10 +123,13 @@ class AttentionProbe:
         self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
         """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
         stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
-        self.input: torch.Tensor | None = None
-        """The first tensor of ≥ 2 dimensions a module was called with in the window."""
-        self._padding: torch.Tensor | bool | None = False
-        """The input's padding, (batch, positions), once looked for (False: not yet)."""
+        self._inputs: list[torch.Tensor] = []
+        """Where padding may be: the first tensor of ≥ 2 dimensions a module was called with in
+        the window (the model's input), then the integer inputs of its embedding calls (a
+        translation model's source and target ids)."""
+        self._pads: list[torch.Tensor] = []
+        self._looked = 0
+        """Padding found in ``_inputs[:_looked]``, (batch, positions) each."""
         self.input_axes: tuple[int, int] | None = None
         """The two leading sizes of the first tensor of ≥ 2 dimensions a module was called with
         in the window: the model's input, (batch, positions) or (positions, batch). When the
@@ -137,7 +140,7 @@ class AttentionProbe:
         if self._restore:
             return
         self.stats, self.modules, self._stack = {}, {}, []
-        self.input_axes, self.input, self._padding = None, None, False
+        self.input_axes, self._inputs, self._pads, self._looked = None, [], [], 0
         self._handles = module_hooks(self._push, self._pop, always_call=True)
         self._patch(F, "softmax", self._wrap_softmax)
         self._patch(torch, "softmax", self._wrap_softmax)
@@ -150,6 +153,7 @@ class AttentionProbe:
         self._patch(torch, "baddbmm", lambda o: self._wrap_product(o, 1))
         self._patch(F, "linear", self._wrap_linear)
         self._patch(torch, "einsum", self._wrap_einsum)
+        self._patch(F, "embedding", self._wrap_embedding)
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -158,7 +162,7 @@ class AttentionProbe:
             restore()
         self._handles, self._restore, self._stack = [], [], []
         self._weights = {}
-        self.input, self._padding = None, False
+        self._inputs, self._pads, self._looked = [], [], 0
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> None:
         self._restore.append(patch(owner, name, wrap))
@@ -168,7 +172,8 @@ class AttentionProbe:
         if self.input_axes is None:
             self.input_axes = leading_sizes(args)
             if self.input_axes is not None:
-                self.input = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2)
+                self._inputs.append(next(a for a in args if isinstance(a, torch.Tensor)
+                                         and a.dim() >= 2))
         if self.is_attention(module):
             self._stack.append(module)
             self._operands.pop(id(module), None)  # a product of an earlier call is not this one's
@@ -347,31 +352,42 @@ class AttentionProbe:
             stats.entries += logits.numel()
             self._record_padding(p, stats)
 
+    def _wrap_embedding(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        probe = self
+
+        @delegate
+        def embedding(input: Any, *args: Any, **kwargs: Any) -> Any:
+            if (isinstance(input, torch.Tensor) and input.dim() >= 2
+                    and not input.is_floating_point() and len(probe._inputs) < MAX_PAD_INPUTS
+                    and torch.is_grad_enabled()):
+                probe._inputs.append(input)
+            return original(input, *args, **kwargs)
+
+        return embedding
+
     def _record_padding(self, p: torch.Tensor, stats: AttentionStats) -> None:
         """How much of the weights of real queries lands on the input's padding, when the keys
-        are the input's positions (a padding mask, applied, leaves exactly 0)."""
-        if self._padding is False:
-            self._padding = (padding_positions(self.input.detach())
-                             if self.input is not None else None)
-        pad = self._padding
-        if not isinstance(pad, torch.Tensor) or p.dim() < 2:
+        are the positions of a padded input (a padding mask, applied, leaves exactly 0). With
+        several padded inputs of that length (a translation's source and target), the one the
+        weights avoid most: a module is called unmasked only if it reads padding whichever
+        sequence its keys are."""
+        for x in self._inputs[self._looked:]:
+            for pad in padding_positions(x.detach()):
+                if not any(pad.shape == q.shape and torch.equal(pad, q) for q in self._pads):
+                    self._pads.append(pad)
+        self._looked = len(self._inputs)
+        if p.dim() < 2 or p.numel() == 0:
             return
-        batch, positions = pad.shape
-        if p.shape[-1] != positions or p.shape[0] % batch or p.numel() == 0:
-            return
-        queries = p.shape[-2] if p.dim() >= 3 else 1
-        w = p.reshape(batch, -1, queries, positions)
-        pad = pad.to(w.device)
-        mass = (w * pad[:, None, None, :].to(w.dtype)).sum(-1)  # (batch, heads, queries)
-        mixed = pad.any(1) & (~pad).any(1)
-        real = ~pad if queries == positions else torch.ones(batch, queries, dtype=torch.bool,
-                                                             device=w.device)
-        rows = (mixed[:, None] & real).to(w.dtype)  # (batch, queries)
-        share = pad.to(w.dtype).mean(1)[:, None] * rows
-        heads = w.shape[1]
-        stats.pad_mass += float((mass * rows[:, None, :]).sum())
-        stats.pad_share += float(share.sum()) * heads
-        stats.pad_rows += int(rows.sum()) * heads
+        best: tuple[float, float, int] | None = None
+        for pad in self._pads:
+            found = padding_weight(p, pad)
+            if found is not None and found[2] and (
+                    best is None or found[0] / found[2] < best[0] / best[2]):
+                best = found
+        if best is not None:
+            stats.pad_mass += best[0]
+            stats.pad_share += best[1]
+            stats.pad_rows += best[2]
 
 
 class AttentionWindow(Listener):
@@ -425,21 +441,49 @@ class AttentionWindow(Listener):
         self.records[step] = out
 
 
+MAX_PAD_INPUTS = 6
+"""Inputs kept per window to look for padding in (the model's input and its token ids)."""
+
+
+def padding_weight(p: torch.Tensor, pad: torch.Tensor) -> tuple[float, float, int] | None:
+    """(weight on padded keys, share of padded keys, rows), summed over the rows of real queries
+    of padded samples, of attention weights ``p`` (``(batch[·heads], [queries,] keys)``) whose
+    keys are the positions of ``pad`` (batch, positions); None when they cannot be."""
+    batch, positions = pad.shape
+    if p.shape[-1] != positions or p.shape[0] % batch:
+        return None
+    queries = p.shape[-2] if p.dim() >= 3 else 1
+    w = p.reshape(batch, -1, queries, positions)
+    pad = pad.to(w.device)
+    mass = (w * pad[:, None, None, :].to(w.dtype)).sum(-1)  # (batch, heads, queries)
+    mixed = pad.any(1) & (~pad).any(1)
+    real = ~pad if queries == positions else torch.ones(batch, queries, dtype=torch.bool,
+                                                         device=w.device)
+    rows = (mixed[:, None] & real).to(w.dtype)  # (batch, queries)
+    heads = w.shape[1]
+    share = pad.to(w.dtype).mean(1)[:, None] * rows
+    return (float((mass * rows[:, None, :]).sum()), float(share.sum()) * heads,
+            int(rows.sum()) * heads)
+
+
 PAD_RUN_ROWS = 0.2
 """Padding is told from data that merely ends alike by its runs: at least this share of the
 samples end in a run of two or more pad positions, and the run lengths differ across samples."""
 
 
-def padding_positions(x: torch.Tensor) -> torch.Tensor | None:
-    """The padded positions of a model input, (batch, positions): the trailing (else leading)
-    run, per sample, of the pad id (integer ids: the id most samples end with) or of all-zero
-    feature vectors (float input of ≥ 3 dimensions), batch-first or sequence-first. None when
-    the input does not look padded: too few samples end in a run of two or more, every sample
-    has the same run (a fixed suffix, not padding), or the runs cover almost everything."""
+def padding_positions(x: torch.Tensor) -> list[torch.Tensor]:
+    """Where a model input may be padded, (batch, positions) each: the trailing (else leading)
+    run, per sample, of the pad id (integer ids: the id most samples end, or start, with) or of
+    all-zero feature vectors (float input of ≥ 3 dimensions), read batch-first and
+    sequence-first (both are kept when both look padded; the attention they are matched with
+    settles it). Empty when the input does not look padded: too few samples end in a run of two
+    or more, every sample has the same run (a fixed suffix, not padding), or the runs cover
+    almost everything."""
     if x.dim() < 2 or x.is_complex() or x.dtype == torch.bool:
-        return None
+        return []
     if x.is_floating_point() and x.dim() < 3:
-        return None  # a (batch, positions) float input: a zero is a value, not a pad
+        return []  # a (batch, positions) float input: a zero is a value, not a pad
+    found = []
     for seq_first in (False, True):
         data = x.transpose(0, 1) if seq_first else x
         if data.shape[0] < 4 or data.shape[1] < 4:
@@ -453,8 +497,9 @@ def padding_positions(x: torch.Tensor) -> torch.Tensor | None:
             run = b.int().cummin(1).values.bool()
             run = run if leading else run.flip(1)
             if _looks_padded(run):
-                return run
-    return None
+                found.append(run)
+                break
+    return found
 
 
 def _looks_padded(run: torch.Tensor) -> bool:

@@ -22,29 +22,34 @@ def _padded_ids(seed: int = 0, batch: int = 8, length: int = 12) -> tuple[torch.
 
 def test_trailing_pad_ids_are_found_exactly() -> None:
     ids, pad = _padded_ids()
-    assert torch.equal(padding_positions(ids), pad)
+    (found,) = padding_positions(ids)
+    assert torch.equal(found, pad)
 
 
 def test_left_padding_and_sequence_first_layouts() -> None:
     ids, pad = _padded_ids()
-    assert torch.equal(padding_positions(ids.flip(1)), pad.flip(1))
-    assert torch.equal(padding_positions(ids.t()), pad)  # (positions, batch) data
+    (left,) = padding_positions(ids.flip(1))
+    assert torch.equal(left, pad.flip(1))
+    # (positions, batch) data: found sequence-first (a batch-first reading is kept too when it
+    # also looks padded; the attention weights it is matched with settle which is right)
+    assert any(torch.equal(found, pad) for found in padding_positions(ids.t()))
 
 
 def test_zero_feature_vectors_pad_a_float_input() -> None:
     _, pad = _padded_ids()
     x = torch.randn(8, 12, 5).masked_fill(pad[..., None], 0.0)
-    assert torch.equal(padding_positions(x), pad)
-    assert padding_positions(torch.randn(8, 12)) is None  # a 2-D float input: values, not pads
+    (found,) = padding_positions(x)
+    assert torch.equal(found, pad)
+    assert padding_positions(torch.randn(8, 12)) == []  # a 2-D float input: values, not pads
 
 
 def test_unpadded_inputs_are_not_called_padded() -> None:
     g = torch.Generator().manual_seed(1)
-    assert padding_positions(torch.randint(0, 65, (32, 64), generator=g)) is None  # text
+    assert padding_positions(torch.randint(0, 65, (32, 64), generator=g)) == []  # text
     ids = torch.randint(1, 30, (8, 12), generator=g)
     ids[:, -3:] = 0  # the same suffix everywhere (an end marker): not padding
-    assert padding_positions(ids) is None
-    assert padding_positions(torch.randn(4, 3, 32, 32)) is None  # images
+    assert padding_positions(ids) == []
+    assert padding_positions(torch.randn(4, 3, 32, 32)) == []  # images
 
 
 def _weights(masked: bool) -> tuple[dict, torch.Tensor]:
