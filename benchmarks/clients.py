@@ -11,7 +11,9 @@ adder; ``chargpt``), karpathy/makemore (``makemore``, its transformer on the ``n
 ships), karpathy/ng-video-lecture (``ngvl``, the lecture's GPT with one module per head, on the
 tiny Shakespeare it ships) and pytorch/examples (``wlm-adamw``, ``wlm-sgd``:
 word_language_model; ``gat``: graph attention on a synthetic citation graph; ``tsp``:
-time_sequence_prediction, LSTM cells trained by LBFGS with a closure), folders given with
+time_sequence_prediction, LSTM cells trained by LBFGS with a closure; ``translation``:
+language_translation, ``nn.Transformer`` on padded batches, with a stand-in for the ``torchtext``
+it imports), folders given with
 ``--nanogpt``, ``--mingpt``, ``--makemore``, ``--examples``, ``--ngvl`` (default
 ``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive HEAD gat | tar -x -C
 /tmp/clients/examples``), plus a tiny GPT-2 under the transformers ``Trainer``
@@ -327,6 +329,20 @@ def prepare_ngvl(work: Path, variant: str) -> None:
              "        # wei = wei.masked_fill(self.tril[:T, :T] == 0, float('-inf'))")
 
 
+def prepare_translation(work: Path, variant: str) -> None:
+    """language_translation imports torchtext (deprecated, not installed) for spaCy tokenizers,
+    a vocabulary builder and Multi30k, which downloads: a stand-in package of ours
+    (``benchmarks/clients/torchtext_stub``) serves a synthetic translation task under those
+    names; the example's own collate function pads the batches (sequence-first, pad id 1) and
+    its own ``create_mask`` builds the masks."""
+    shutil.copytree(HERE / "clients" / "torchtext_stub", work / "torchtext",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if variant == "bug":  # the encoder's padding mask not passed on to nn.Transformer
+        edit(work / "src" / "model.py",
+             "            None,\n            src_padding_mask,\n",
+             "            None,\n            None,\n")
+
+
 TSP_LENGTH = 120
 
 
@@ -410,6 +426,15 @@ CLIENTS = [
            "causal mask line commented out in the Head class every head of every block shares",
            " ".join(f"blocks.{b}.sa.heads.{h}" for b in range(2) for h in range(4)),
            prepare_ngvl, note="tiny Shakespeare as shipped; one nn.Module per head"),
+    Client("translation", "examples", "language_translation", "main.py",
+           ("--epochs", "2", "--batch", "32", "--enc_layers", "2", "--dec_layers", "2",
+            "--embed_size", "64", "--attn_heads", "4", "--dim_feedforward", "128",
+            "--lr", "5e-4", "--logging_dir", "out/"), 200,
+           "the source padding mask not passed to nn.Transformer (None in its place): the "
+           "encoder's self-attention reads the padding of every shorter sentence",
+           "transformer.encoder.layers.0.self_attn transformer.encoder.layers.1.self_attn",
+           prepare_translation,
+           note="nn.Transformer, sequence-first, padded batches; torchtext stood in for"),
     Client("tsp", "examples", "time_sequence_prediction", "train.py", ("--steps", "5"), 5,
            "lstm1's recurrent state detached at every time step (truncated BPTT of one step)",
            "lstm1", prepare_tsp, note="LBFGS with a closure (up to 20 evaluations a step)"),

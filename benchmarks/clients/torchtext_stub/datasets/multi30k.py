@@ -1,0 +1,3 @@
+"""Where the real dataset would download from; the example overwrites these, nothing reads them."""
+
+URL: dict[str, str] = {}
