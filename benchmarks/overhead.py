@@ -7,7 +7,8 @@ Prints three tables, every ratio from runs alternated in this one process (the m
 hits both sides alike; the minimum of the repeats is kept):
 
 1. **Unmeasured steps**: a generated pre-norm encoder trained for a fixed number of AdamW steps,
-   at two widths (about 5 ms and 30 ms a step on one CPU thread). The script times its own
+   at two widths (about 5 ms and 30 ms a step on one CPU thread) and at nanoGPT's
+   Shakespeare-character size (6 layers, width 384). The script times its own
    training loop, so start-up is excluded; under hfault it runs with ``--at`` past its last step,
    so every step is an unmeasured one (plus the last step, which is always reported).
 2. **Default runs**: three sample programs, wall time of ``hfault diagnose`` (first-order, the
@@ -35,13 +36,14 @@ import json, sys, time
 import torch
 from torch import nn
 width, steps = int(sys.argv[1]), int(sys.argv[2])
+layers, heads, seq, batch = (int(a) for a in (sys.argv[3:] or [2, 4, 32, 16]))
 torch.manual_seed(0)
-layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True,
+layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True,
                                    norm_first=True)
-model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+model = nn.Sequential(nn.TransformerEncoder(layer, layers, enable_nested_tensor=False),
                       nn.Linear(width, 4))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-x, y = torch.randn(16, 32, width), torch.randint(0, 4, (16,))
+x, y = torch.randn(batch, seq, width), torch.randint(0, 4, (batch,))
 start = time.perf_counter()
 for _ in range(steps):
     loss = nn.functional.cross_entropy(model(x).mean(1), y)
@@ -50,6 +52,11 @@ for _ in range(steps):
     opt.step()
 print("LOOP_SECONDS", time.perf_counter() - start)
 '''
+
+CONFIGS = [(32, 300, (2, 4, 32, 16)), (128, 100, (2, 4, 32, 16)), (384, 15, (6, 6, 64, 8))]
+"""(width, steps, (layers, heads, positions, batch)): the small encoder at two widths (about 5 and
+30 ms a step), then one of nanoGPT's Shakespeare-character size (6 layers of width 384 with 6
+heads, 10.7M parameters) at 64 positions, batch 8."""
 
 SAMPLES = [("encoder_healthy.py", 200), ("han_healthy.py", 200), ("gpt_healthy.py", 200)]
 
@@ -77,14 +84,15 @@ def unmeasured(repeats: int, folder: Path) -> list[dict[str, float]]:
     script = folder / "encoder.py"
     script.write_text(ENCODER)
     rows = []
-    for width, steps in ((32, 300), (128, 100)):
+    for width, steps, shape in CONFIGS:
         plain, watched = [], []
+        args = [str(width), str(steps), *(str(n) for n in shape)]
         for _ in range(repeats):
-            plain.append(_loop_seconds(_run([sys.executable, str(script), str(width),
-                                             str(steps)])[1]))
+            plain.append(_loop_seconds(_run([sys.executable, str(script), *args])[1]))
             watched.append(_loop_seconds(_run([*_hfault(str(script), "--at", "100000"),
-                                               str(width), str(steps)])[1]))
-        rows.append({"width": width, "steps": steps, "ms_per_step": 1e3 * min(plain) / steps,
+                                               *args])[1]))
+        rows.append({"width": width, "steps": steps, "layers": shape[0],
+                     "ms_per_step": 1e3 * min(plain) / steps,
                      "ratio": min(watched) / min(plain)})
     return rows
 
@@ -122,8 +130,8 @@ def main() -> None:
         start = startup(args.repeats, folder)
     print("Unmeasured steps (the script's own training-loop time, hfault / plain):")
     for r in steps:
-        print(f"  width {r['width']:>3}, {r['steps']} steps, {r['ms_per_step']:.1f} ms/step: "
-              f"{r['ratio']:.2f}x")
+        print(f"  {r['layers']} layers, width {r['width']:>3}, {r['steps']} steps, "
+              f"{r['ms_per_step']:.1f} ms/step: {r['ratio']:.2f}x")
     print("Default runs (wall time, start-up included, hfault diagnose / plain):")
     for r in runs:
         print(f"  {r['program']:22} {r['plain_s']:6.1f} s -> {r['hfault_s']:6.1f} s: "
