@@ -476,7 +476,8 @@ def padding_positions(x: torch.Tensor) -> list[torch.Tensor]:
     run, per sample, of the pad id (integer ids: the id most samples end, or start, with) or of
     all-zero feature vectors (float input of ≥ 3 dimensions), read batch-first and
     sequence-first (both are kept when both look padded; the attention they are matched with
-    settles it). Empty when the input does not look padded: too few samples end in a run of two
+    settles it). Empty when the input does not look padded: a sample is blank at the other end
+    too (the empty rows above and below a digit in an image), too few samples end in a run of two
     or more, every sample has the same run (a fixed suffix, not padding), or the runs cover
     almost everything."""
     if x.dim() < 2 or x.is_complex() or x.dtype == torch.bool:
@@ -493,6 +494,8 @@ def padding_positions(x: torch.Tensor) -> list[torch.Tensor]:
                 blank = (data == 0).reshape(data.shape[0], data.shape[1], -1).all(-1)
             else:  # the pad id: the one most samples end (or start) with
                 blank = data == data[:, 0 if leading else -1].mode().values
+            if bool(blank[:, -1 if leading else 0].any()):
+                continue  # padding is at one end only: blank at both (an image's rows) is not
             b = blank if leading else blank.flip(1)
             run = b.int().cummin(1).values.bool()
             run = run if leading else run.flip(1)

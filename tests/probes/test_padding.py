@@ -50,6 +50,11 @@ def test_unpadded_inputs_are_not_called_padded() -> None:
     ids[:, -3:] = 0  # the same suffix everywhere (an end marker): not padding
     assert padding_positions(ids) == []
     assert padding_positions(torch.randn(4, 3, 32, 32)) == []  # images
+    digits = torch.rand(8, 28, 28)  # MNIST-like rows: blank above and below each digit
+    for i, (top, bottom) in enumerate(zip([3, 4, 5, 6, 3, 4, 5, 6], [2, 5, 3, 6, 4, 2, 7, 3],
+                                          strict=True)):
+        digits[i, :top], digits[i, 28 - bottom:] = 0, 0
+    assert padding_positions(digits) == []
 
 
 def _weights(masked: bool) -> tuple[dict, torch.Tensor]:
