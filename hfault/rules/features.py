@@ -76,6 +76,9 @@ RUN_FEATURES: dict[str, str] = {
     "loss": "series: the loss at every step (its own steps, not the snapshots')",
     "loss_points": "number of finite loss values",
     "loss_all_finite": "whether every recorded loss was finite",
+    "loss_before_nonfinite": "series: the losses before the first non-finite one (empty when "
+    "every loss was finite)",
+    "loss_nonfinite_at": "the step of the first non-finite loss, else none",
     "phase": "the training phase whose losses a loss rule judges (1 = the first to step), when "
     "several phases (optimizers built one after the other, or a GAN's pair) have losses: a rule "
     "reading loss, loss_points or loss_all_finite is then judged once per phase, on that "
@@ -309,7 +312,8 @@ VOCABULARY: dict[str, dict[str, str]] = {
     "attention": {**RUN_FEATURES, **ATTENTION_FEATURES},
 }
 
-PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite"})
+PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite", "loss_before_nonfinite",
+                            "loss_nonfinite_at"})
 """A run-scope rule reading any of these is judged per phase when phases have their own losses."""
 
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
@@ -984,10 +988,15 @@ def _loss_features(points: Sequence[Sequence[Any]]) -> dict[str, Any]:
     """``loss``, ``loss_points`` and ``loss_all_finite`` of ``[step, loss]`` pairs."""
     losses = tuple(as_float(v) for _, v in points)
     finite = [v for v in losses if v is not None and math.isfinite(v)]
+    steps = tuple(int(s) for s, _ in points)
+    bad = next((i for i, v in enumerate(losses) if v is not None and not math.isfinite(v)), None)
     return {
-        "loss": Series(tuple(int(s) for s, _ in points), losses),
+        "loss": Series(steps, losses),
         "loss_points": len(finite),
         "loss_all_finite": len(finite) == len(losses),
+        "loss_before_nonfinite": (Series(steps[:bad], losses[:bad]) if bad is not None
+                                  else Series((), ())),
+        "loss_nonfinite_at": steps[bad] if bad is not None else None,
     }
 
 
