@@ -79,6 +79,11 @@ RUN_FEATURES: dict[str, str] = {
     "loss_before_nonfinite": "series: the losses before the first non-finite one (empty when "
     "every loss was finite)",
     "loss_nonfinite_at": "the step of the first non-finite loss, else none",
+    "loss_rise_before_nonfinite": "(the largest median of 3 consecutive losses before the first "
+    "non-finite one − the first loss) / |first loss|, with at least 4 losses before it; none "
+    "otherwise: how far the run diverged before it broke",
+    "init_scale_max": "the largest init_scale over the components (HF008's statistic)",
+    "init_scale_max_component": "the component it belongs to",
     "phase": "the training phase whose losses a loss rule judges (1 = the first to step), when "
     "several phases (optimizers built one after the other, or a GAN's pair) have losses: a rule "
     "reading loss, loss_points or loss_all_finite is then judged once per phase, on that "
@@ -313,7 +318,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
 }
 
 PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite", "loss_before_nonfinite",
-                            "loss_nonfinite_at"})
+                            "loss_nonfinite_at", "loss_rise_before_nonfinite"})
 """A run-scope rule reading any of these is judged per phase when phases have their own losses."""
 
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
@@ -479,6 +484,10 @@ class Features:
             g, rms = self._growth(comp["name"], self._metric(comp["name"], "weight_norm"))
             if g is not None and rms is not None and rms >= _MIN_PEER_INIT_RMS:
                 growths.append(g)
+        scales = [(as_float((c.get("init") or {}).get("scale")), c["name"])
+                  for c in self.components]
+        top = max(((v, n) for v, n in scales if v is not None), default=(None, None))
+        out["init_scale_max"], out["init_scale_max_component"] = top
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
         out.update(self._relative_step(optimizers))
@@ -997,7 +1006,18 @@ def _loss_features(points: Sequence[Sequence[Any]]) -> dict[str, Any]:
         "loss_before_nonfinite": (Series(steps[:bad], losses[:bad]) if bad is not None
                                   else Series((), ())),
         "loss_nonfinite_at": steps[bad] if bad is not None else None,
+        "loss_rise_before_nonfinite": _rise_before(losses[:bad]) if bad is not None else None,
     }
+
+
+def _rise_before(losses: Sequence[float | None]) -> float | None:
+    """How far the losses before a non-finite one rose above the first: the largest median of 3
+    consecutive ones, relative to |first|; None with fewer than 4."""
+    values = [v for v in losses if v is not None and math.isfinite(v)]
+    if len(values) < 4:
+        return None
+    peak = max(statistics.median(values[i - 2:i + 1]) for i in range(2, len(values)))
+    return (peak - values[0]) / max(abs(values[0]), 1e-8)
 
 
 def _pooled(weights: Sequence[float], values: Sequence[float | None]) -> float | None:
