@@ -350,7 +350,7 @@ class AttentionProbe:
                     stats.inner = inner
             stats.masked += masked
             stats.entries += logits.numel()
-            self._record_padding(p, stats)
+            self._record_padding(p, scores, stats)
 
     def _wrap_embedding(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
@@ -365,7 +365,8 @@ class AttentionProbe:
 
         return embedding
 
-    def _record_padding(self, p: torch.Tensor, stats: AttentionStats) -> None:
+    def _record_padding(self, p: torch.Tensor, scores: torch.Tensor,
+                        stats: AttentionStats) -> None:
         """How much of the weights of real queries lands on the input's padding, when the keys
         are the positions of a padded input (a padding mask, applied, leaves exactly 0). With
         several padded inputs of that length (a translation's source and target), the one the
@@ -380,7 +381,7 @@ class AttentionProbe:
             return
         best: tuple[float, float, int] | None = None
         for pad in self._pads:
-            found = padding_weight(p, pad)
+            found = padding_weight(p, pad, scores)
             if found is not None and found[2] and (
                     best is None or found[0] / found[2] < best[0] / best[2]):
                 best = found
@@ -445,13 +446,21 @@ MAX_PAD_INPUTS = 6
 """Inputs kept per window to look for padding in (the model's input and its token ids)."""
 
 
-def padding_weight(p: torch.Tensor, pad: torch.Tensor) -> tuple[float, float, int] | None:
+def padding_weight(p: torch.Tensor, pad: torch.Tensor, scores: torch.Tensor | None = None
+                   ) -> tuple[float, float, int] | None:
     """(weight on padded keys, share of padded keys, rows), summed over the rows of real queries
     of padded samples, of attention weights ``p`` (``(batch[·heads], [queries,] keys)``) whose
-    keys are the positions of ``pad`` (batch, positions); None when they cannot be."""
+    keys are the positions of ``pad`` (batch, positions); None when they cannot be, or when the
+    ``scores`` the weights came from are exactly 0 at every padded key: masked by multiplying
+    before the softmax, then (AllenNLP's ``masked_softmax``) multiplied by the mask and
+    renormalized after it, so the weights read here are not the ones applied."""
     batch, positions = pad.shape
     if p.shape[-1] != positions or p.shape[0] % batch:
         return None
+    if scores is not None and scores.shape == p.shape and bool(pad.any()):
+        at_pad = scores.reshape(batch, -1, positions).transpose(1, 2)[pad.to(scores.device)]
+        if bool((at_pad == 0).all()):
+            return None
     queries = p.shape[-2] if p.dim() >= 3 else 1
     w = p.reshape(batch, -1, queries, positions)
     pad = pad.to(w.device)

@@ -112,3 +112,16 @@ def test_a_pooling_head_called_without_the_mask_is_an_error(cli, bug: bool) -> N
     assert found == ([("HF216", "error", "pool.attn")] if bug else [])
     if bug:
         assert "2 other attention module(s)" in done.report["findings"][0]["message"]
+
+
+def test_scores_zeroed_at_the_padding_are_masked_after_the_softmax() -> None:
+    """AllenNLP's masked_softmax: softmax(scores * mask), then * mask and renormalized: the
+    softmax's own weights reach the padding, the weights applied do not."""
+    from hfault.probes.attention import padding_weight
+
+    _, pad = _padded_ids()
+    scores = torch.randn(8, 2, 12, 12) * (~pad)[:, None, None, :]
+    p = scores.softmax(-1)
+    assert padding_weight(p, pad, scores) is None
+    found = padding_weight(p, pad)
+    assert found is not None and found[0] > 0
