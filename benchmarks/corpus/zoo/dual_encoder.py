@@ -1,13 +1,13 @@
 """A contrastive dual encoder: match a query to its document among the batch (in-batch InfoNCE).
 
 Two separate small transformer towers (hand-written pre-LN blocks: q/k/v Linear, key-padding
-``masked_fill(-inf)``, ``torch.softmax``), masked mean pooling, a projection and L2
-normalisation; a ``Similarity`` module holds the learnable CLIP-style log temperature and gives
+``masked_fill(-inf)``, ``torch.softmax``) read out at a leading [CLS] token, a projection and
+L2 normalisation; a ``Similarity`` module holds the learnable CLIP-style log temperature and gives
 the (queries x documents) logits; the loss is the symmetric ``F.cross_entropy`` over the batch.
 SGD with Nesterov momentum (the temperature in a param group without weight decay), linear
 warmup then cosine decay (SequentialLR) and clip_grad_norm_. An item is a value for each of four
 attributes; a query lists (attribute, value) token pairs in random order with a few filler pairs,
-its document does the same in a wording of its own. Two attributes share each block of value
+its document does the same in a wording of its own. The last two attributes share their value
 tokens, so a bag of tokens is not enough: a tower must bind a value to the attribute token before
 it.
 """
@@ -24,18 +24,20 @@ ATTRIBUTES, VALUES = 4, 6
 FILLER_PAIRS = (0, 3)
 PAIRS = ATTRIBUTES + FILLER_PAIRS[1]
 # per tower: 0 = padding, 1..ATTRIBUTES = attribute tokens, ATTRIBUTES + 1 = filler attribute,
-# then the value tokens, one block of VALUES per two attributes
+# then a block of VALUES value tokens per attribute (the last two attributes share one), [CLS]
 PAD, FILLER = 0, ATTRIBUTES + 1
-VOCAB = ATTRIBUTES + 2 + VALUES * ATTRIBUTES // 2
-SEQ = 2 * PAIRS
+VALUE_BLOCKS = ATTRIBUTES - 1
+VOCAB = ATTRIBUTES + 2 + VALUES * VALUE_BLOCKS + 1
+CLS = VOCAB - 1
+SEQ = 1 + 2 * PAIRS
 
 
 def value_token(attribute, value):
-    return ATTRIBUTES + 2 + (attribute // 2) * VALUES + value
+    return ATTRIBUTES + 2 + min(attribute, VALUE_BLOCKS - 1) * VALUES + value
 
 
 def describe(items, gen, value_map):
-    """Token sequences (batch, SEQ): each item's (attribute, value) pairs and some filler pairs
+    """Token sequences (batch, SEQ): [CLS], then each item's (attribute, value) pairs and some filler pairs
     (the filler attribute with a random value token), shuffled; ``value_map[a]`` permutes the
     values of attribute a (the tower's own wording)."""
     batch = items.shape[0]
@@ -44,11 +46,11 @@ def describe(items, gen, value_map):
         n_fill = int(torch.randint(FILLER_PAIRS[0], FILLER_PAIRS[1] + 1, (1,), generator=gen))
         pairs = [(1 + a, value_token(a, int(value_map[a][items[b, a]])))
                  for a in range(ATTRIBUTES)]
-        pairs += [(FILLER, int(torch.randint(ATTRIBUTES + 2, VOCAB, (1,), generator=gen)))
+        pairs += [(FILLER, int(torch.randint(ATTRIBUTES + 2, CLS, (1,), generator=gen)))
                   for _ in range(n_fill)]
         order = torch.randperm(len(pairs), generator=gen)
         flat = [t for i in order for t in pairs[int(i)]]
-        tokens[b, : len(flat)] = torch.tensor(flat)
+        tokens[b, : 1 + len(flat)] = torch.tensor([CLS, *flat])
     return tokens
 
 
@@ -107,9 +109,7 @@ class Tower(nn.Module):
         x = self.tokens(tokens) + self.positions(torch.arange(tokens.shape[1]))
         for layer in self.layers:
             x = layer(x, padding)
-        keep = (~padding).unsqueeze(-1).float()
-        pooled = (self.norm(x) * keep).sum(1) / keep.sum(1)
-        return F.normalize(self.proj(pooled), dim=-1)
+        return F.normalize(self.proj(self.norm(x[:, 0])), dim=-1)
 
 
 class Similarity(nn.Module):
