@@ -37,9 +37,9 @@ def value_token(attribute, value):
 
 
 def describe(items, gen, value_map):
-    """Token sequences (batch, SEQ): [CLS], then each item's (attribute, value) pairs and some filler pairs
-    (the filler attribute with a random value token), shuffled; ``value_map[a]`` permutes the
-    values of attribute a (the tower's own wording)."""
+    """Token sequences (batch, SEQ): [CLS], then each item's (attribute, value) pairs and some
+    filler pairs (the filler attribute with a random value token), shuffled; ``value_map[a]``
+    permutes the values of attribute a (the tower's own wording)."""
     batch = items.shape[0]
     tokens = torch.full((batch, SEQ), PAD, dtype=torch.long)
     for b in range(batch):
