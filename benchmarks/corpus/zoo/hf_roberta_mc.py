@@ -4,9 +4,10 @@ transformers' RobertaForMultipleChoice scores each (passage, option) pair on its
 choices are flattened into the batch, the pooler's first-token vector goes through a one-unit
 classifier) and takes a cross-entropy over the choices; padded pairs carry an attention mask.
 AdamW with the usual no-decay group (biases, LayerNorm weights),
-``get_cosine_schedule_with_warmup`` and clip_grad_norm_. Each passage is a random run of content
-tokens; the right option's three tokens all occur in the passage, each distractor misses one or
-two of them (so the model must check every option token against the passage).
+``get_cosine_schedule_with_warmup`` and clip_grad_norm_. The words fall into topics; a passage
+mostly talks about one topic among random other words, the right option's two words are from
+that topic and each distractor's from another one (so every pair's score must relate the option
+to the passage across the separator).
 """
 
 import argparse
