@@ -4,8 +4,8 @@ Two separate small transformer towers (hand-written pre-LN blocks: q/k/v Linear,
 ``masked_fill(-inf)``, ``torch.softmax``) read out at a leading [CLS] token, a projection and
 L2 normalisation; a ``Similarity`` module holds the learnable CLIP-style log temperature and gives
 the (queries x documents) logits; the loss is the symmetric ``F.cross_entropy`` over the batch.
-SGD with Nesterov momentum (the temperature in a param group without weight decay), linear
-warmup then cosine decay (SequentialLR) and clip_grad_norm_. An item is a value for each of four
+RMSprop (the temperature in a param group without weight decay), linear warmup then cosine
+decay (SequentialLR) and clip_grad_norm_. An item is a value for each of four
 attributes; a query lists (attribute, value) token pairs in random order with a few filler pairs,
 its document does the same in a wording of its own. The last two attributes share their value
 tokens, so a bag of tokens is not enough: a tower must bind a value to the attribute token before
