@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py            # about 3 minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py --repeats 5
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead.py --unmeasured-only --widths 384
 
 Prints three tables, every ratio from runs alternated in this one process (the machine's noise
 hits both sides alike; the minimum of the repeats is kept):
@@ -80,11 +81,14 @@ def _hfault(script: str, *options: str) -> list[str]:
             *options, "--"]
 
 
-def unmeasured(repeats: int, folder: Path) -> list[dict[str, float]]:
+def unmeasured(repeats: int, folder: Path, widths: set[int] | None = None
+               ) -> list[dict[str, float]]:
     script = folder / "encoder.py"
     script.write_text(ENCODER)
     rows = []
     for width, steps, shape in CONFIGS:
+        if widths is not None and width not in widths:
+            continue
         plain, watched = [], []
         args = [str(width), str(steps), *(str(n) for n in shape)]
         for _ in range(repeats):
@@ -122,22 +126,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--widths", default=None,
+                        help="comma-separated widths of the unmeasured-step table (32,128,384)")
+    parser.add_argument("--unmeasured-only", action="store_true",
+                        help="only the unmeasured-step table")
     args = parser.parse_args()
+    widths = {int(w) for w in args.widths.split(",")} if args.widths else None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        steps = unmeasured(args.repeats, folder)
-        runs = default_runs(args.repeats)
-        start = startup(args.repeats, folder)
+        steps = unmeasured(args.repeats, folder, widths)
+        runs = [] if args.unmeasured_only else default_runs(args.repeats)
+        start = None if args.unmeasured_only else startup(args.repeats, folder)
     print("Unmeasured steps (the script's own training-loop time, hfault / plain):")
     for r in steps:
         print(f"  {r['layers']} layers, width {r['width']:>3}, {r['steps']} steps, "
               f"{r['ms_per_step']:.1f} ms/step: {r['ratio']:.2f}x")
-    print("Default runs (wall time, start-up included, hfault diagnose / plain):")
-    for r in runs:
-        print(f"  {r['program']:22} {r['plain_s']:6.1f} s -> {r['hfault_s']:6.1f} s: "
-              f"{r['ratio']:.2f}x")
-    print(f"Start-up: a script that imports torch {start['plain_s']:.2f} s, under hfault "
-          f"{start['hfault_s']:.2f} s (+{start['added_s']:.2f} s)")
+    if runs:
+        print("Default runs (wall time, start-up included, hfault diagnose / plain):")
+    for run in runs:
+        print(f"  {run['program']:22} {run['plain_s']:6.1f} s -> {run['hfault_s']:6.1f} s: "
+              f"{run['ratio']:.2f}x")
+    if start is not None:
+        print(f"Start-up: a script that imports torch {start['plain_s']:.2f} s, under hfault "
+              f"{start['hfault_s']:.2f} s (+{start['added_s']:.2f} s)")
     if args.json:
         args.json.write_text(json.dumps({"unmeasured": steps, "default_runs": runs,
                                          "startup": start}, indent=2) + "\n")
