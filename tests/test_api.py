@@ -60,8 +60,11 @@ def test_a_diverging_loop_is_found_with_the_optimizer_built_inside(tmp_path: Pat
         opt = torch.optim.SGD(model.parameters(), lr=5.0)
         _train(model, opt, 30)
     assert run.failed()
-    first = run.findings[0]
-    assert (first["rule"], first["component"], first["step"]) == ("HF001", "2", 5)
+    # the loss rose for steps before it went non-finite: the learning rate first (HF022), then
+    # where the first NaN appeared (HF001), its consequence
+    diverged, nan = run.findings[:2]
+    assert diverged["rule"] == "HF022" and "learning rate 5" in diverged["message"]
+    assert (nan["rule"], nan["component"], nan["step"]) == ("HF001", "2", 5)
 
 
 def test_an_error_in_the_training_code_is_reraised_after_the_report(tmp_path: Path) -> None:

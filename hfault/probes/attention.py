@@ -372,19 +372,24 @@ class AttentionProbe:
         several padded inputs of that length (a translation's source and target), the one the
         weights avoid most: a module is called unmasked only if it reads padding whichever
         sequence its keys are."""
-        for x in self._inputs[self._looked:]:
-            for pad in padding_positions(x.detach()):
-                if not any(pad.shape == q.shape and torch.equal(pad, q) for q in self._pads):
-                    self._pads.append(pad)
-        self._looked = len(self._inputs)
-        if p.dim() < 2 or p.numel() == 0:
+        try:  # a statistic of ours must never break the script's forward
+            for x in self._inputs[self._looked:]:
+                for pad in padding_positions(x.detach()):
+                    if not any(pad.shape == q.shape and torch.equal(pad, q)
+                               for q in self._pads):
+                        self._pads.append(pad)
+            self._looked = len(self._inputs)
+            if p.dim() < 2 or p.numel() == 0:
+                return
+            best: tuple[float, float, int] | None = None
+            for pad in self._pads:
+                found = padding_weight(p, pad, scores)
+                if found is not None and found[2] and (
+                        best is None or found[0] / found[2] < best[0] / best[2]):
+                    best = found
+        except (RuntimeError, ValueError, IndexError):
+            self._looked = len(self._inputs)
             return
-        best: tuple[float, float, int] | None = None
-        for pad in self._pads:
-            found = padding_weight(p, pad, scores)
-            if found is not None and found[2] and (
-                    best is None or found[0] / found[2] < best[0] / best[2]):
-                best = found
         if best is not None:
             stats.pad_mass += best[0]
             stats.pad_share += best[1]
@@ -499,10 +504,11 @@ def padding_positions(x: torch.Tensor) -> list[torch.Tensor]:
         if data.shape[0] < 4 or data.shape[1] < 4:
             continue
         for leading in (False, True):
+            flat = data.reshape(data.shape[0], data.shape[1], -1)
             if data.is_floating_point():
-                blank = (data == 0).reshape(data.shape[0], data.shape[1], -1).all(-1)
+                blank = (flat == 0).all(-1)
             else:  # the pad id: the one most samples end (or start) with
-                blank = data == data[:, 0 if leading else -1].mode().values
+                blank = (flat == flat[:, 0 if leading else -1].flatten().mode().values).all(-1)
             if bool(blank[:, -1 if leading else 0].any()):
                 continue  # padding is at one end only: blank at both (an image's rows) is not
             b = blank if leading else blank.flip(1)

@@ -318,7 +318,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
 }
 
 PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite", "loss_before_nonfinite",
-                            "loss_nonfinite_at", "loss_rise_before_nonfinite"})
+                            "loss_nonfinite_at"})
 """A run-scope rule reading any of these is judged per phase when phases have their own losses."""
 
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)

@@ -20,7 +20,7 @@ def test_demo_shows_one_fix_and_pasting_it_where_it_says_removes_the_fault(
     findings = result.findings()
     fixes = [f for f in findings if f["fix"] and not f.get("consequence_of") and not f.get(
         "fix_of")]
-    assert [(f["rule"], f["component"]) for f in fixes] == [("HF006", "word_rnn")], findings
+    assert [(f["rule"], f["component"]) for f in fixes] == [("HF023", "word_rnn")], findings
     assert result.stdout.count("fix for #") == 1
     snippet = fixes[0]["fix"]["snippet"]
     compile(snippet, "<snippet>", "exec")

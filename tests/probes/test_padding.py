@@ -125,3 +125,12 @@ def test_scores_zeroed_at_the_padding_are_masked_after_the_softmax() -> None:
     assert padding_weight(p, pad, scores) is None
     found = padding_weight(p, pad)
     assert found is not None and found[0] > 0
+
+
+def test_ids_of_three_dimensions_sentences_of_words() -> None:
+    """A HAN's (documents, sentences, words) ids: a sentence position is padding when all its
+    words are the pad id."""
+    ids, pad = _padded_ids()
+    docs = ids[:, :, None].expand(-1, -1, 5).clone()
+    (found,) = padding_positions(docs)
+    assert torch.equal(found, pad)

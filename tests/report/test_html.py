@@ -122,7 +122,7 @@ def test_lr_fault_report_is_self_contained_with_findings_and_charts(lr_run):
     assert page.count('<div class="tl-row') == len(report["components"])
     assert page.index('data-name="blocks.0.attn.q_proj"') < page.index('data-name="embed"')
     marks = re.search(r"((?:HF\d+, )*HF\d+) at step 40", row(page, "blocks.0.attn.q_proj"))
-    assert marks is not None and set(marks.group(1).split(", ")) == {"HF204", "HF205", "HF006"}
+    assert marks is not None and set(marks.group(1).split(", ")) == {"HF204", "HF205", "HF023"}
     assert "r = 1" in page and "HF204 limit 0.2" in page
 
 

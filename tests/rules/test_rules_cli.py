@@ -133,11 +133,13 @@ def test_demo_fault_is_localized_with_evidence_fix_and_propagation(demo) -> None
     result, _ = demo
     assert result.returncode == ExitCode.FINDINGS, result.stderr
     findings = result.findings()
-    top = findings[0]
+    top = findings[0]  # the cause: q_proj's own param group at 100× the others' rate
     assert (top["rule"], top["severity"], top["component"]) == (
-        "HF204", "error", "blocks.0.attn.q_proj")
-    assert top["evidence"]["value"] < 0.2 and top["evidence"]["qk_v"] < 0.05
+        "HF023", "error", "blocks.0.attn.q_proj")
     assert top["location"]["path"].endswith(".py") and top["location"]["line"] > 0
+    collapse = next(f for f in findings if f["rule"] == "HF204")  # and what it did
+    assert (collapse["severity"], collapse["component"]) == ("error", "blocks.0.attn.q_proj")
+    assert collapse["evidence"]["value"] < 0.2 and collapse["evidence"]["qk_v"] < 0.05
     assert {f["component"] for f in findings if f["severity"] != "info"} == {
         "blocks.0.attn.q_proj"}, [(f["rule"], f["component"]) for f in findings]
     lr_fixes = [f for f in findings if f["fix"] and f["fix"]["values"]["kind"] == "lower_lr"]

@@ -72,8 +72,9 @@ def lr_verified(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult, Pa
 
 def test_lr_fault_rerun_applies_the_new_lr_and_is_stable(lr_verified) -> None:  # type: ignore[no-untyped-def]
     result, _ = lr_verified
-    # The exit code is the first run's: its HF204 (attention collapse driven by the runaway
-    # q_proj, with the dead query-key curvature signature) is an error, whatever the rerun says.
+    # The exit code is the first run's: its HF023 (q_proj's own group at 100× the others' rate)
+    # and HF204 (attention collapse with the dead query-key curvature signature) are errors,
+    # whatever the rerun says.
     assert result.report is not None
     assert result.report["summary"]["verdict"] == "faulty"
     assert result.returncode == ExitCode.FINDINGS, result.stderr
@@ -82,7 +83,7 @@ def test_lr_fault_rerun_applies_the_new_lr_and_is_stable(lr_verified) -> None:  
     vf = report["verify_fix"]
     q = "blocks.0.attn.q_proj"
     assert [(f["rule"], f["component"], f["kind"]) for f in vf["fixes"]] == [
-        ("HF006", q, "lower_lr")]
+        ("HF023", q, "lower_lr")]
     fix = vf["fixes"][0]
     assert fix["lr_before"] == pytest.approx(0.3)
     assert fix["lr_after"] == pytest.approx(0.003)
@@ -111,7 +112,7 @@ def test_lr_fault_rerun_applies_the_new_lr_and_is_stable(lr_verified) -> None:  
     assert vf["verdict"] in ("fixed", "improved"), vf["summary"]
     motivating = [d for d in vf["findings"] if d["motivating"]]
     assert [(d["rule"], d["component"], d["status"]) for d in motivating] == [
-        ("HF006", q, "gone")]
+        ("HF023", q, "gone")]
     assert len(vf["loss"]["before"]) == len(vf["loss"]["after"]) == 40
     assert isinstance(vf["final_loss"]["before"], float)
     assert isinstance(vf["final_loss"]["after"], float)
