@@ -83,7 +83,6 @@ RUN_FEATURES: dict[str, str] = {
     "non-finite one − the first loss) / |first loss|, with at least 4 losses before it; none "
     "otherwise: how far the run diverged before it broke",
     "init_scale_max": "the largest init_scale over the components (HF008's statistic)",
-    "init_scale_max_component": "the component it belongs to",
     "phase": "the training phase whose losses a loss rule judges (1 = the first to step), when "
     "several phases (optimizers built one after the other, or a GAN's pair) have losses: a rule "
     "reading loss, loss_points or loss_all_finite is then judged once per phase, on that "
@@ -484,10 +483,9 @@ class Features:
             g, rms = self._growth(comp["name"], self._metric(comp["name"], "weight_norm"))
             if g is not None and rms is not None and rms >= _MIN_PEER_INIT_RMS:
                 growths.append(g)
-        scales = [(as_float((c.get("init") or {}).get("scale")), c["name"])
-                  for c in self.components]
-        top = max(((v, n) for v, n in scales if v is not None), default=(None, None))
-        out["init_scale_max"], out["init_scale_max_component"] = top
+        out["init_scale_max"] = max(
+            (v for v in (as_float((c.get("init") or {}).get("scale")) for c in self.components)
+             if v is not None), default=None)
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
         out.update(self._relative_step(optimizers))
@@ -740,9 +738,7 @@ class Features:
                 [_median(as_float(raw[n]["lambda_max"][i]) for n in same)
                  for i in range(len(self.steps))]
             )
-            first_norm = next((x for x in map(as_float, m["weight_norm"]) if x is not None), None)
-            numel = max(1, int(comp.get("numel") or 1))
-            init_rms = first_norm / math.sqrt(numel) if first_norm is not None else None
+            init_rms = _first_rms(m["weight_norm"], comp.get("numel"))
             peer_growth = [
                 growth[n][0] for n in others
                 if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS
