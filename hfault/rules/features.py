@@ -206,6 +206,7 @@ COMPONENT_FEATURES: dict[str, str] = {
     "embedding tables (those of RMS ≥ 1e-3); none for other components or without a peer",
     "table_rms_ratio": "init_rms / table_rms_peers: how much larger this table's rows start than "
     "the other tables' (none without a peer)",
+    "table_rms": "for an embedding table: init_rms; none for other components",
     "init_fan_in": "fan-in of that weight",
     "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
     "1 = last (the report lists components in forward order)",
@@ -747,6 +748,7 @@ class Features:
             tables = _median(v for n, v in table_rms.items() if n != name and v is not None
                              and v >= _MIN_PEER_INIT_RMS) if name in table_rms else None
             f.update(
+                table_rms=table_rms.get(name),
                 table_rms_peers=tables,
                 table_rms_ratio=_ratio(init_rms, tables),
                 init_scale=as_float(init.get("scale")),
