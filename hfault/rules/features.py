@@ -30,6 +30,12 @@ SCOPES = ("run", "component", "edge", "attention", "timeline")
 LR_OUTLIER = 10.0
 """A component at this many times the median component's learning rate is trained apart."""
 
+DIVERGED_RISE = 3.0
+"""A sustained level (a median of 3 consecutive losses) this many times the first loss, above
+zero-rise, before the first non-finite one: the run diverged, then broke (HF010's peak factor).
+HF022 reports it; HF001 then ranks as its consequence."""
+
+
 RUN_FEATURES: dict[str, str] = {
     "status": "how the script ended: completed, stopped (--max-steps), crashed or exited "
     "(os._exit)",
@@ -82,6 +88,10 @@ RUN_FEATURES: dict[str, str] = {
     "loss_rise_before_nonfinite": "(the largest median of 3 consecutive losses before the first "
     "non-finite one − the first loss) / |first loss|, with at least 4 losses before it; none "
     "otherwise: how far the run diverged before it broke",
+    "loss_peak_before_nonfinite": "that largest median of 3 consecutive losses",
+    "loss_peak_step_before_nonfinite": "the step it ends at",
+    "loss_diverged_before_nonfinite": "whether loss_rise_before_nonfinite > "
+    f"{DIVERGED_RISE:g} − 1: the run diverged before it broke",
     "init_scale_max": "the largest init_scale over the components (HF008's statistic)",
     "phase": "the training phase whose losses a loss rule judges (1 = the first to step), when "
     "several phases (optimizers built one after the other, or a GAN's pair) have losses: a rule "
@@ -1004,18 +1014,28 @@ def _loss_features(points: Sequence[Sequence[Any]]) -> dict[str, Any]:
         "loss_before_nonfinite": (Series(steps[:bad], losses[:bad]) if bad is not None
                                   else Series((), ())),
         "loss_nonfinite_at": steps[bad] if bad is not None else None,
-        "loss_rise_before_nonfinite": _rise_before(losses[:bad]) if bad is not None else None,
+        **_divergence_before(steps[:bad] if bad is not None else (),
+                             losses[:bad] if bad is not None else ()),
     }
 
 
-def _rise_before(losses: Sequence[float | None]) -> float | None:
+def _divergence_before(steps: Sequence[int], losses: Sequence[float | None]) -> dict[str, Any]:
     """How far the losses before a non-finite one rose above the first: the largest median of 3
-    consecutive ones, relative to |first|; None with fewer than 4."""
-    values = [v for v in losses if v is not None and math.isfinite(v)]
-    if len(values) < 4:
-        return None
-    peak = max(statistics.median(values[i - 2:i + 1]) for i in range(2, len(values)))
-    return (peak - values[0]) / max(abs(values[0]), 1e-8)
+    consecutive ones (its value and step) and its rise relative to |first|; none with fewer
+    than 4."""
+    pairs = [(s, v) for s, v in zip(steps, losses, strict=True)
+             if v is not None and math.isfinite(v)]
+    if len(pairs) < 4:
+        return {"loss_rise_before_nonfinite": None, "loss_peak_before_nonfinite": None,
+                "loss_peak_step_before_nonfinite": None,
+                "loss_diverged_before_nonfinite": False}
+    levels = [(statistics.median(v for _, v in pairs[i - 2:i + 1]), pairs[i][0])
+              for i in range(2, len(pairs))]
+    peak, at = max(levels, key=lambda level: level[0])
+    rise = (peak - pairs[0][1]) / max(abs(pairs[0][1]), 1e-8)
+    return {"loss_rise_before_nonfinite": rise, "loss_peak_before_nonfinite": peak,
+            "loss_peak_step_before_nonfinite": at,
+            "loss_diverged_before_nonfinite": rise > DIVERGED_RISE - 1}
 
 
 def _pooled(weights: Sequence[float], values: Sequence[float | None]) -> float | None:
