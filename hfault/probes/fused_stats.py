@@ -2,13 +2,15 @@
 
 Per component and per step the statistics need ‖g‖, ‖θ‖ and the number of zero gradient entries.
 Taken one component at a time they cost several kernels and three host reads each; here one
-``torch._foreach_norm`` in float64 gives ‖·‖ of every gradient and weight view (a slice of a
-fused parameter is a ``narrow`` view: its norm is exactly the slice's), ``count_nonzero`` counts
-the non-zero gradient entries (the exact integers the ``ord=0`` norm gives, without its float64
-copy of each gradient: a third of its time on a CPU), and the results stay on the device as one
-tensor. Float64 makes the norm of any finite float32/float16/bfloat16 tensor finite, so "every
-norm is finite" is "every gradient and weight is finite": that one value is read at each step;
-the rest when asked for.
+fused norm (:mod:`hfault.probes.many_norms`: float64 on a GPU, float32 chunks summed in float64
+on a CPU) gives ‖·‖ of every gradient and weight view (a slice of a fused parameter is a
+``narrow`` view: its norm is exactly the slice's), ``count_nonzero`` counts the non-zero
+gradient entries (the exact integers the ``ord=0`` norm gives, without its float64 copy of each
+gradient: a third of its time on a CPU), and the results stay on the device as one tensor. In
+float64 the norm of any finite float32/float16/bfloat16 tensor is finite, so "every norm is
+finite" is "every gradient and weight is finite": that one value is read at each step (a
+non-finite one from float32 chunks is checked again in float64 before the optimizer steps); the
+rest when asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from hfault.capture.host_reads import HostReads, Reading
 from hfault.components import Component, ParamPart
+from hfault.probes.many_norms import exact_norms, fast_norms
 
 
 @dataclass
@@ -90,6 +93,10 @@ class FusedStats:
         self.lrs = lrs
         self.values = values
         self._finite = finite
+        self._screened: list[torch.Tensor] | None = None
+        """The gradient and weight views while a float32-chunk norm may still need its float64
+        check (until :meth:`release`, before the optimizer changes them)."""
+        self._verdict: bool | None = None
 
     @classmethod
     def measure(cls, layout: StepLayout, reads: HostReads) -> FusedStats:
@@ -105,25 +112,47 @@ class FusedStats:
             grads.append(part.view(g))
             owners.append(i)
             grad_numels.append(numel)
+        tensors = grads + weights
         with torch.no_grad():
-            norms = torch._foreach_norm(grads + weights, 2, dtype=torch.float64)
-            values = stack(norms)
+            values, screened = fast_norms(tensors)
             if grads:  # the int64 counts, promoted to float64 (exact) by the cat: a stack of
                 # mixed dtypes would take several times as long
                 values = torch.cat([values, stack([torch.count_nonzero(g) for g in grads])])
-            finite = reads.put(values[: len(norms)].sum())
+            finite = reads.put(values[: len(tensors)].sum())
         lrs = [[lr for g in groups if (lr := _lr(g.get("lr"))) is not None]
                for groups in layout.groups]
-        return cls(layout, owners, grad_numels, missing, lrs, values, finite)
+        stats = cls(layout, owners, grad_numels, missing, lrs, values, finite)
+        if screened:
+            stats._screened = tensors
+        return stats
 
     def finite(self) -> bool:
-        """Whether every gradient and weight is finite (read with the step's other values)."""
-        return math.isfinite(self._finite.value())
+        """Whether every gradient and weight is finite (read with the step's other values).
+        Before :meth:`release`, a non-finite float32-chunk norm is taken again in float64 (an
+        overflow of finite entries above ~1e17 is not a NaN)."""
+        if self._verdict is not None:
+            return self._verdict
+        finite = math.isfinite(self._finite.value())
+        if finite or self._screened is None:
+            return finite
+        tensors, self._screened = self._screened, None
+        with torch.no_grad():
+            exact = exact_norms(tensors).to(self.values.device)
+            self.values = torch.cat([exact, self.values[len(tensors):]])
+        self._verdict = bool(torch.isfinite(exact).all())
+        return self._verdict
+
+    def release(self) -> None:
+        """The step is taken: the views now hold the new weights (and keep the gradients alive);
+        drop them."""
+        self._screened = None
 
     def metrics(self) -> dict[str, dict[str, object]]:
         """Per component, as :class:`~hfault.probes.gradients.StepRecord` reports them (one host
         read). A parameter whose ``.grad`` is None received no gradient (cut from the graph, e.g.
         by a stray ``.detach()``): it counts as all-zero and sets ``grad_missing``."""
+        if self._screened is not None:
+            self.finite()  # an overflowed float32 chunk is replaced by its float64 norm
         values = self.values.tolist()
         n_grads, n = len(self.owners), len(self.layout.components)
         grad_sq, weight_sq, zeros = [0.0] * n, [0.0] * n, [0] * n

@@ -24,7 +24,8 @@ from hfault.capture.contribution import ReportDraft, SnapshotDraft
 from hfault.capture.hooks import MEASURE, BackwardEvent, Listener
 from hfault.capture.manual_steps import is_hand_written
 from hfault.components import Component
-from hfault.probes.fused_stats import FusedStats, StepLayout, stack
+from hfault.probes.fused_stats import FusedStats, StepLayout
+from hfault.probes.many_norms import fast_norms
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -62,15 +63,17 @@ def update_ratio(component: Component, before: Sequence[torch.Tensor]) -> float 
 
 
 def raw_grad_norms(components: Sequence[Component]) -> dict[str, torch.Tensor]:
-    """The float64 norms of each component's gradient views as backward left them (before the
-    script's clipping), as device tensors: no sync until the step reads them."""
+    """The norms of each component's gradient views as backward left them (before the script's
+    clipping), as device tensors: no sync until the step reads them. Taken as ``FusedStats``
+    takes the step's (:func:`~hfault.probes.many_norms.fast_norms`): an untouched gradient
+    gives a ratio of exactly 1."""
     out: dict[str, torch.Tensor] = {}
     for comp in components:
         views = [part.view(part.param.grad) for part in comp.parts
                  if part.param.grad is not None]
         if views:
             with torch.no_grad():
-                out[comp.name] = stack(torch._foreach_norm(views, 2, dtype=torch.float64))
+                out[comp.name] = fast_norms(views)[0]
     return out
 
 
@@ -113,6 +116,11 @@ class StepRecord:
 
     def add(self, stats: FusedStats) -> None:
         self._pending.append(stats)
+
+    def release(self) -> None:
+        """The optimizer stepped: the pending statistics keep no view of its tensors."""
+        for pending in self._pending:
+            pending.release()
 
     def finite(self) -> bool:
         """Whether every gradient and weight norm of the step is finite, without reading the
@@ -189,6 +197,7 @@ class GradientStats(Listener):
         record = self.last
         if record is None:
             return
+        record.release()
         session = self.session
         layout = self._layouts.get(id(opt))
         for comp in layout.components if layout is not None else ():

@@ -45,3 +45,28 @@ def test_every_tensor_of_a_tuple_or_dict_output_is_checked():
     assert _first_bad([(ok, None), (ok, _with(-INF)), {"a": _with(INF)}]) == 1
     assert _first_bad([{"a": ok, "b": _with(float("nan"), torch.float64)}]) == 0
     assert _first_bad([torch.tensor([1 + 1j, complex(INF, 0)])]) == 0
+
+
+def test_an_output_is_checked_once_per_forward_unless_written_in_place():
+    """A container returns its last child's output: one check. An in-place write since (an
+    ``inplace=True`` module) makes it a new output, checked and named."""
+    x = torch.ones(3)
+    inner, outer, inplace = nn.Linear(3, 3), nn.Sequential(), nn.ReLU(inplace=True)
+    watch = ActivationWatch()
+    watch.record(inner, x)
+    watch.record(outer, x)
+    assert len(watch.pending) == 1
+    x[1] = float("nan")
+    watch.record(inplace, x)
+    assert len(watch.pending) == 2
+    assert watch.take().first_bad() is inplace
+    watch.record(outer, x)  # a new forward checks it again
+    assert watch.take().first_bad() is outer
+
+
+def test_a_dropout_is_not_named_for_the_nan_it_passes_on():
+    drop, after = nn.Dropout(0.1), nn.Linear(3, 3)
+    watch = ActivationWatch()
+    watch.record(drop, _with(float("nan")))
+    watch.record(after, _with(float("nan")))
+    assert watch.take().first_bad() is after

@@ -95,11 +95,25 @@ def test_fused_statistics_equal_the_per_component_ones(poison: float | None):
         assert got.keys() == expected.keys()
         for key, value in expected.items():
             if isinstance(value, float) and math.isfinite(value):
-                assert got[key] == pytest.approx(value, rel=1e-12), (comp.name, key)
+                # norms from float32 chunks summed in float64 (hfault.probes.many_norms)
+                assert got[key] == pytest.approx(value, rel=5e-6), (comp.name, key)
             else:
                 assert str(got[key]) == str(value), (comp.name, key)
     bad = {c.name for c in components if not math.isfinite(float(fused[c.name]["grad_norm"]))}
     assert bad == (set() if poison is None else {"attn.in_proj.value"})
+
+
+def test_a_huge_finite_gradient_is_not_taken_for_a_nan():
+    """Entries of 1e30 overflow a float32 norm: the step is still finite and its norm exact."""
+    components, opt = _step()
+    assert components[0].parts[0].param.grad is not None
+    components[0].parts[0].param.grad.fill_(1e30)
+    reads = HostReads()
+    stats = FusedStats.measure(StepLayout.build(opt, components, components), reads)
+    assert stats.finite() is True
+    part = components[0].parts[0]
+    expected = float(part.view(part.param.grad).double().norm())
+    assert stats.metrics()[components[0].name]["grad_norm"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_sparse_gradients_are_measured_and_training_is_unchanged(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
