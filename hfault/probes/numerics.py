@@ -7,9 +7,9 @@ healthy run pays one reduction per module output (``aminmax``) and no host read 
 loss is read at the step with the step's other values (``capture.host_reads``), and so is whether
 the first-order statistics (the norms of weights and gradients) are all finite. The gradients as
 backward left them are watched by ``probes.raw_gradients``. An output already checked in the same
-forward (a container returns its last child's output; ``Dropout(p=0)`` returns its input) and a
-dropout's output (finite when its input is: the input's module is the one to name) are not
-checked again: a third of the reductions of a transformer's forward.
+forward, unchanged since (a container returns its last child's output; ``Dropout(p=0)`` returns
+its input), is not checked again: a third of the reductions of a transformer's forward. (A
+dropout with p > 0 is checked: after a functional softmax it is the first module to hold its NaN.)
 """
 
 from __future__ import annotations
@@ -80,11 +80,6 @@ def finite_probe(t: torch.Tensor) -> Sequence[torch.Tensor]:
     return (torch.isfinite(t).all().to(torch.float64).log(),)
 
 
-_PASS_THROUGH = (nn.modules.dropout._DropoutNd,)
-"""Modules whose output is finite when their input is: checking it would only name them for a
-NaN that an earlier computation made."""
-
-
 @dataclass
 class ForwardFlags:
     """The modules whose outputs one forward recorded, in completion order, how many probes
@@ -128,7 +123,7 @@ class ActivationWatch:
         return True
 
     def record(self, module: nn.Module, output: object) -> None:
-        if not torch.is_grad_enabled() or isinstance(module, _PASS_THROUGH):
+        if not torch.is_grad_enabled():
             return
         probes: Sequence[torch.Tensor]
         if isinstance(output, torch.Tensor):  # the common case, without building a list
