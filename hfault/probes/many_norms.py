@@ -45,7 +45,7 @@ def fast_norms(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:
     the choice depends on the tensor alone, so a tensor gets the same bits in any list (a ratio
     of two norms of the same gradient is exactly 1)."""
     if not tensors:
-        return torch.zeros(0, dtype=torch.float64), False
+        return torch.zeros(0, dtype=torch.float64, device="cpu"), False
     chunked = [i for i, t in enumerate(tensors) if _chunkable(t)]
     if not chunked:
         return exact_norms(tensors), False
@@ -67,8 +67,8 @@ def fast_norms(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:
     partial = torch.stack(torch._foreach_norm(chunks, 2, dtype=torch.float32)).to(torch.float64)
     if not split and len(chunked) == len(tensors):
         return partial, True
-    squares = torch.zeros(len(tensors), dtype=torch.float64)
-    squares.index_add_(0, torch.tensor(owners), partial * partial)
+    squares = torch.zeros(len(tensors), dtype=torch.float64, device=partial.device)
+    squares.index_add_(0, torch.tensor(owners, device=partial.device), partial * partial)
     norms = squares.sqrt()
     if len(chunked) < len(tensors):
         taken = set(chunked)
