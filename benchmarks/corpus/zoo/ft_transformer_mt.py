@@ -74,7 +74,7 @@ class FeatureTokenizer(nn.Module):
         self.cat_embeddings = nn.Embedding(sum(CARDS), DIM)
         nn.init.uniform_(self.cat_embeddings.weight, -bound, bound)
         self.cat_bias = nn.Parameter(torch.empty(len(CARDS), DIM).uniform_(-bound, bound))
-        offsets = torch.tensor((0,) + CARDS[:-1]).cumsum(0)
+        offsets = torch.tensor((0, *CARDS[:-1])).cumsum(0)
         self.register_buffer("cat_offsets", offsets, persistent=False)
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,6 @@ def main() -> None:
 
     losses = []
     first_loss = None
-    micro_batches = []
     step = 0
     model.train()
     while step < args.steps:

@@ -5,7 +5,8 @@ self-attention with a learned relative position bias table, shifted windows (``t
 every second block of the first stage with the region mask that shifting needs (added to the
 scores as ``-inf``), a patch-merging layer between the stages, global average pooling and a
 linear head. Trained on a fixed training set in mini-batches, SGD with Nesterov momentum and
-weight decay under a one-cycle schedule, ``F.cross_entropy``.
+weight decay, a linear warmup then step decay (``SequentialLR`` of ``LinearLR`` and
+``MultiStepLR``), ``F.cross_entropy``.
 
 Data: 10 classes, each a fixed random low-frequency colour texture; an image is its class's
 texture circularly shifted by a random offset, with a random per-channel gain and strong
@@ -154,7 +155,7 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
+        B, _, C = x.shape
         x = x.view(B, self.resolution, self.resolution, C)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.view(B, -1, 4 * C)))
