@@ -13,20 +13,25 @@ tiny Shakespeare it ships) and pytorch/examples (``wlm-adamw``, ``wlm-sgd``:
 word_language_model; ``gat``: graph attention on a synthetic citation graph; ``tsp``:
 time_sequence_prediction, LSTM cells trained by LBFGS with a closure; ``translation``:
 language_translation, ``nn.Transformer`` on padded batches, with a stand-in for the ``torchtext``
-it imports), folders given with
-``--nanogpt``, ``--mingpt``, ``--makemore``, ``--examples``, ``--ngvl`` (default
-``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive HEAD gat | tar -x -C
-/tmp/clients/examples``), plus a tiny GPT-2 under the transformers ``Trainer``
-(``benchmarks/clients/gpt2_trainer.py``; the ``Trainer`` needs ``accelerate``, which the
-project's venv lacks: ``pip install --no-deps --target /tmp/clients/pydeps accelerate psutil``,
-the ``--pydeps`` folder, put on that client's ``PYTHONPATH`` only). Nothing of theirs lives in
+it imports), karpathy/llm.c (``llmc``: its PyTorch reference ``train_gpt2.py`` on synthetic
+token shards, with a small config added and a stand-in for the ``tiktoken`` it imports) and
+lucidrains/x-transformers (``xt-copy``: ``train_copy.py``, an encoder-decoder on its generated
+copy task, importing the checkout's own ``x_transformers``), folders given with
+``--nanogpt``, ``--mingpt``, ``--makemore``, ``--examples``, ``--ngvl``, ``--llmc``,
+``--xtransformers`` (default ``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive
+HEAD gat | tar -x -C /tmp/clients/examples``), plus a tiny GPT-2 under the transformers
+``Trainer`` (``benchmarks/clients/gpt2_trainer.py``). Packages the project's venv lacks go into
+the ``--pydeps`` folder, put on the ``PYTHONPATH`` of the clients that need it only: ``pip
+install --no-deps --target /tmp/clients/pydeps accelerate psutil`` for the ``Trainer``, ``einops
+einx loguru torch-einops-utils frozendict`` for x-transformers. Nothing of theirs lives in
 this repository: each run copies the scripts it needs into a temporary folder, writes synthetic
 data there (no downloads), makes the few edits the venv needs (no ``tensorboard``, ``requests``
 or ``matplotlib``: the prepare functions say which) and, for the faulty variant, injects one bug
 by a textual edit of that copy. A bug in a class that several modules share (an attention class
 every block uses) names them all as its label; any of them ranked first is a hit. Each client ×
-variant is run once plainly (the wall-time baseline) and under ``hfault diagnose`` in full mode
-and with ``--no-curvature``, one process at a time with ``OMP_NUM_THREADS=1``.
+variant is run once plainly (the wall-time baseline; the tail of its output, with the script's
+last printed losses, is kept in the index as ``plain_tail``) and under ``hfault diagnose`` in
+full mode and with ``--no-curvature``, one process at a time with ``OMP_NUM_THREADS=1``.
 Reports go to ``--keep`` (default ``benchmarks/results/clients/``) with an ``index.json`` of the
 runs; ``--rescore DIR`` recomputes findings and verdicts of saved reports
 with the current rule files (``rejudge()`` of ``benchmarks/accuracy.py``) and prints the table.
@@ -192,7 +197,7 @@ class Client:
     name: str
     source: str
     """The checkout option it comes from (``nanogpt``, ``mingpt``, ``examples``, ``makemore``,
-    ``own``)."""
+    ``ngvl``, ``llmc``, ``xtransformers``, ``own``)."""
     copy: str
     """The folder of the checkout copied into the work folder ("" = all of it)."""
     script: str
@@ -206,9 +211,11 @@ class Client:
     prepare: Callable[[Path, str], None]
     """``prepare(work, variant)``: write data, inject the bug."""
     pythonpath: bool = False
-    """Put the work folder on ``PYTHONPATH`` (minGPT's projects import the ``mingpt`` package)."""
+    """Put the work folder on ``PYTHONPATH`` (minGPT's projects import the ``mingpt`` package,
+    x-transformers' scripts the ``x_transformers`` one)."""
     pydeps: bool = False
-    """Needs the ``--pydeps`` folder on ``PYTHONPATH`` (``accelerate`` for the ``Trainer``)."""
+    """Needs the ``--pydeps`` folder on ``PYTHONPATH`` (``accelerate`` for the ``Trainer``,
+    ``einops`` and co. for x-transformers)."""
     variants: tuple[str, ...] = VARIANTS
     note: str = ""
     options: tuple[str, ...] = field(default=())
@@ -343,6 +350,86 @@ def prepare_translation(work: Path, variant: str) -> None:
              "            None,\n            None,\n")
 
 
+LLMC_MAGIC = 20240520
+
+
+def write_llmc_shard(path: Path, tokens: list[int]) -> None:
+    """One token shard as llm.c's ``dev/data`` scripts write it: a header of 256 int32 (magic
+    20240520, version 1, the token count), then the tokens as uint16."""
+    import numpy as np
+
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = (LLMC_MAGIC, 1, len(tokens))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.array(tokens, dtype=np.uint16).tobytes())
+
+
+def prepare_llmc(work: Path, variant: str) -> None:
+    """llm.c's PyTorch reference trains GPT-2 on token shards; its ``--model`` offers only GPT-2
+    sizes (``d12`` and up: 124M parameters, a 50257-token vocabulary), which a user on a CPU
+    shrinks by adding a config: the copy gets a ``d2`` (2 layers of 2 heads, width 64, blocks of
+    64, a vocabulary of 257). ``tiktoken``, which the script imports and whose GPT-2 encoding
+    downloads, is stood in for by a byte-level encoding of ours
+    (``benchmarks/clients/tiktoken_stub``: bytes plus ``<|endoftext|>`` = 256), in which the
+    Zipf-text sentences are written as train/val shards, one end-of-text token before each."""
+    shutil.copytree(HERE / "clients" / "tiktoken_stub", work / "tiktoken",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    eot = 256
+    tokens = [t for line in char_text(150_000).splitlines()
+              for t in (eot, *line.encode("utf-8"))]
+    cut = int(len(tokens) * 0.9)
+    write_llmc_shard(work / "data" / "synth_train.bin", tokens[:cut])
+    write_llmc_shard(work / "data" / "synth_val.bin", tokens[cut:])
+    script = work / "train_gpt2.py"
+    edit(script, '"d12", "d24", "d36", "d48"}', '"d2", "d12", "d24", "d36", "d48"}')
+    edit(script, '            "d12": GPTConfig(',
+         '            "d2": GPTConfig(block_size=64, vocab_size=257, n_layer=2, n_head=2,'
+         ' n_embd=64),\n'
+         '            "d12": GPTConfig(')
+    if variant == "bug":  # the causal mask line commented out in the manual attention path
+        mask = "att = att.masked_fill(self.bias[:,:,:T,:T] == 0, float('-inf'))"
+        edit(script, mask, f"# {mask}")
+
+
+XT_COPY_STEPS = 300
+XT_COPY_HOT = "decoder.net.attn_layers.layers.0.1"
+"""The decoder's first (causal) self-attention: its layers alternate self-attention,
+cross-attention and feed-forward, index 1 of each is the module, index 0 its norm."""
+
+
+def prepare_xt_copy(work: Path, variant: str) -> None:
+    """x-transformers' copy task (an encoder-decoder whose decoder repeats the source after it
+    once) is generated in the script; its settings are module constants, which a user edits for
+    one CPU thread: 300 batches of 16 instead of 100,000 of 32, sources of 16 tokens instead of
+    32 (as many as a batch has samples, as in the original), width 64 instead of 128, 2 layers
+    of 4 heads in encoder and decoder instead of 3 of 8, a learning rate of 1e-3 instead of
+    3e-4 (it then copies without error by step 200). The package is the checkout's own
+    ``x_transformers``; its dependencies (einops, einx, loguru, torch-einops-utils, frozendict)
+    come from the ``--pydeps`` folder."""
+    script = work / "train_copy.py"
+    for old, new in (("NUM_BATCHES = int(1e5)", f"NUM_BATCHES = {XT_COPY_STEPS}"),
+                     ("BATCH_SIZE = 32", "BATCH_SIZE = 16"),
+                     ("LEARNING_RATE = 3e-4", "LEARNING_RATE = 1e-3"),
+                     ("ENC_SEQ_LEN = 32", "ENC_SEQ_LEN = 16"),
+                     ("DEC_SEQ_LEN = 64 + 1", "DEC_SEQ_LEN = 32 + 1"),
+                     ("    dim = 128,", "    dim = 64,"),
+                     ("    enc_depth = 3,", "    enc_depth = 2,"),
+                     ("    enc_heads = 8,", "    enc_heads = 4,"),
+                     ("    dec_depth = 3,", "    dec_depth = 2,"),
+                     ("    dec_heads = 8,", "    dec_heads = 4,")):
+        edit(script, old, new)
+    if variant == "bug":  # the decoder's first self-attention in its own group at 100x the lr
+        edit(script, "optim = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)\n",
+             f"hot = '{XT_COPY_HOT}.'\n"
+             "optim = torch.optim.Adam([\n"
+             "    {'params': [p for n, p in model.named_parameters() if not n.startswith(hot)]},\n"
+             "    {'params': [p for n, p in model.named_parameters() if n.startswith(hot)],\n"
+             "     'lr': LEARNING_RATE * 100},\n"
+             "], lr=LEARNING_RATE)\n")
+
+
 TSP_LENGTH = 120
 
 
@@ -368,6 +455,14 @@ def prepare_tsp(work: Path, variant: str) -> None:
 WLM_ARGS = ("--model", "Transformer", "--data", "data/synth", "--emsize", "64", "--nhid", "128",
             "--nlayers", "2", "--nhead", "2", "--bptt", "35", "--batch_size", "20",
             "--dropout", "0.1", "--epochs", "1", "--log-interval", "20", "--save", "model.pt")
+
+LLMC_STEPS = 200
+LLMC_ARGS = ("--input_bin=data/synth_train.bin", "--input_val_bin=data/synth_val.bin",
+             "--model=d2", "--batch_size=8", "--sequence_length=64", "--total_batch_size=512",
+             f"--num_iterations={LLMC_STEPS}", "--learning_rate=3e-3", "--warmup_iters=10",
+             "--learning_rate_decay_frac=0.1", "--weight_decay=0.1", "--val_loss_every=50",
+             "--val_max_steps=5", "--overfit_single_batch=0", "--device=cpu", "--dtype=float32",
+             "--write_tensors=0", "--compile=0", "--flash=0", "--output_dir=out")
 
 CLIENTS = [
     Client("nanogpt", "nanogpt", "", "train.py",
@@ -435,6 +530,15 @@ CLIENTS = [
            "transformer.encoder.layers.0.self_attn transformer.encoder.layers.1.self_attn",
            prepare_translation,
            note="nn.Transformer, sequence-first, padded batches; torchtext stood in for"),
+    Client("llmc", "llmc", "", "train_gpt2.py", LLMC_ARGS, LLMC_STEPS,
+           "causal mask line commented out in the manual attention path: "
+           "every position attends to the future too, in the attention class both blocks share",
+           "transformer.h.0.attn transformer.h.1.attn", prepare_llmc,
+           note="llm.c's PyTorch reference; a d2 config added; tiktoken stood in for"),
+    Client("xt-copy", "xtransformers", "", "train_copy.py", (), XT_COPY_STEPS,
+           "learning rate x100 on the decoder's first self-attention (its own Adam param group "
+           "in the training script)", XT_COPY_HOT, prepare_xt_copy, pythonpath=True,
+           pydeps=True, note="lucidrains/x-transformers' encoder-decoder on its copy task"),
     Client("tsp", "examples", "time_sequence_prediction", "train.py", ("--steps", "5"), 5,
            "lstm1's recurrent state detached at every time step (truncated BPTT of one step)",
            "lstm1", prepare_tsp, note="LBFGS with a closure (up to 20 evaluations a step)"),
@@ -519,6 +623,7 @@ def row_for(entry: dict, report: dict | None) -> dict:
     row = {k: entry[k] for k in ("client", "variant", "mode", "label", "bug", "exit",
                                  "hfault_s", "plain_s", "plain_exit", "note")}
     row["error"] = entry.get("error", "")
+    row["plain_tail"] = entry.get("plain_tail", "")
     if report is None:
         row.update(verdict="no report", status=None, counts={}, rules=[], first=None,
                    rank=None, top1=None)
@@ -622,7 +727,8 @@ def run_all(clients: list[Client], modes: list[str], checkouts: dict[str, Path],
                              "label": client.label if variant == "bug" else "",
                              "bug": client.bug, "note": client.note, "exit": code,
                              "hfault_s": round(seconds, 2), "plain_s": round(plain_s, 2),
-                             "plain_exit": plain_exit, "steps": client.steps,
+                             "plain_exit": plain_exit, "plain_tail": plain_tail[-600:],
+                             "steps": client.steps,
                              "args": script_args(client, variant),
                              "report": name if has_report else None,
                              "error": "" if code in (0, 1) else err}
@@ -645,9 +751,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--makemore", type=Path, default=Path("/tmp/clients/makemore"))
     parser.add_argument("--ngvl", type=Path, default=Path("/tmp/clients/ngvl"),
                         help="karpathy/ng-video-lecture (gpt.py and its input.txt)")
+    parser.add_argument("--llmc", type=Path, default=Path("/tmp/clients/llmc"),
+                        help="karpathy/llm.c (its train_gpt2.py)")
+    parser.add_argument("--xtransformers", type=Path, default=Path("/tmp/clients/xtransformers"),
+                        help="lucidrains/x-transformers (train_copy.py and its x_transformers)")
     parser.add_argument("--pydeps", type=Path, default=Path("/tmp/clients/pydeps"),
-                        help="extra packages for the transformers Trainer client (accelerate, "
-                        "psutil: pip install --no-deps --target DIR accelerate psutil)")
+                        help="extra packages (pip install --no-deps --target DIR ...): "
+                        "accelerate psutil for the transformers Trainer client; einops einx "
+                        "loguru torch-einops-utils frozendict for xt-copy")
     parser.add_argument("--keep", type=Path, default=KEEP, help="where reports are kept")
     parser.add_argument("--rescore", type=Path, help="re-score the saved reports of DIR; no runs")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -668,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = list(MODES) if args.mode == "both" else [args.mode]
         checkouts = {"nanogpt": args.nanogpt, "mingpt": args.mingpt,
                      "examples": args.examples, "makemore": args.makemore, "ngvl": args.ngvl,
+                     "llmc": args.llmc, "xtransformers": args.xtransformers,
                      "own": ROOT}
         rows = run_all(clients, modes, checkouts, args.keep)
     print_table(rows)
