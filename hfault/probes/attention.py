@@ -42,6 +42,9 @@ class AttentionStats:
     max_logit: float = -math.inf
     heads: int | None = None
     keys: int = 0
+    queries: int = 0
+    """The most query rows of one call (the weights' second-to-last size): a self-attention's
+    equals its keys, a cross-attention's (queries from one sequence, keys from another) need not."""
     mask_offset: int | None = None
     """k when the mask is causal-shaped, 'key j hidden from query i iff j − i > k' (0 = causal)."""
     std_sum: float = 0.0
@@ -71,6 +74,7 @@ class AttentionStats:
             "max_logit": self.max_logit if math.isfinite(self.max_logit) else None,
             "heads": self.heads,
             "keys": self.keys,
+            "queries": self.queries or None,
             "calls": self.calls,
             "mask_offset": self.mask_offset,
             "logit_std": self.std_sum / self.std_rows if self.std_rows else None,
@@ -324,6 +328,7 @@ class AttentionProbe:
             stats.entropy_sum += float(entropy.double().sum())
             stats.entropy_norm_sum += float(norm.sum())
             stats.keys = max(stats.keys, keys)
+            stats.queries = max(stats.queries, p.shape[-2] if p.dim() >= 2 else 1)
             heads = _heads_view(torch.stack([norm, chooses.double()], -1), module)
             if heads is not None:
                 per_head = heads.transpose(0, -3).reshape(heads.shape[-3], -1, 2).sum(1)

@@ -297,9 +297,11 @@ ATTENTION_FEATURES: dict[str, str] = {
     "axis_step": "the step axis_fault was first seen",
     "mask_none": "whether no logit of the module was masked at its first measured step",
     "causal_peers": "number of same-role modules of other layers with a causal mask "
-    "(mask_offset 0) at their first measured step",
+    "(mask_offset 0) over as many keys as this one at their first measured step",
     "causal_peer": "one of them",
     "keys_first": "number of keys at the first measured step",
+    "queries_first": "number of query rows at the first measured step (equal to keys_first in a "
+    "self-attention; none in reports that predate it)",
     "keys_peers": "median keys_first of the same-role modules of other layers",
     "batch": "leading size of the loss input at the first measured step (its samples; samples × "
     "positions when the script flattens them)",
@@ -891,7 +893,13 @@ class Features:
             axis = next(((step, st["axis_fault"])
                          for step, st in zip(self.steps, stats, strict=True)
                          if st.get("axis_fault")), (None, None))
-            causal = [m for m in same_role if first[m].get("mask_offset") == 0]
+            # A layer that lost its causal mask still reads its peers' sequence: a same-place
+            # module over another number of keys is another role (x-transformers lists self-
+            # and cross-attention blocks of a layer in one list: one path for both).
+            keys_here = first[module].get("keys")
+            causal = [m for m in same_role if first[m].get("mask_offset") == 0
+                      and (not keys_here or not first[m].get("keys")
+                           or first[m].get("keys") == keys_here)]
             kind = first[module].get("type")
             same_code = [m for m in modules if m != module and kind is not None
                          and first[m].get("type") == kind] or same_role
@@ -959,6 +967,7 @@ class Features:
                 mask_none=first[module].get("masked_share") == 0,
                 causal_peers=len(causal),
                 keys_first=first[module].get("keys"),
+                queries_first=first[module].get("queries"),
                 keys_peers=_median(float(k) for k in (first[m].get("keys") for m in same_role)
                                    if k),
                 batch=first[module].get("batch"),

@@ -241,3 +241,22 @@ def test_a_divergence_that_ends_in_inf_is_reported_before_the_inf(cli, lr, diver
         assert "learning rate 3" in result.findings("HF022")[0]["message"]
     else:
         assert "HF022" not in rules and "HF001" not in rules
+
+
+@pytest.mark.parametrize("drop_mask", [False, True])
+def test_cross_attention_sharing_a_self_attentions_path_is_not_its_peer(cli, drop_mask) -> None:  # type: ignore[no-untyped-def]
+    """x-transformers lists a layer's self- and cross-attention in one list (``layers.0.1``,
+    ``layers.1.1``): the cross-attention masks nothing and attends over the source (16 keys, the
+    batch's size too), yet it neither lost a causal mask nor attends over the batch. A decoder
+    self-attention that did lose its mask is still found."""
+    args = ["--", "--steps", "8"] + (["--drop-mask"] if drop_mask else [])
+    result = cli("diagnose", str(SCRIPTS / "mixed_blocks_train.py"), "--no-curvature",
+                 "--fail-on", "never", *args)
+    attention = result.report["snapshots"][0]["attention"]
+    assert {m: (a["queries"], a["keys"]) for m, a in attention.items()
+            if m.startswith("decoder")} == {
+        "decoder.layers.0.1": (9, 9), "decoder.layers.1.1": (9, 16),
+        "decoder.layers.3.1": (9, 9), "decoder.layers.4.1": (9, 16)}
+    found = [(f["rule"], f["component"]) for f in result.findings()
+             if f["rule"] in ("HF211", "HF212")]
+    assert found == ([("HF211", "decoder.layers.3.1")] if drop_mask else [])

@@ -5,13 +5,14 @@ share 2 key/value heads, repeated with ``repeat_interleave``), an explicit causa
 (``masked_fill(-inf)`` then ``F.softmax``), RMSNorm written by hand, a SwiGLU feed-forward, and
 the output projection tied to the token embedding.
 
-Task (multi-query associative recall): a sequence lists 6 key/value pairs ``k1 v1 ... k6 v6``
-(6 distinct keys out of 16, values out of 8), then a separator, then 6 queries, each a key from
-the list followed by its value ``q1 a1 ... q6 a6``. The loss is the next-token cross-entropy at the query positions only
-(everything else is ``-100``): answering needs an induction circuit (find the key earlier in the
-context, copy the token after it), so a model without working attention stays at chance over
-the values. Adam with a linear warmup, constant afterwards. Validation scores the answers the way
-the model is used: each query is answered from its prefix alone (no future token can leak in).
+Task (multi-query associative recall): a sequence lists 6 key/value pairs ``k1 v1 ... k6 v6`` (6
+distinct keys out of 16, values out of 8), then a separator, then 6 queries, each a key from the
+list followed by its value ``q1 a1 ... q6 a6``. The loss is the next-token cross-entropy at the
+query positions only (everything else is ``-100``): answering needs an induction circuit (find the
+key earlier in the context, copy the token after it), so a model without working attention stays at
+chance over the values. Adam with a linear warmup, constant afterwards. Validation scores the
+answers the way the model is used: each query is answered from its prefix alone (no future token can
+leak in).
 """
 
 import argparse
