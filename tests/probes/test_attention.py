@@ -123,6 +123,19 @@ def _ahead(t: int) -> torch.Tensor:
     return i[None, :] - i[:, None]
 
 
+def _padded(k: int, lengths: list[int], whole_rows: bool = False) -> torch.Tensor:
+    """(batch, heads, 6, 6) scores: key j hidden from query i when j − i > k, and keys past each
+    sample's length hidden from every query (query rows past it too, with ``whole_rows``)."""
+    rows = []
+    for n in lengths:
+        real = torch.arange(6) < n
+        keep = (_ahead(6) <= k) & real[None, :]
+        if whole_rows:
+            keep &= real[:, None]
+        rows.append(_masked(keep, torch.finfo(torch.float32).min)[0])
+    return torch.stack(rows)
+
+
 @pytest.mark.parametrize(
     ("name", "scores", "expected"),
     [
@@ -137,6 +150,12 @@ def _ahead(t: int) -> torch.Tensor:
         ("padding", _masked(torch.ones(6, 6, dtype=torch.bool).index_fill(1, torch.tensor([4, 5]),
                                                                           False)), None),
         ("sliding window", _masked(_ahead(6).abs() <= 1), None),
+        ("causal and right padding", _padded(0, [6, 4, 5]), 0),
+        ("tril diagonal=1 and right padding", _padded(1, [3, 6, 5]), 1),
+        ("causal, padded queries masked whole", _padded(0, [4, 6, 2], whole_rows=True), 0),
+        ("padding and a sliding window", torch.stack([
+            _masked((_ahead(6).abs() <= 1) & (torch.arange(6) < n)[None, :])[0]
+            for n in (6, 4)]), None),
         ("differs across the batch", torch.cat([
             _masked(torch.ones(6, 6, dtype=torch.bool).tril()),
             _masked(torch.ones(6, 6, dtype=torch.bool).tril(1))]), None),
