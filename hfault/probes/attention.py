@@ -676,22 +676,25 @@ def causal_mask_offset(logits: torch.Tensor) -> int | None:
     """The k of a causal-shaped mask in square ``(batch, [heads,] T, T)`` scores: key j is
     masked from query i exactly when j − i > k, the same k in every batch row and head. k = 0 is
     a causal mask; k ≥ 1 lets each position see k positions ahead (``torch.tril(...,
-    diagonal=1)``: a decoder reads its own target). Padding is set aside first: a key masked
-    from every query (a padded position of that sample) and a query that sees no key (a padded
-    query some implementations mask whole), so a causal mask combined with a padding mask (a
-    transformers causal LM given an ``attention_mask``) is read too. None when there is no such
-    pattern: no mask, a padding mask alone, bidirectional or sliding-window attention, or k
-    that differs across the batch."""
+    diagonal=1)``: a decoder reads its own target). Padding is set aside first: a key hidden
+    from itself and every later query (a padded position of that sample) and a query that sees
+    no key (a padded query some implementations mask whole), so a causal mask combined with a
+    padding mask (a transformers causal LM given an ``attention_mask``) is read too. None when
+    there is no such pattern: no mask, a padding mask alone, bidirectional or sliding-window
+    attention, or k that differs across the batch."""
     t = logits.shape[-1]
     if logits.dim() < 3 or logits.shape[-2] != t or t < 3:
         return None  # 2-D softmax inputs are (batch, positions) pooling scores, not query × key
     masked = (logits <= MASKED_LOGIT).reshape(-1, t, t)
-    valid = ~(masked.all(dim=-2, keepdim=True) | masked.all(dim=-1, keepdim=True))
+    idx = torch.arange(t, device=logits.device)
+    ahead = (idx[None, :] - idx[:, None]).expand_as(masked)  # j − i
+    # A padded key is hidden from itself and every later query, which no causal mask with
+    # k ≥ 0 does (an earlier query may see it through a leaking mask: that is what is read).
+    pad_keys = (masked | (ahead > 0)).all(dim=-2, keepdim=True)
+    valid = ~(pad_keys | masked.all(dim=-1, keepdim=True))
     hidden = masked & valid
     if not bool(hidden.any()):
         return None
-    idx = torch.arange(t, device=logits.device)
-    ahead = (idx[None, :] - idx[:, None]).expand_as(masked)  # j − i
     k = int(ahead[hidden].min()) - 1
     return k if torch.equal(hidden, (ahead > k) & valid) else None
 

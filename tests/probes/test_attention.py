@@ -123,15 +123,19 @@ def _ahead(t: int) -> torch.Tensor:
     return i[None, :] - i[:, None]
 
 
-def _padded(k: int, lengths: list[int], whole_rows: bool = False) -> torch.Tensor:
+def _padded(k: int, lengths: list[int], whole_rows: bool = False,
+            shift: bool = False) -> torch.Tensor:
     """(batch, heads, 6, 6) scores: key j hidden from query i when j − i > k, and keys past each
-    sample's length hidden from every query (query rows past it too, with ``whole_rows``)."""
+    sample's length hidden from every query (query rows past it too, with ``whole_rows``);
+    ``shift``: then every (i, i + 1) unmasked, padded keys included (the corpus's mask_shift)."""
     rows = []
     for n in lengths:
         real = torch.arange(6) < n
         keep = (_ahead(6) <= k) & real[None, :]
         if whole_rows:
             keep &= real[:, None]
+        if shift:
+            keep |= _ahead(6) == 1
         rows.append(_masked(keep, torch.finfo(torch.float32).min)[0])
     return torch.stack(rows)
 
@@ -153,6 +157,8 @@ def _padded(k: int, lengths: list[int], whole_rows: bool = False) -> torch.Tenso
         ("causal and right padding", _padded(0, [6, 4, 5]), 0),
         ("tril diagonal=1 and right padding", _padded(1, [3, 6, 5]), 1),
         ("causal, padded queries masked whole", _padded(0, [4, 6, 2], whole_rows=True), 0),
+        ("shifted by one after padding (a leak into the first padded key)",
+         _padded(0, [4, 6, 2], shift=True), 1),
         ("padding and a sliding window", torch.stack([
             _masked((_ahead(6).abs() <= 1) & (torch.arange(6) < n)[None, :])[0]
             for n in (6, 4)]), None),
