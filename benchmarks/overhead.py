@@ -70,9 +70,11 @@ SAMPLES = [("encoder_healthy.py", 200), ("han_healthy.py", 200), ("gpt_healthy.p
 
 
 def _run(cmd: list[str], pythonpath: Path | None = None) -> tuple[float, str]:
+    # ``python -m hfault`` imports from its working folder first: run in the tree it times.
     env = ENV if pythonpath is None else {**ENV, "PYTHONPATH": str(pythonpath)}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=pythonpath or ROOT, env=env, capture_output=True, text=True,
+                          check=False)
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 1, 2):  # 2: "nothing to diagnose" (the start-up script)
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
