@@ -24,7 +24,7 @@ import torch
 
 from hfault.capture.host_reads import HostReads, Reading
 from hfault.components import Component, ParamPart
-from hfault.probes.many_norms import exact_norms, fast_norms
+from hfault.probes.many_norms import exact_norms, fast_norms, stack
 
 
 @dataclass
@@ -70,14 +70,6 @@ def _lr(value: object) -> float | torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     return float(value)  # type: ignore[arg-type]
-
-
-def stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack`` of scalars, moved to the first one's device if they are not all there."""
-    device = values[0].device
-    if any(v.device != device for v in values):  # a model split over devices
-        values = [v.to(device) for v in values]
-    return torch.stack(list(values))
 
 
 class FusedStats:

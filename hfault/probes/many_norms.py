@@ -30,12 +30,18 @@ def _chunkable(t: torch.Tensor) -> bool:
             and t.is_contiguous())
 
 
+def stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of scalars, moved to the first one's device if they are not all there."""
+    device = values[0].device
+    if any(v.device != device for v in values):  # a model split over devices
+        values = [v.to(device) for v in values]
+    return torch.stack(list(values))
+
+
 def exact_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Float64 norms (finite for any finite float32/float16/bfloat16 tensor), stacked on the
     first tensor's device."""
-    norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float64)
-    device = norms[0].device
-    return torch.stack([n.to(device) for n in norms])
+    return stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
 
 
 def fast_norms(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:

@@ -26,8 +26,8 @@ from torch import nn
 
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import CHECK, BackwardEvent, Listener
-from hfault.probes.fused_stats import stack
 from hfault.probes.gradients import GradientStats, StepRecord
+from hfault.probes.many_norms import stack
 from hfault.probes.raw_gradients import GradientWatch
 
 if TYPE_CHECKING:

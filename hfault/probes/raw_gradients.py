@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from hfault.probes.fused_stats import stack
+from hfault.probes.many_norms import stack
 
 
 def _left(params: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, Any, int]]:
