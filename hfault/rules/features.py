@@ -154,6 +154,9 @@ RUN_FEATURES: dict[str, str] = {
     "on the rows whose target it ranks in the lower half, over its mean confidence on all rows: "
     "about 1 when those targets are random (the model predicts those rows like any other), "
     "lower when it misses where it is unsure",
+    "label_fit_confidence_over_chance": "the model's mean confidence (its first choice's "
+    "probability) times the number of classes, the larger of the last two steps: 1 when it "
+    "predicts every class as likely (uniform), the number of classes when it is sure",
     "label_fit_loss_trend": "mean loss over the last quarter of the steps up to label_fit_step "
     "over the mean of the quarter before: near 1 once the loss has levelled off",
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
@@ -455,6 +458,9 @@ class Features:
             "label_fit_lower_half_min": min((float(r["lower_half"]) for r in last), default=None),
             "label_fit_miss_rank": _pooled(misses, [as_float(r["miss_rank_mean"]) for r in last]),
             "label_fit_loss_trend": self._loss_trend(int(last[-1]["step"])) if last else None,
+            "label_fit_confidence_over_chance": max(
+                (c * int(r["classes"]) for r in last
+                 if (c := as_float(r.get("confidence"))) is not None), default=None),
             "label_fit_confidence_ratio": (confidence_lower / confidence
                                            if confidence and confidence_lower is not None
                                            else None),
