@@ -7,7 +7,8 @@
     run.findings                              # ranked findings, as in the JSON report
 
 The block is captured exactly as ``hfault diagnose`` captures a script: optimizers built inside
-it are seen when built; pass the ones built before it with ``optimizers=`` (and, with
+it are seen when built; pass the ones built before it with ``optimizers=`` (one not passed
+is found at the first backward, among the live optimizers that hold its parameters) (and, with
 ``models=``, models whose root is never called itself, so components are still named from it:
 a LightningModule whose ``training_step`` calls its submodules). ``max_steps`` ends
 training from inside the block, and the ``with`` statement swallows that stop only. An exception

@@ -54,6 +54,23 @@ def test_a_healthy_loop_is_diagnosed_and_max_steps_ends_the_block(tmp_path: Path
     assert not run.failed("warning"), run.findings
 
 
+def test_an_optimizer_built_before_the_block_and_not_passed_is_found(tmp_path: Path) -> None:
+    # A notebook builds its optimizer in one cell and wraps only the loop: without being told,
+    # hfault finds it at the first backward instead of taking the loop for a hand-written update
+    # (which measured every step twice and reported no optimizer).
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with hfault.watch(max_steps=12) as run:
+        _train(model, opt, 12)
+    report = run.report
+    assert report["run"]["steps_from"] == "optimizer"
+    assert report["run"]["steps"] == 12
+    assert [o["class"] for o in report["run"]["optimizers"]] == ["AdamW"]
+    assert any("built before capture started" in n for n in report["notes"])
+    assert {c["optimizer"] for c in report["components"]} == {0}
+    assert not run.failed("warning"), run.findings
+
+
 def test_a_diverging_loop_is_found_with_the_optimizer_built_inside(tmp_path: Path) -> None:
     with hfault.watch(max_steps=30) as run:
         model = _model()

@@ -23,6 +23,7 @@ curvature rules do (``--lr``), and are skipped without it.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,20 @@ def trained_parameters(event: BackwardEvent, modules: Sequence[nn.Module]) -> li
     for leaf in leaves:
         params.setdefault(id(leaf), leaf)
     return list(params.values())
+
+
+def optimizers_holding(params: Sequence[torch.Tensor]) -> list[torch.optim.Optimizer]:
+    """Live optimizers (built before capture started, so no hook saw them built) that hold any
+    of ``params``, in the order the garbage collector lists them. One scan of the collector's
+    objects, made once per run and only when a backward comes with no optimizer known."""
+    wanted = {id(p) for p in params}
+    found = []
+    for obj in gc.get_objects():
+        kind = type(obj)  # not isinstance: it reads __class__, which some lazy modules warn on
+        if (issubclass(kind, torch.optim.Optimizer) and not issubclass(kind, HandWrittenUpdate)
+                and any(id(p) in wanted for g in obj.param_groups for p in g["params"])):
+            found.append(obj)
+    return found
 
 
 def _as_tensors(tensors: Any) -> list[Any]:
@@ -228,6 +243,16 @@ class ManualSteps(Listener):
         state = self.session.state
         params = trained_parameters(event, list(state.modules.values()))
         if not params:
+            return
+        built = optimizers_holding(params)
+        if built:  # built before capture started (a notebook's optimizer, outside the block)
+            for opt in built:
+                self.session.hooks.adopt(opt)
+            names = ", ".join(type(o).__name__ for o in built)
+            state.notes.append(
+                f"the {names} that steps these parameters was built before capture started; "
+                "it was found at the first backward and diagnosed as if built inside (pass "
+                "optimizers= to hfault.watch to name it from the start)")
             return
         self.update = HandWrittenUpdate(params, self.lr)
         self.session.hooks.adopt(self.update)
