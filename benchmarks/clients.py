@@ -16,18 +16,25 @@ language_translation, ``nn.Transformer`` on padded batches, with a stand-in for 
 it imports), karpathy/llm.c (``llmc``: its PyTorch reference ``train_gpt2.py`` on synthetic
 token shards, with a small config added and a stand-in for the ``tiktoken`` it imports) and
 lucidrains/x-transformers (``xt-copy``: ``train_copy.py``, an encoder-decoder on its generated
-copy task, importing the checkout's own ``x_transformers``), folders given with
+copy task, importing the checkout's own ``x_transformers``), Lightning-AI/pytorch-lightning
+(``lightning-lm``: ``examples/pytorch/basics/transformer.py``, the demo ``Transformer`` of the
+installed ``lightning`` under ``Trainer.fit``, its ``WikiText2`` file written as Zipf text) and
+lucidrains/PaLM-pytorch (``palm``: ``train.py``, byte-level on a synthetic ``enwik8.gz``,
+importing the checkout's own ``palm_pytorch``), folders given with
 ``--nanogpt``, ``--mingpt``, ``--makemore``, ``--examples``, ``--ngvl``, ``--llmc``,
-``--xtransformers`` (default ``/tmp/clients/...``; e.g. ``git --git-dir=<bare clone> archive
-HEAD gat | tar -x -C /tmp/clients/examples``), plus a tiny GPT-2 under the transformers
+``--xtransformers``, ``--lightning``, ``--palm`` (default ``/tmp/clients/...``; e.g. ``git
+--git-dir=<bare clone> archive HEAD gat | tar -x -C /tmp/clients/examples``; ``HEAD
+examples/pytorch/basics`` into ``/tmp/clients/lightning``; PaLM's ``enwik8.gz`` is a Git LFS
+object a bare clone may lack: archive the other paths), plus a tiny GPT-2 under the transformers
 ``Trainer`` (``benchmarks/clients/gpt2_trainer.py``). Packages the project's venv lacks go into
 the ``--pydeps`` folder, put on the ``PYTHONPATH`` of the clients that need it only: ``pip
 install --no-deps --target /tmp/clients/pydeps accelerate psutil`` for the ``Trainer``, ``einops
-einx loguru torch-einops-utils frozendict`` for x-transformers. Nothing of theirs lives in
-this repository: each run copies the scripts it needs into a temporary folder, writes synthetic
-data there (no downloads), makes the few edits the venv needs (no ``tensorboard``, ``requests``
-or ``matplotlib``: the prepare functions say which) and, for the faulty variant, injects one bug
-by a textual edit of that copy. A bug in a class that several modules share (an attention class
+einx loguru torch-einops-utils frozendict`` for x-transformers (``einops`` also for PaLM).
+Nothing of theirs lives in this repository: each run copies the scripts it needs into a
+temporary folder, writes synthetic data there (no downloads), makes the few edits the venv
+needs (no ``tensorboard``, ``requests``, ``matplotlib``, Triton or CUDA; NumPy 2: the prepare
+functions say which) and, for the faulty variant, injects one bug by a textual edit of that
+copy. A bug in a class that several modules share (an attention class
 every block uses) names them all as its label; any of them ranked first is a hit. Each client ×
 variant is run once plainly (the wall-time baseline; the tail of its output, with the script's
 last printed losses, is kept in the index as ``plain_tail``) and under ``hfault diagnose`` in
@@ -41,6 +48,7 @@ Not a test: it prints numbers.
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import os
@@ -197,7 +205,7 @@ class Client:
     name: str
     source: str
     """The checkout option it comes from (``nanogpt``, ``mingpt``, ``examples``, ``makemore``,
-    ``ngvl``, ``llmc``, ``xtransformers``, ``own``)."""
+    ``ngvl``, ``llmc``, ``xtransformers``, ``lightning``, ``palm``, ``own``)."""
     copy: str
     """The folder of the checkout copied into the work folder ("" = all of it)."""
     script: str
@@ -212,10 +220,10 @@ class Client:
     """``prepare(work, variant)``: write data, inject the bug."""
     pythonpath: bool = False
     """Put the work folder on ``PYTHONPATH`` (minGPT's projects import the ``mingpt`` package,
-    x-transformers' scripts the ``x_transformers`` one)."""
+    x-transformers' scripts the ``x_transformers`` one, PaLM's the ``palm_pytorch`` one)."""
     pydeps: bool = False
     """Needs the ``--pydeps`` folder on ``PYTHONPATH`` (``accelerate`` for the ``Trainer``,
-    ``einops`` and co. for x-transformers)."""
+    ``einops`` and co. for x-transformers and PaLM)."""
     variants: tuple[str, ...] = VARIANTS
     note: str = ""
     options: tuple[str, ...] = field(default=())
@@ -430,6 +438,94 @@ def prepare_xt_copy(work: Path, variant: str) -> None:
              "], lr=LEARNING_RATE)\n")
 
 
+LIGHTNING_STEPS = 200
+LIGHTNING_HOT = "transformer.decoder.layers.0.self_attn"
+"""The decoder's first self-attention of the demo ``Transformer`` (an ``nn.Transformer``), named
+as that module's ``named_modules()`` gives it: the example's ``LanguageModel`` holds it as
+``model`` and calls it in ``training_step`` (the ``LightningModule``'s own ``forward`` never
+runs), and hfault names components from the outermost modules seen running, so without the
+wrapper's ``model.`` prefix."""
+
+
+def prepare_lightning_lm(work: Path, variant: str) -> None:
+    """Lightning's ``examples/pytorch/basics/transformer.py``: its ``LanguageModel`` wraps the
+    demo ``Transformer`` of the installed ``lightning.pytorch.demos`` and trains it with
+    ``Trainer.fit`` on the demo ``WikiText2``, which downloads ``data/wikitext-2.txt`` with
+    ``requests`` (not installed; its ``download()`` raises without it even when the file is
+    there). The copy gets Zipf-text sentences in that file (a vocabulary of 2,000 words, 40,000
+    tokens: about 1,070 blocks of 35) and reads it with ``download=False``; the script has no
+    CLI, so a user on a CPU edits it: 100/100 blocks for validation/test instead of 2,000/2,000,
+    width 64 and a feed-forward of 128 instead of 200/200, and ``max_steps=200`` on one CPU
+    device instead of 20 epochs, without checkpoints. Lightning's notices go to stderr, after
+    the progress bar and test table on stdout, so the copy prints the logged losses to stderr
+    after ``fit`` and ``test`` (the plain run's tail keeps them)."""
+    lines = zipf_text(seed=10, vocab=2000, n_tokens=40_000)
+    (work / "data").mkdir(exist_ok=True)
+    (work / "data" / "wikitext-2.txt").write_text(
+        "".join(" " + " ".join(line) + " \n" for line in lines))
+    script = work / "transformer.py"
+    for old, new in (("dataset = WikiText2()", "dataset = WikiText2(download=False)"),
+                     ("[n - 4000, 2000, 2000]", "[n - 200, 100, 100]"),
+                     ("Transformer(vocab_size=vocab_size)",
+                      "Transformer(vocab_size=vocab_size, ninp=64, nhid=128)"),
+                     ("L.Trainer(gradient_clip_val=0.25, max_epochs=20)",
+                      f"L.Trainer(gradient_clip_val=0.25, max_steps={LIGHTNING_STEPS}, "
+                      "accelerator='cpu', devices=1, enable_checkpointing=False)"),
+                     ("    trainer.fit(model, train_dataloader, val_dataloader)\n"
+                      "    trainer.test(model, test_dataloader)\n",
+                      "    trainer.fit(model, train_dataloader, val_dataloader)\n"
+                      "    import sys\n"
+                      "    print('fit:', {k: round(float(v), 4) for k, v in"
+                      " trainer.callback_metrics.items()}, file=sys.stderr)\n"
+                      "    trainer.test(model, test_dataloader)\n"
+                      "    print('test:', {k: round(float(v), 4) for k, v in"
+                      " trainer.callback_metrics.items()}, file=sys.stderr)\n")):
+        edit(script, old, new)
+    if variant == "bug":  # the decoder's first self-attention initialized at std 1.0 (~11x)
+        edit(script, "        self.model = Transformer(vocab_size=vocab_size, ninp=64, nhid=128)\n",
+             "        self.model = Transformer(vocab_size=vocab_size, ninp=64, nhid=128)\n"
+             "        attn = self.model.transformer.decoder.layers[0].self_attn\n"
+             "        torch.nn.init.normal_(attn.in_proj_weight, std=1.0)\n")
+
+
+PALM_STEPS = 200
+PALM_DEPTH = 2
+
+
+def prepare_palm(work: Path, variant: str) -> None:
+    """lucidrains/PaLM-pytorch's ``train.py`` trains a PaLM (parallel attention and feed-forward
+    blocks, multi-query attention, rotary embeddings) byte-level on enwik8, which it reads from
+    ``examples/enwik8_deepspeed/data/enwik8.gz`` (Git LFS in the repository): the copy gets
+    500,000 bytes of Zipf-text sentences there, split 450,000/50,000 instead of 90M/5M. Its
+    settings are module constants, which a user edits for one CPU thread: the plain-PyTorch
+    ``PaLM`` of the package instead of its Triton one (CUDA kernels), no ``.cuda()`` calls, 200
+    steps instead of 100,000 (each still accumulates 4 batches of 4), sequences of 128 instead of
+    1,024, width 128, 2 blocks of 4 heads of 32 instead of 8 blocks of 8 heads of 64, a learning
+    rate of 1e-3 instead of 2e-4, and 32 generated bytes instead of 512 at step 0. NumPy 2
+    removed the binary mode of ``np.fromstring``, so the bytes are read with ``np.frombuffer``.
+    The package is the checkout's own ``palm_pytorch``; ``einops`` comes from ``--pydeps``."""
+    data = work / "examples" / "enwik8_deepspeed" / "data" / "enwik8.gz"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(data, "wb") as f:
+        f.write(char_text(500_000).encode("utf-8"))
+    script = work / "train.py"
+    for old, new in (("from palm_pytorch.triton import PaLM", "from palm_pytorch import PaLM"),
+                     ("model.cuda()\n", ""), ("return full_seq.cuda()", "return full_seq"),
+                     ("NUM_BATCHES = int(1e5)", f"NUM_BATCHES = {PALM_STEPS}"),
+                     ("LEARNING_RATE = 2e-4", "LEARNING_RATE = 1e-3"),
+                     ("GENERATE_LENGTH = 512", "GENERATE_LENGTH = 32"),
+                     ("SEQ_LEN = 1024", "SEQ_LEN = 128"),
+                     ("PaLM(num_tokens=256, dim=512, depth=8)",
+                      f"PaLM(num_tokens=256, dim=128, depth={PALM_DEPTH}, dim_head=32, heads=4)"),
+                     ("np.fromstring(file.read(int(95e6)), dtype=np.uint8)",
+                      "np.frombuffer(file.read(int(95e6)), dtype=np.uint8).copy()"),
+                     ("np.split(X, [int(90e6)])", "np.split(X, [int(45e4)])")):
+        edit(script, old, new)
+    if variant == "bug":  # scores multiplied by sqrt(head size) instead of divided (x32)
+        edit(work / "palm_pytorch" / "palm_pytorch.py", "self.scale = dim_head**-0.5",
+             "self.scale = dim_head**0.5")
+
+
 TSP_LENGTH = 120
 
 
@@ -539,6 +635,18 @@ CLIENTS = [
            "learning rate x100 on the decoder's first self-attention (its own Adam param group "
            "in the training script)", XT_COPY_HOT, prepare_xt_copy, pythonpath=True,
            pydeps=True, note="lucidrains/x-transformers' encoder-decoder on its copy task"),
+    Client("lightning-lm", "lightning", "examples/pytorch/basics", "transformer.py", (),
+           LIGHTNING_STEPS,
+           "the decoder's first self-attention re-initialized by the LightningModule with "
+           "normal(std=1.0) on its in_proj_weight (about 11x its xavier scale)", LIGHTNING_HOT,
+           prepare_lightning_lm,
+           note="Lightning's Trainer.fit on its demo Transformer; WikiText2 stood in for"),
+    Client("palm", "palm", "", "train.py", (), PALM_STEPS,
+           "attention scores multiplied by sqrt(head size) instead of divided (x32 for a head "
+           "size of 32), in the parallel block class both blocks share",
+           " ".join(f"net.{i + 1}.fn" for i in range(PALM_DEPTH)), prepare_palm,
+           pythonpath=True, pydeps=True,
+           note="lucidrains/PaLM-pytorch on synthetic enwik8; 4 accumulated batches a step"),
     Client("tsp", "examples", "time_sequence_prediction", "train.py", ("--steps", "5"), 5,
            "lstm1's recurrent state detached at every time step (truncated BPTT of one step)",
            "lstm1", prepare_tsp, note="LBFGS with a closure (up to 20 evaluations a step)"),
@@ -755,10 +863,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="karpathy/llm.c (its train_gpt2.py)")
     parser.add_argument("--xtransformers", type=Path, default=Path("/tmp/clients/xtransformers"),
                         help="lucidrains/x-transformers (train_copy.py and its x_transformers)")
+    parser.add_argument("--lightning", type=Path, default=Path("/tmp/clients/lightning"),
+                        help="Lightning-AI/pytorch-lightning (its examples/pytorch/basics)")
+    parser.add_argument("--palm", type=Path, default=Path("/tmp/clients/palm"),
+                        help="lucidrains/PaLM-pytorch (train.py and its palm_pytorch)")
     parser.add_argument("--pydeps", type=Path, default=Path("/tmp/clients/pydeps"),
                         help="extra packages (pip install --no-deps --target DIR ...): "
                         "accelerate psutil for the transformers Trainer client; einops einx "
-                        "loguru torch-einops-utils frozendict for xt-copy")
+                        "loguru torch-einops-utils frozendict for xt-copy; einops for palm")
     parser.add_argument("--keep", type=Path, default=KEEP, help="where reports are kept")
     parser.add_argument("--rescore", type=Path, help="re-score the saved reports of DIR; no runs")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -780,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         checkouts = {"nanogpt": args.nanogpt, "mingpt": args.mingpt,
                      "examples": args.examples, "makemore": args.makemore, "ngvl": args.ngvl,
                      "llmc": args.llmc, "xtransformers": args.xtransformers,
+                     "lightning": args.lightning, "palm": args.palm,
                      "own": ROOT}
         rows = run_all(clients, modes, checkouts, args.keep)
     print_table(rows)
