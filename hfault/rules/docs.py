@@ -98,6 +98,11 @@ expressions, evaluated in order, each may read the ones above it), `step`, `comp
 (`error = "expr"`), `suppressed_by`, `[[fix]]` (`kind`, `summary`, `snippet`, `when`, `values`,
 and the kind's own fields), `example` and `references`.
 
+`message`, fix `summary` and `snippet` fill `{name}` and `{name:.3g}` placeholders from the
+evidence, the parameters and the metrics; a value that was not measured reads `n/a`. A segment
+written `{? ... ?}` is shown only when one of its placeholders has a value: a clause of curvature
+numbers disappears from a first-order run's message instead of reading `n/a`.
+
 A `run` rule that reads `loss`, `loss_points` or `loss_all_finite` is judged once per training
 phase when more than one phase has losses (a fine-tune with a new optimizer, a GAN's two
 optimizers: the report's `phases`), on that phase's own series, with `steps`, `optimizer` and

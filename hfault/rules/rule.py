@@ -23,6 +23,8 @@ from hfault.rules.features import SCOPES, VOCABULARY
 ID_PATTERN = re.compile(r"^HF\d{3}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}")
+OPTIONAL = re.compile(r"\{\?(.*?)\?\}", re.DOTALL)
+"""A message segment shown only when one of its placeholders has a value (:func:`render`)."""
 TEMPLATE_EXTRAS = tuple(dict.fromkeys(
     ("component", "step", *(key for kind in KINDS.values() for key in kind.produces))))
 """Names every message and fix template may use besides evidence, parameters and features: the
@@ -355,7 +357,17 @@ class _RuleParser:
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:
-    """Fill ``{name}`` / ``{name:.3g}`` placeholders; no attribute access, no indexing."""
+    """Fill ``{name}`` / ``{name:.3g}`` placeholders; no attribute access, no indexing. A segment
+    ``{? ... ?}`` is kept (without its markers) when any placeholder in it has a value, and
+    dropped when none has: a clause of numbers a mode did not measure (curvature in a
+    first-order run) leaves the message instead of reading "n/a, n/a"."""
+
+    def optional(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        names = [m.group(1) for m in PLACEHOLDER.finditer(inner)]
+        return inner if any(values.get(n) is not None for n in names) else ""
+
+    template = OPTIONAL.sub(optional, template)
 
     def one(match: re.Match[str]) -> str:
         value = values.get(match.group(1))
