@@ -12,10 +12,10 @@ part of its data ranks those targets low too, but it is unsure there; a random l
 independent of the input, so the model is as confident on the noisy rows as on any: the probe
 also records the model's confidence on all rows and on the lower-half ones.
 
-The probe reads the ``cross_entropy`` calls made with grad enabled inside a measured step's
-window (through :class:`~hfault.probes.loss_input.LossInputWatch`'s wrapper, which is in place
-for the whole run), on at most ``MAX_ROWS`` rows per call; the counts stay on the device and are
-read with the step's other values.
+The probe reads the ``cross_entropy`` and ``nll_loss`` calls made with grad enabled inside a
+measured step's window (through :class:`~hfault.probes.loss_input.LossInputWatch`'s wrapper,
+which is in place for the whole run), on at most ``MAX_ROWS`` rows per call; the counts stay on
+the device and are read with the step's other values.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import WINDOW, BackwardEvent, Listener
 from hfault.capture.host_reads import Reading
+from hfault.probes.loss_input import LOG_LOSSES
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -148,7 +149,7 @@ class LabelFitProbe(Listener):
 
     def _observe(self, name: str, input: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
-        if not self._open or name != "cross_entropy" or not torch.is_grad_enabled():
+        if not self._open or name not in LOG_LOSSES or not torch.is_grad_enabled():
             return
         target = args[0] if args else kwargs.get("target")
         if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):

@@ -57,6 +57,12 @@ def _looks_like_probabilities(x: torch.Tensor) -> bool:
     return bool(((x >= 0).all() & (x <= 1).all() & ((rows - 1).abs() < _SUM_TOL).all()).item())
 
 
+LOG_LOSSES = ("cross_entropy", "nll_loss")
+"""The losses over class scores that the label-fit and next-token probes read: ``nll_loss`` of
+``log_softmax`` outputs (pytorch/examples, Lightning's demo) ranks the classes and gives the
+same probabilities as ``cross_entropy`` of the logits."""
+
+
 class LossInputWatch(Listener):
     """Wraps ``F.cross_entropy`` and ``F.nll_loss`` while a session is open."""
 

@@ -13,10 +13,10 @@ token in the vocabulary).
 At each measured step the probe keeps the integer inputs of the ``F.embedding`` calls made with
 grad enabled in the window (``nn.Embedding`` calls it; position ids and other tables too, which
 simply do not match; an evaluation under ``no_grad`` is left out)
-and, for each ``cross_entropy`` call, the share of targets equal to the input one position
-later, along either leading axis (batch-first ``(B, T)`` or sequence-first ``(T, B)`` data), for
-targets laid out like the inputs (``(B, T)``, flattened or not) or already shifted (``(B,
-T − 1)``, as transformers models shift labels inside). The counts stay on the device and are
+and, for each ``cross_entropy`` or ``nll_loss`` call, the share of targets equal to the input one
+position later, along either leading axis (batch-first ``(B, T)`` or sequence-first ``(T, B)``
+data), for targets laid out like the inputs (``(B, T)``, flattened or not) or already shifted
+(``(B, T − 1)``, as transformers models shift labels inside). The counts stay on the device and are
 read with the step's other values.
 """
 
@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import WINDOW, BackwardEvent, Listener, delegate, patch
 from hfault.capture.host_reads import Reading
+from hfault.probes.loss_input import LOG_LOSSES
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -137,7 +138,7 @@ class NextTokenProbe(Listener):
 
     def _observe(self, name: str, input: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
-        if (not self._open or name != "cross_entropy" or not self._tokens
+        if (not self._open or name not in LOG_LOSSES or not self._tokens
                 or not torch.is_grad_enabled()):
             return
         target = args[0] if args else kwargs.get("target")

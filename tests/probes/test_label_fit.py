@@ -102,6 +102,8 @@ def test_a_fitted_model_puts_random_labels_in_the_lower_half(noise: float) -> No
         (["--noise", "0.4"], True),
         (["--noise", "0.4", "--smooth"], True),  # class-probability targets
         (["--noise", "0.4", "--ignore", "0.3"], True),  # nn.CrossEntropyLoss, ignore_index rows
+        (["--noise", "0.4", "--nll"], True),  # log_softmax into nn.NLLLoss
+        (["--noise", "0", "--nll"], False),
         (["--noise", "0"], False),
         (["--noise", "0", "--smooth"], False),
         (["--noise", "0.4", "--classes", "2"], True),  # binary: the model as sure on the misses

@@ -49,10 +49,14 @@ def test_other_tasks_match_by_chance_only() -> None:
     assert shifted_matches(x, torch.rand(16, 32)) is None  # regression targets
 
 
-@pytest.mark.parametrize("variant, fires", [("--unmasked", True), ("--healthy", False)])
-def test_a_decoder_without_any_causal_mask_is_an_error(cli, variant: str, fires: bool) -> None:
+@pytest.mark.parametrize("variants, fires", [
+    (["--unmasked"], True), (["--healthy"], False),
+    (["--unmasked", "--nll"], True),  # log_softmax into nll_loss (pytorch/examples' form)
+])
+def test_a_decoder_without_any_causal_mask_is_an_error(cli, variants: list[str], fires: bool
+                                                      ) -> None:
     done = cli("diagnose", str(SCRIPTS / "attention_faults_train.py"), "--no-curvature",
-               "--", variant)
+               "--", *variants)
     shares = [r["next_token_share"] for r in done.report["next_token"]]
     assert shares and min(shares) == 1.0
     found = [(f["rule"], f["component"]) for f in done.report["findings"]]

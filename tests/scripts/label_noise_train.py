@@ -1,7 +1,8 @@
 """A 6-class task with a clean rule (the class is the argmax of a fixed projection of x); --noise
 replaces that share of each batch's labels by random classes (a data-pipeline bug), --smooth
 trains on label-smoothed one-hot rows (class-probability targets), --ignore marks a share of the
-labels ignore_index, --classes sets the number of classes, and --graded draws each label from
+labels ignore_index, --nll trains log_softmax outputs with nn.NLLLoss (pytorch/examples' form),
+--classes sets the number of classes, and --graded draws each label from
 the model-free probabilities softmax(4 · x @ rule) instead of their argmax: a task whose labels
 are noisy near the class boundaries, where any model is unsure (healthy, not random labels)."""
 
@@ -16,7 +17,8 @@ def main() -> None:
                   "--smooth": {"action": "store_true"},
                   "--ignore": {"type": float, "default": 0.0},
                   "--classes": {"type": int, "default": 6},
-                  "--graded": {"action": "store_true"}})
+                  "--graded": {"action": "store_true"},
+                  "--nll": {"action": "store_true"}})
     torch.manual_seed(args.seed)
     classes = args.classes
     rule = torch.randn(8, classes)
@@ -35,7 +37,8 @@ def main() -> None:
             loss = F.cross_entropy(z, F.one_hot(y, classes).float() * 0.9 + 0.1 / classes)
         else:
             y = torch.where(torch.rand(128) < args.ignore, torch.full_like(y, -100), y)
-            loss = nn.CrossEntropyLoss(ignore_index=-100)(z, y)
+            loss = (nn.NLLLoss(ignore_index=-100)(F.log_softmax(z, 1), y) if args.nll
+                    else nn.CrossEntropyLoss(ignore_index=-100)(z, y))
         opt.zero_grad()
         loss.backward()
         opt.step()
