@@ -49,6 +49,9 @@ class CaptureState:
     """Where each optimizer was constructed (file, line): learning-rate fixes point there."""
     modules: dict[int, nn.Module] = field(default_factory=dict)  # forward order of first call
     cross_modules: dict[int, nn.Module] = field(default_factory=dict)
+    found_attention: dict[int, nn.Module] = field(default_factory=dict)
+    """Modules the attention probe found computing attention although nothing in their name or
+    children says so (``probes.attention``): components inside them belong to that attention."""
     compiled_modules: dict[int, nn.Module] = field(default_factory=dict)
     """Models that run compiled (``torch.compile``; the originals, not the wrappers): their
     submodules count as seen, in registration order."""
@@ -248,6 +251,7 @@ class CaptureSession(Listener):
             self.state.optimizers,
             list(self.state.modules.values()),
             self.state.cross_modules.values(),
+            self.state.found_attention.values(),
         )
         # Report components in forward order (where a fault propagates from), not the
         # optimizers' param-group order.

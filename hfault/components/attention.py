@@ -3,6 +3,8 @@ attention or attention pooling (HAN-style scoring without query/key/value projec
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import torch
 from torch import nn
 
@@ -32,12 +34,14 @@ def is_attention_module(module: nn.Module, path: str = "") -> bool:
     return len(child_roles & {"query", "key", "value"}) >= 2
 
 
-def attention_context(owner: Owner, cross_ids: set[int]) -> tuple[str | None, str | None]:
-    """The nearest enclosing attention module (or the module itself) and whether it is cross."""
+def attention_context(owner: Owner, cross_ids: set[int], found_ids: AbstractSet[int] = frozenset()
+                      ) -> tuple[str | None, str | None]:
+    """The nearest enclosing attention module (or the module itself) and whether it is cross;
+    ``found_ids``: modules seen computing attention although their name does not say so."""
     chain = owner.chain()
     for i in range(len(chain) - 1, -1, -1):
         path, module = chain[i]
-        if is_attention_module(module, path):
+        if is_attention_module(module, path) or id(module) in found_ids:
             # BERT/ViT nest the projections in `attention.self` and the output in
             # `attention.output`: both belong to the enclosing `attention`.
             if leaf(path) == "self" and i > 0:

@@ -21,8 +21,10 @@ def build_components(
     optimizers: Sequence[torch.optim.Optimizer],
     seen_modules: Sequence[nn.Module],
     cross_modules: Iterable[nn.Module] = (),
+    found_attention: Iterable[nn.Module] = (),
 ) -> list[Component]:
-    """Group the optimizers' unique trainable parameters into named, role-tagged components."""
+    """Group the optimizers' unique trainable parameters into named, role-tagged components.
+    ``found_attention``: modules seen computing attention whose name does not say so."""
     params: list[nn.Parameter] = []
     opt_of: dict[int, int] = {}
     for oi, opt in enumerate(optimizers):
@@ -34,6 +36,7 @@ def build_components(
     roots = find_roots(seen_modules, params)
     owner_of = owners(params, roots)
     cross_ids = {id(m) for m in cross_modules}
+    found_ids = {id(m) for m in found_attention}
 
     grouped: dict[str, list[tuple[Owner, str, nn.Parameter]]] = {}
     orphans: list[nn.Parameter] = []
@@ -46,7 +49,7 @@ def build_components(
 
     components: list[Component] = []
     for path, items in grouped.items():
-        components.extend(_components_of_module(path, items, opt_of, cross_ids))
+        components.extend(_components_of_module(path, items, opt_of, cross_ids, found_ids))
     names = tensor_names(orphans) if orphans else {}
     for i, p in enumerate(orphans):
         name = names.get(id(p))
@@ -69,11 +72,12 @@ def _components_of_module(
     items: list[tuple[Owner, str, nn.Parameter]],
     opt_of: dict[int, int],
     cross_ids: set[int],
+    found_ids: set[int],
 ) -> list[Component]:
     owner = items[0][0]
     module = owner.module
     source = class_source(defining_class(owner.chain()))
-    attention, kind = attention_context(owner, cross_ids)
+    attention, kind = attention_context(owner, cross_ids, found_ids)
     layer = layer_index(path)
     mtype = type(module).__name__
 

@@ -113,11 +113,19 @@ def leading_sizes(args: Any) -> tuple[int, int] | None:
 class AttentionProbe:
     """Install with ``start()`` before a measured forward, ``stop()`` after; read ``stats``."""
 
-    def __init__(self, is_attention: Callable[[nn.Module], bool]) -> None:
+    def __init__(self, is_attention: Callable[[nn.Module], bool],
+                 found: dict[int, nn.Module] | None = None) -> None:
         self.is_attention = is_attention
+        self.found: dict[int, nn.Module] = found if found is not None else {}
+        """Modules found to compute attention by what they do, not by their name: a softmax
+        over the last axis of scores made by a product of two activations (q·kᵀ), or a
+        ``scaled_dot_product_attention`` call, in their own forward (PaLM's parallel block, a
+        ``Block`` with its attention written inline)."""
         self.stats: dict[int, AttentionStats] = {}
         self.modules: dict[int, nn.Module] = {}
         self._stack: list[nn.Module] = []
+        self._running: list[nn.Module] = []
+        """Every module whose forward is running, innermost last."""
         self._restore: list[Callable[[], None]] = []
         self._handles: list[Any] = []
         self._operands: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
@@ -143,7 +151,7 @@ class AttentionProbe:
     def start(self) -> None:
         if self._restore:
             return
-        self.stats, self.modules, self._stack = {}, {}, []
+        self.stats, self.modules, self._stack, self._running = {}, {}, [], []
         self.input_axes, self._inputs, self._pads, self._looked = None, [], [], 0
         self._handles = module_hooks(self._push, self._pop, always_call=True)
         self._patch(F, "softmax", self._wrap_softmax)
@@ -164,7 +172,7 @@ class AttentionProbe:
             handle.remove()
         for restore in reversed(self._restore):
             restore()
-        self._handles, self._restore, self._stack = [], [], []
+        self._handles, self._restore, self._stack, self._running = [], [], [], []
         self._weights = {}
         self._inputs, self._pads, self._looked = [], [], 0
 
@@ -178,13 +186,29 @@ class AttentionProbe:
             if self.input_axes is not None:
                 self._inputs.append(next(a for a in args if isinstance(a, torch.Tensor)
                                          and a.dim() >= 2))
-        if self.is_attention(module):
+        self._running.append(module)
+        if self.is_attention(module) or id(module) in self.found:
             self._stack.append(module)
             self._operands.pop(id(module), None)  # a product of an earlier call is not this one's
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._stack and self._stack[-1] is module:
             self._stack.pop()
+        if self._running and self._running[-1] is module:
+            self._running.pop()
+
+    def _discover(self) -> bool:
+        """Attention computed while no module named as attention runs: the innermost running
+        module computed it, and is attention from now on (the components are built from
+        ``found`` too)."""
+        if self._stack:
+            return True
+        if not self._running:
+            return False
+        module = self._running[-1]
+        self.found[id(module)] = module
+        self._stack.append(module)
+        return True
 
     # ------------------------------------------------------------------ wrappers
     def _wrap_softmax(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,16 +217,23 @@ class AttentionProbe:
         @delegate
         def softmax(logits: Any, *args: Any, **kwargs: Any) -> Any:
             out = original(logits, *args, **kwargs)
-            if probe._stack and torch.is_grad_enabled() and isinstance(out, torch.Tensor):
-                dim = kwargs.get("dim", args[0] if args else None)
-                if dim is None:  # F.softmax's implicit dim (deprecated, still used)
-                    dim = 0 if out.dim() in (0, 1, 3) else 1
-                if isinstance(dim, int) and out.dim() > 0:
-                    last = dim % out.dim() == out.dim() - 1
-                    if last and out.shape[-1] > 1:
-                        probe._record(logits, out)
-                    else:
-                        probe._record_axis(out, dim % out.dim())
+            if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
+                return out
+            dim = kwargs.get("dim", args[0] if args else None)
+            if dim is None:  # F.softmax's implicit dim (deprecated, still used)
+                dim = 0 if out.dim() in (0, 1, 3) else 1
+            if not isinstance(dim, int) or out.dim() == 0:
+                return out
+            last = dim % out.dim() == out.dim() - 1
+            if not probe._stack and not (
+                    last and out.dim() >= 3 and out.shape[-1] > 1
+                    and isinstance(logits, torch.Tensor) and scores_of_two_activations(logits)
+                    and probe._discover()):
+                return out
+            if last and out.shape[-1] > 1:
+                probe._record(logits, out)
+            else:
+                probe._record_axis(out, dim % out.dim())
             return out
 
         return softmax
@@ -269,7 +300,7 @@ class AttentionProbe:
         @delegate
         def sdpa(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
             out = original(query, key, value, *args, **kwargs)
-            if probe._stack and torch.is_grad_enabled():
+            if torch.is_grad_enabled() and probe._discover():
                 with torch.no_grad():
                     logits = _sdpa_logits(query, key, *args, **kwargs)
                     probe._operands[id(probe._stack[-1])] = (query, key, int(query.shape[-1]))
@@ -411,7 +442,7 @@ class AttentionWindow(Listener):
         self.session = session
         self.loss_inputs = loss_inputs
         """Where the batch size comes from (the leading size of the loss input)."""
-        self.probe = AttentionProbe(is_attention_module)
+        self.probe = AttentionProbe(is_attention_module, session.state.found_attention)
         self.records: dict[int, dict[str, dict[str, Any]]] = {}
 
     def window_opened(self, step: int) -> None:
@@ -450,6 +481,59 @@ class AttentionWindow(Listener):
             record["type"] = type(modules[mid]).__name__
             out[name] = record
         self.records[step] = out
+
+
+_PRODUCTS = ("BmmBackward", "MmBackward", "AddmmBackward", "BaddbmmBackward",
+             "MatmulBackward", "DotBackward", "MvBackward")
+_VIEWS = ("ViewBackward", "UnsafeViewBackward", "ReshapeAlias", "PermuteBackward",
+          "TransposeBackward", "TBackward", "ExpandBackward", "CloneBackward", "SqueezeBackward",
+          "UnsqueezeBackward", "SelectBackward", "SliceBackward", "AliasBackward",
+          "ToCopyBackward", "SplitBackward", "SplitWithSizesBackward", "UnbindBackward",
+          "AsStridedBackward")
+
+
+def _is(node: Any, names: tuple[str, ...]) -> bool:
+    kind = type(node).__name__
+    return any(kind.startswith(n) for n in names)
+
+
+def _is_weight(node: Any, hops: int = 8) -> bool:
+    """Whether an operand is a leaf tensor (a parameter, or a constant) seen through views only:
+    a transposed weight, a reshaped buffer. Arithmetic (a rotary embedding, a scale) makes it an
+    activation."""
+    for _ in range(hops):
+        if node is None or type(node).__name__ == "AccumulateGrad":
+            return True
+        if not _is(node, _VIEWS):
+            return False
+        nxt = [n for n, _ in node.next_functions if n is not None]
+        if len(nxt) != 1:
+            return not nxt
+        node = nxt[0]
+    return False
+
+
+def scores_of_two_activations(logits: torch.Tensor, depth: int = 8) -> bool:
+    """Whether ``logits`` come from a product of two activations (q·kᵀ: attention scores) rather
+    than of an activation and a weight (a classifier, a router, an additive scorer): the nearest
+    matrix product behind them, past scaling, masking and views, has no leaf operand. Read from
+    the autograd graph, so it needs grad enabled; a product of two parameters is not one."""
+    frontier, seen = [logits.grad_fn], set()
+    for _ in range(depth):
+        found: list[Any] = []
+        nxt: list[Any] = []
+        for node in frontier:
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if _is(node, _PRODUCTS):
+                found.append(node)
+            else:
+                nxt.extend(n for n, _ in node.next_functions if n is not None)
+        if found:
+            return all(not any(_is_weight(n) for n, _ in node.next_functions) for node in found)
+        frontier = nxt
+    return False
 
 
 MAX_PAD_INPUTS = 6

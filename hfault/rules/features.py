@@ -270,7 +270,9 @@ ATTENTION_FEATURES: dict[str, str] = {
     "q_component": "its query component",
     "k_component": "its key component",
     "v_component": "its value component",
-    "weakest_qk": "of query and key, the one with the smaller curvature (else the query)",
+    "weakest_qk": "of query and key, the one with the smaller curvature (else the query; the "
+    "attention module itself when no component of it is a query, key or value: a fused "
+    "projection of unknown layout)",
     "q_weight_growth": "weight growth of the query projection",
     "k_weight_growth": "weight growth of the key projection",
     "fastest_qk": "of query and key, the one whose weights grew more (else the query)",
@@ -890,8 +892,14 @@ class Features:
                      if a), {})
             for m in modules
         }
-        first_gain = {m: as_float(first[m].get("logit_gain")) for m in modules}
-        first_inner = {m: first[m].get("inner") for m in modules}
+        # The first measured gain: a module found computing attention at the first step (not
+        # named as attention) has its gain from the second measured step on.
+        first_gain = {m: next((g for g in (as_float(((s.get("attention") or {}).get(m) or {})
+                                                    .get("logit_gain")) for s in self.snapshots)
+                               if g is not None), None) for m in modules}
+        first_inner = {m: next((i for i in (((s.get("attention") or {}).get(m) or {})
+                                            .get("inner") for s in self.snapshots)
+                                if i is not None), None) for m in modules}
         subjects = []
         for module in modules:
             stats = [(s.get("attention") or {}).get(module, {}) for s in self.snapshots]
@@ -953,7 +961,7 @@ class Features:
                 q_component=q,
                 k_component=k,
                 v_component=v,
-                weakest_qk=weakest or k or v,
+                weakest_qk=weakest or k or v or module,
                 keys=_last_num([st.get("keys") for st in stats]),
                 q_weight_growth=qg,
                 k_weight_growth=kg,
