@@ -53,6 +53,8 @@ class AttentionStats:
     entries: int = 0
     gain_sum: float = 0.0
     gain_calls: int = 0
+    operand_sum: float = 0.0
+    """Sum over the calls with a gain of √(RMS(q)·RMS(k)): how large the two operands are."""
     inner: int | None = None
     axes: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
     """(shape, dim) of each distinct softmax this module took over an axis other than its last."""
@@ -80,6 +82,7 @@ class AttentionStats:
             "logit_std": self.std_sum / self.std_rows if self.std_rows else None,
             "masked_share": self.masked / self.entries if self.entries else None,
             "logit_gain": self.gain_sum / self.gain_calls if self.gain_calls else None,
+            "qk_rms": self.operand_sum / self.gain_calls if self.gain_calls else None,
             "inner": self.inner,
             "padding_mass": self.pad_mass / self.pad_rows if self.pad_rows else None,
             "padding_share": self.pad_share / self.pad_rows if self.pad_rows else None,
@@ -382,6 +385,7 @@ class AttentionProbe:
                 ra, rb = _rms(a), _rms(b)
                 if ra > 0 and rb > 0:
                     stats.gain_sum += spread / rows / (ra * rb * math.sqrt(inner))
+                    stats.operand_sum += math.sqrt(ra * rb)
                     stats.gain_calls += 1
                     stats.inner = inner
             stats.masked += masked

@@ -284,6 +284,8 @@ ATTENTION_FEATURES: dict[str, str] = {
     "logit_std / (rms(q)·rms(k)·√d) from the operands of the product that made them: the "
     "scale the scores were given (1/√d for standard attention), whatever the input's size",
     "gain_first": "logit_gain at the first measured step (the initialization)",
+    "qk_rms_first": "√(RMS(q)·RMS(k)) of the scores' two operands at the first measured step "
+    "that has them: about 1 or less for an input a LayerNorm has normalized",
     "gain_peers": "the gain its peers share: the other attention modules of the same class (the "
     "same code), else of the same place in other layers; with three or more modules in all, the "
     "median of all of them (itself included); none without a peer",
@@ -975,6 +977,8 @@ class Features:
                 gain_ratio=_fold(first_gain[module], gain_peers),
                 gain_outlier=_odd_one(module, same_code, first_gain, first_inner),
                 gain_standard=_standard_scale(first_gain[module], first_inner[module]),
+                qk_rms_first=next((r for r in (as_float(st.get("qk_rms")) for st in stats)
+                                   if r is not None), None),
                 standard_ratio=_off_standard(first_gain[module], first_inner[module]),
                 axis_fault=axis[1],
                 axis_step=axis[0],

@@ -53,6 +53,9 @@ def test_rule_fires_on_its_fixture(rule_id: str, which: str) -> None:
     if "expect_fix_kind" in spec:
         assert finding.fix is not None
         assert finding.fix.values["kind"] == spec["expect_fix_kind"]
+    if "expect_fix_says" in spec:
+        assert finding.fix is not None
+        assert spec["expect_fix_says"] in finding.fix.summary, finding.fix.summary
     if "expect_new_lr" in spec and spec.get("expect_fix_kind", "lower_lr") == "lower_lr":
         assert finding.fix is not None
         assert finding.fix.values["new_lr"] == pytest.approx(spec["expect_new_lr"], rel=1e-3)
