@@ -767,9 +767,10 @@ def causal_mask_offset(logits: torch.Tensor) -> int | None:
     diagonal=1)``: a decoder reads its own target). Padding is set aside first: a key hidden
     from itself and every later query (a padded position of that sample) and a query that sees
     no key (a padded query some implementations mask whole), so a causal mask combined with a
-    padding mask (a transformers causal LM given an ``attention_mask``) is read too. None when
-    there is no such pattern: no mask, a padding mask alone, bidirectional or sliding-window
-    attention, or k that differs across the batch."""
+    padding mask (a transformers causal LM given an ``attention_mask``) is read too. A causal
+    sliding window (keys more than w > k positions back hidden too: Mistral's, a local band) is
+    read by its upper edge. None when there is no such pattern: no mask, a padding mask alone,
+    bidirectional attention (windowed or not), or k that differs across the batch."""
     t = logits.shape[-1]
     if logits.dim() < 3 or logits.shape[-2] != t or t < 3:
         return None  # 2-D softmax inputs are (batch, positions) pooling scores, not query × key
@@ -781,10 +782,18 @@ def causal_mask_offset(logits: torch.Tensor) -> int | None:
     pad_keys = (masked | (ahead > 0)).all(dim=-2, keepdim=True)
     valid = ~(pad_keys | masked.all(dim=-1, keepdim=True))
     hidden = masked & valid
-    if not bool(hidden.any()):
+    upper = hidden & (ahead >= 0)
+    if not bool(upper.any()):
         return None
-    k = int(ahead[hidden].min()) - 1
-    return k if torch.equal(hidden, (ahead > k) & valid) else None
+    k = int(ahead[upper].min()) - 1
+    shape = ahead > k
+    lower = hidden & (ahead < 0)
+    if bool(lower.any()):  # a sliding window: keys more than w positions back hidden too
+        w = -int(ahead[lower].max()) - 1
+        if w <= k:  # as far back as ahead: a bidirectional local window, not a causal one
+            return None
+        shape = shape | (ahead < -w)
+    return k if torch.equal(hidden, shape & valid) else None
 
 
 def _sdpa_logits(
