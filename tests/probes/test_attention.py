@@ -51,6 +51,7 @@ def test_softmax_attention_entropy_and_logit(cli):
     # after the product), whatever the size of the module's input
     gain = float(logits.std(-1).mean() / (rms * math.sqrt(4)))
     assert stats["logit_gain"] == pytest.approx(gain, rel=1e-5)
+    assert stats["qk_rms"] == pytest.approx(math.sqrt(float(rms)), rel=1e-6)  # √(RMS(q)·RMS(k))
     assert stats["softmax_axes"] == [] and stats["axis_fault"] is None
 
 
@@ -84,6 +85,7 @@ def test_sdpa_causal_attention_per_head(cli):
     assert stats["logit_std"] == pytest.approx(float(spread.mean()), rel=1e-5)
     rms = float(q.square().mean().sqrt() * k.square().mean().sqrt())
     assert stats["logit_gain"] == pytest.approx(float(spread.mean()) / (rms * 2.0), rel=1e-5)
+    assert stats["qk_rms"] == pytest.approx(math.sqrt(rms), rel=1e-6)
     # curvature still measured on the same step (math SDPA kernel forced)
     assert snap["curvature"]["error"] is None and snap["curvature"]["hvps"] > 0
 
