@@ -18,7 +18,9 @@ token shards, with a small config added and a stand-in for the ``tiktoken`` it i
 lucidrains/x-transformers (``xt-copy``: ``train_copy.py``, an encoder-decoder on its generated
 copy task, importing the checkout's own ``x_transformers``), Lightning-AI/pytorch-lightning
 (``lightning-lm``: ``examples/pytorch/basics/transformer.py``, the demo ``Transformer`` of the
-installed ``lightning`` under ``Trainer.fit``, its ``WikiText2`` file written as Zipf text) and
+installed ``lightning`` under ``Trainer.fit``, its ``WikiText2`` file written as Zipf text; its
+"healthy" variant is the demo as published, which feeds its decoder the target sequence itself, so
+HF217's error there is right) and
 lucidrains/PaLM-pytorch (``palm``: ``train.py``, byte-level on a synthetic ``enwik8.gz``,
 importing the checkout's own ``palm_pytorch``), folders given with
 ``--nanogpt``, ``--mingpt``, ``--makemore``, ``--examples``, ``--ngvl``, ``--llmc``,

@@ -65,6 +65,33 @@ def shifted_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: in
     return best_share(found)
 
 
+def own_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+                ) -> torch.Tensor | None:
+    """(matches, counted) of ``target`` against ``tokens`` at the same position: target[t] ==
+    tokens[t], counted only where tokens[t] != tokens[t + 1] (a token repeated in the data
+    matches either way), for the leading axis that matches best. Next-token targets match
+    nowhere; targets never shifted (a causal model asked to output the token it reads) match
+    everywhere. None when the target is not laid out like the tokens."""
+    if tokens.dim() < 2 or target.is_floating_point() or tokens.is_floating_point():
+        return None
+    found: list[torch.Tensor] = []
+    for axis in (1, 0):
+        n = int(tokens.shape[axis])
+        if n < 2:
+            continue
+        here, later = tokens.narrow(axis, 0, n - 1), tokens.narrow(axis, 1, n - 1)
+        if target.numel() == tokens.numel():
+            aligned = target.reshape(tokens.shape).narrow(axis, 0, n - 1)
+        elif target.numel() == later.numel():
+            aligned = target.reshape(later.shape)
+        else:
+            continue
+        here = here.to(aligned.device)
+        counted = (aligned != ignore_index) & (here != later.to(aligned.device))
+        found.append(torch.stack([((aligned == here) & counted).sum(), counted.sum()]).double())
+    return best_share(found)
+
+
 def best_share(found: list[torch.Tensor]) -> torch.Tensor | None:
     """Of (matches, counted) pairs, the one with the largest share, chosen on the device (no
     host read); None when there is none."""
@@ -79,7 +106,8 @@ def best_share(found: list[torch.Tensor]) -> torch.Tensor | None:
 
 class NextTokenProbe(Listener):
     """Per measured step: of the ``cross_entropy`` targets laid out like an embedding's input,
-    how many equal the input one position later."""
+    how many equal the input one position later, and how many equal the input at their own
+    position (targets never shifted)."""
 
     priority = WINDOW
 
@@ -108,10 +136,12 @@ class NextTokenProbe(Listener):
     def close(self) -> None:
         self._close_window()
         for step, reading in self._pending:
-            matched, counted = reading.values()
+            matched, counted, own, own_counted = reading.values()
             if counted > 0:
                 self.records.append({"step": step, "targets": int(counted),
-                                     "next_token_share": matched / counted})
+                                     "next_token_share": matched / counted,
+                                     "own_token_share": (own / own_counted if own_counted > 0
+                                                         else None)})
         self._pending.clear()
 
     def contribute(self, draft: ReportDraft) -> None:
@@ -148,6 +178,9 @@ class NextTokenProbe(Listener):
         with torch.no_grad():
             best = best_share([m for t in self._tokens if (m := shifted_matches(
                 t, target.detach(), int(ignore))) is not None])
-        if best is None:
+            own = best_share([m for t in self._tokens if (m := own_matches(
+                t, target.detach(), int(ignore))) is not None])
+        if best is None or own is None:
             return
-        self._sums = best if self._sums is None else self._sums + best.to(self._sums.device)
+        sums = torch.cat([best, own.to(best.device)])
+        self._sums = sums if self._sums is None else self._sums + sums.to(self._sums.device)

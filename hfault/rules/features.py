@@ -137,6 +137,12 @@ RUN_FEATURES: dict[str, str] = {
     "attention_modules": "attention modules whose softmax over the keys the probe read at the "
     "first snapshot that read any",
     "attention_masked": "of those, the ones with at least one masked score (causal, padding...)",
+    "attention_causal": "of those, the ones whose mask is causal (mask_offset 0)",
+    "attention_causal_first": "the first of those",
+    "own_token_share": "the smallest, over the measured steps, share of the cross_entropy or "
+    "nll_loss targets equal to the embedding's input at their own position (where the input "
+    "token differs from the next one): about 0 for next-token training, 1 for targets never "
+    "shifted",
     "attention_first": "the first of those modules in the forward",
     "label_fit_records": "measured steps at which the targets of a cross_entropy over 2 classes "
     "or more were ranked (the label-fit probe)",
@@ -434,7 +440,12 @@ class Features:
         modules = [name for name, st in first.items()
                    if isinstance(st, Mapping) and st.get("calls")]
         masked = [name for name in modules if (as_float(first[name].get("masked_share")) or 0) > 0]
+        causal = [name for name in modules if first[name].get("mask_offset") == 0]
+        own = [x for r in records if (x := as_float(r.get("own_token_share"))) is not None]
         return {"next_token_share": min(known) if known else None,
+                "own_token_share": min(own) if own else None,
+                "attention_causal": len(causal),
+                "attention_causal_first": causal[0] if causal else None,
                 "next_token_steps": len(known),
                 "next_token_step": records[0].get("step") if records else None,
                 "attention_modules": len(modules),

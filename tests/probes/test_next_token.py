@@ -65,3 +65,33 @@ def test_a_decoder_without_any_causal_mask_is_an_error(cli, variants: list[str],
         assert done.report["findings"][0]["step"] == done.report["next_token"][0]["step"]
     else:
         assert found == []
+
+
+@pytest.mark.parametrize("variants, fires", [
+    (["--healthy", "--unshifted"], True),  # a causal decoder asked for the token it reads
+    (["--healthy", "--unshifted", "--nll"], True),
+    (["--healthy"], False),
+])
+def test_targets_never_shifted_are_an_error(cli, variants: list[str], fires: bool) -> None:
+    done = cli("diagnose", str(SCRIPTS / "attention_faults_train.py"), "--no-curvature",
+               "--", *variants)
+    records = done.report["next_token"]
+    own = [r["own_token_share"] for r in records]
+    assert own and (min(own) == 1.0 if fires else max(own) < 0.1), own
+    found = [(f["rule"], f["severity"]) for f in done.report["findings"]]
+    assert (("HF217", "error") in found) == fires, found
+    if fires:
+        assert done.report["findings"][0]["rule"] == "HF217"
+
+
+def test_own_position_matches_skip_repeated_tokens() -> None:
+    from hfault.probes.next_token import own_matches
+
+    x = torch.tensor([[1, 2, 2, 3, 4, 4, 5]])
+    counted_where = (x[:, :-1] != x[:, 1:]).sum()  # 4 positions: a repeat matches either way
+    matched, counted = own_matches(x, x).tolist()  # never shifted
+    assert (matched, counted) == (float(counted_where), float(counted_where))
+    matched, counted = own_matches(x, torch.cat([x[:, 1:], x[:, :1]], 1)).tolist()  # shifted
+    assert matched == 0.0 and counted == float(counted_where)
+    matched, counted = own_matches(x, x[:, 1:]).tolist()  # shifted inside the model (T - 1)
+    assert matched == 0.0

@@ -3,7 +3,8 @@ layer 0 multiplies its scores by √d instead of dividing (16× too sharp at d =
 its causal mask, layer 2 normalizes over the queries (softmax dim=-2), layer 3 is right; the
 positional embedding is frozen at its random initialization. ``--unmasked``: every layer right
 but none masks the future (the mask lost in the class all layers share). ``--nll``: the loss as
-``nll_loss`` of ``log_softmax`` outputs instead of ``cross_entropy``."""
+``nll_loss`` of ``log_softmax`` outputs instead of ``cross_entropy``. ``--unshifted``: the
+targets are the input tokens at their own position (the shift to the next token forgotten)."""
 
 import math
 
@@ -65,14 +66,15 @@ class Decoder(nn.Module):
 
 def main() -> None:
     args = parse({"--healthy": {"action": "store_true"}, "--unmasked": {"action": "store_true"},
-                  "--nll": {"action": "store_true"}})
+                  "--nll": {"action": "store_true"}, "--unshifted": {"action": "store_true"}})
     torch.manual_seed(args.seed)
     model = Decoder(args.healthy, args.unmasked)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     data = torch.randint(0, V, (8, T + 1))
     for _ in range(args.steps):
         logits = model(data[:, :-1])
-        scores, targets = logits.reshape(-1, V), data[:, 1:].reshape(-1)
+        scores = logits.reshape(-1, V)
+        targets = (data[:, :-1] if args.unshifted else data[:, 1:]).reshape(-1)
         loss = (F.nll_loss(F.log_softmax(scores, -1), targets) if args.nll
                 else F.cross_entropy(scores, targets))
         opt.zero_grad()
