@@ -22,6 +22,7 @@ read with the step's other values.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,41 +41,13 @@ MAX_INPUTS = 4
 """Embedding inputs kept per window (the token ids come first in a forward)."""
 
 
-def shifted_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
-                    ) -> torch.Tensor | None:
-    """(matches, counted) of ``target`` against ``tokens`` (≥ 2-D integer ids) one position
-    later, for the leading axis that matches best: target[t] == tokens[t + 1]. None when the
-    target is not laid out like the tokens (same size, or one position fewer along an axis)."""
+def _layouts(tokens: torch.Tensor, target: torch.Tensor
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per leading axis (positions on axis 1, batch-first; on axis 0, sequence-first): the targets
+    of positions 0 .. n − 2 and the tokens at those positions and one later, for targets laid out
+    like the tokens (same size) or already shifted (one position fewer)."""
     if tokens.dim() < 2 or target.is_floating_point() or tokens.is_floating_point():
-        return None
-    found: list[torch.Tensor] = []
-    for axis in (1, 0):  # (B, T) positions on axis 1; sequence-first (T, B) on axis 0
-        n = int(tokens.shape[axis])
-        if n < 2:
-            continue
-        later = tokens.narrow(axis, 1, n - 1)
-        if target.numel() == tokens.numel():
-            aligned = target.reshape(tokens.shape).narrow(axis, 0, n - 1)
-        elif target.numel() == later.numel():
-            aligned = target.reshape(later.shape)
-        else:
-            continue
-        counted = aligned != ignore_index
-        found.append(torch.stack([((aligned == later.to(aligned.device)) & counted).sum(),
-                                  counted.sum()]).double())
-    return best_share(found)
-
-
-def own_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
-                ) -> torch.Tensor | None:
-    """(matches, counted) of ``target`` against ``tokens`` at the same position: target[t] ==
-    tokens[t], counted only where tokens[t] != tokens[t + 1] (a token repeated in the data
-    matches either way), for the leading axis that matches best. Next-token targets match
-    nowhere; targets never shifted (a causal model asked to output the token it reads) match
-    everywhere. None when the target is not laid out like the tokens."""
-    if tokens.dim() < 2 or target.is_floating_point() or tokens.is_floating_point():
-        return None
-    found: list[torch.Tensor] = []
+        return
     for axis in (1, 0):
         n = int(tokens.shape[axis])
         if n < 2:
@@ -86,9 +59,36 @@ def own_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = 
             aligned = target.reshape(later.shape)
         else:
             continue
-        here = here.to(aligned.device)
-        counted = (aligned != ignore_index) & (here != later.to(aligned.device))
-        found.append(torch.stack([((aligned == here) & counted).sum(), counted.sum()]).double())
+        yield aligned, here.to(aligned.device), later.to(aligned.device)
+
+
+def _pair(matches: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    return torch.stack([matches.sum(), counted.sum()]).double()
+
+
+def shifted_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+                    ) -> torch.Tensor | None:
+    """(matches, counted) of ``target`` against ``tokens`` (≥ 2-D integer ids) one position
+    later, for the leading axis that matches best: target[t] == tokens[t + 1]. None when the
+    target is not laid out like the tokens (same size, or one position fewer along an axis)."""
+    found = []
+    for aligned, _, later in _layouts(tokens, target):
+        counted = aligned != ignore_index
+        found.append(_pair((aligned == later) & counted, counted))
+    return best_share(found)
+
+
+def own_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+                ) -> torch.Tensor | None:
+    """(matches, counted) of ``target`` against ``tokens`` at the same position: target[t] ==
+    tokens[t], counted only where tokens[t] != tokens[t + 1] (a token repeated in the data
+    matches either way), for the leading axis that matches best. Next-token targets match
+    nowhere; targets never shifted (a causal model asked to output the token it reads) match
+    everywhere. None when the target is not laid out like the tokens."""
+    found = []
+    for aligned, here, later in _layouts(tokens, target):
+        counted = (aligned != ignore_index) & (here != later)
+        found.append(_pair((aligned == here) & counted, counted))
     return best_share(found)
 
 

@@ -905,14 +905,15 @@ class Features:
                      if a), {})
             for m in modules
         }
-        # The first measured gain: a module found computing attention at the first step (not
-        # named as attention) has its gain from the second measured step on.
-        first_gain = {m: next((g for g in (as_float(((s.get("attention") or {}).get(m) or {})
-                                                    .get("logit_gain")) for s in self.snapshots)
-                               if g is not None), None) for m in modules}
-        first_inner = {m: next((i for i in (((s.get("attention") or {}).get(m) or {})
-                                            .get("inner") for s in self.snapshots)
-                                if i is not None), None) for m in modules}
+        def first_known(module: str, key: str) -> Any:
+            """The module's first measured value of ``key``: a module found computing attention
+            at the first step (not named as attention) has its operands from the second on."""
+            return next((v for s in self.snapshots
+                         if (v := ((s.get("attention") or {}).get(module) or {}).get(key))
+                         is not None), None)
+
+        first_gain = {m: as_float(first_known(m, "logit_gain")) for m in modules}
+        first_inner = {m: first_known(m, "inner") for m in modules}
         subjects = []
         for module in modules:
             stats = [(s.get("attention") or {}).get(module, {}) for s in self.snapshots]
@@ -988,8 +989,7 @@ class Features:
                 gain_ratio=_fold(first_gain[module], gain_peers),
                 gain_outlier=_odd_one(module, same_code, first_gain, first_inner),
                 gain_standard=_standard_scale(first_gain[module], first_inner[module]),
-                qk_rms_first=next((r for r in (as_float(st.get("qk_rms")) for st in stats)
-                                   if r is not None), None),
+                qk_rms_first=as_float(first_known(module, "qk_rms")),
                 standard_ratio=_off_standard(first_gain[module], first_inner[module]),
                 axis_fault=axis[1],
                 axis_step=axis[0],
