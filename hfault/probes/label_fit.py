@@ -128,7 +128,7 @@ class LabelFitProbe(Listener):
     def close(self) -> None:
         self._open = False
         for step, classes, reading in self._pending:
-            n, hit, low, miss_rank, confidence, confidence_low = reading.values()
+            n, hit, low, miss_rank, confidence, confidence_low, low_rank = reading.values()
             if n <= 0:
                 continue
             misses = n - hit
@@ -141,6 +141,7 @@ class LabelFitProbe(Listener):
                 "miss_rank_mean": miss_rank / misses if misses > 0 else None,
                 "confidence": confidence / n,
                 "confidence_lower_half": confidence_low / low if low > 0 else None,
+                "lower_half_rank_mean": low_rank / low if low > 0 else None,
             })
         self._pending.clear()
 
@@ -168,6 +169,7 @@ class LabelFitProbe(Listener):
                 ranks.sum(),
                 confidence.sum(),
                 (confidence * lower).sum(),
+                (ranks * lower).sum(),
             ]).double()
         self._sums = sums if self._sums is None else self._sums + sums.to(self._sums.device)
         self._classes = max(self._classes, int(input.shape[1]))

@@ -163,6 +163,10 @@ RUN_FEATURES: dict[str, str] = {
     "label_fit_confidence_over_chance": "the model's mean confidence (its first choice's "
     "probability) times the number of classes, the larger of the last two steps: 1 when it "
     "predicts every class as likely (uniform), the number of classes when it is sure",
+    "label_fit_tail_flatness": "how evenly the targets in the lower half of the model's ranking "
+    "spread over its positions: their mean normalized rank, from 0.5 (all at the middle) to the "
+    "mean of the lower-half positions (1: spread evenly, as random labels are; a model that has "
+    "not fitted yet misses mostly just below the middle)",
     "label_fit_loss_trend": "mean loss over the last quarter of the steps up to label_fit_step "
     "over the mean of the quarter before: near 1 once the loss has levelled off",
     "curvature_error": "the first reason curvature could not be (fully) measured, or none",
@@ -479,6 +483,9 @@ class Features:
             "label_fit_confidence_ratio": (confidence_lower / confidence
                                            if confidence and confidence_lower is not None
                                            else None),
+            "label_fit_tail_flatness": _tail_flatness(
+                _pooled(lower, [as_float(r.get("lower_half_rank_mean")) for r in last]),
+                int(last[-1]["classes"]) if last else 0),
         }
 
     def _loss_trend(self, until: int) -> float | None:
@@ -1181,3 +1188,15 @@ def _role_of(module: str) -> str:
 def _last_num(values: Iterable[Any]) -> float | None:
     present = [v for v in (as_float(x) for x in values) if v is not None]
     return present[-1] if present else None
+
+
+def _tail_flatness(rank_mean: float | None, classes: int) -> float | None:
+    """Where the lower-half targets' mean normalized rank sits between the middle (0.5) and the
+    mean of the lower-half positions (what targets spread evenly over them give): random labels
+    land on every position alike, a model that has not fitted yet misses just below the middle.
+    1 with two classes (the lower half is one position)."""
+    if rank_mean is None or classes < 2:
+        return None
+    positions = [i / (classes - 1) for i in range(classes) if i / (classes - 1) >= 0.5]
+    even = sum(positions) / len(positions)
+    return (rank_mean - 0.5) / (even - 0.5)

@@ -10,6 +10,7 @@ import torch
 
 from hfault import ExitCode
 from hfault.probes.label_fit import MAX_ROWS, confidence_of, label_ranks, label_rows
+from hfault.rules.features import _tail_flatness
 from tests.conftest import SCRIPTS, assert_same_training, run_plain
 
 
@@ -94,6 +95,23 @@ def test_a_fitted_model_puts_random_labels_in_the_lower_half(noise: float) -> No
     assert lower == pytest.approx(miss * 5 / 9, abs=0.02)
     if noise:
         assert float(ranks[ranks > 0].mean()) == pytest.approx(5 / 9, abs=0.03)
+        # random labels land on every lower-half position alike: flatness 1
+        assert _tail_flatness(float(ranks[ranks >= 0.5].mean()), c) == pytest.approx(1, abs=0.05)
+
+
+def test_an_unfitted_models_misses_thin_out_toward_the_bottom() -> None:
+    """A model still fitting misses to its second, third... choice with falling odds: its
+    lower-half targets sit near the middle, not spread evenly."""
+    g = torch.Generator().manual_seed(3)
+    n, c = 20000, 5
+    rank = torch.multinomial(torch.tensor([0.6, 0.24, 0.1, 0.04, 0.02]), n, replacement=True,
+                             generator=g)
+    logits = torch.arange(c, 0, -1, dtype=torch.float32).repeat(n, 1)  # class i ranked i-th
+    ranks = label_ranks(logits, rank)
+    assert ranks is not None
+    flatness = _tail_flatness(float(ranks[ranks >= 0.5].mean()), c)
+    assert flatness is not None and 0.3 < flatness < 0.6
+    assert _tail_flatness(1.0, 2) == 1.0 and _tail_flatness(None, 5) is None
 
 
 @pytest.mark.parametrize(

@@ -232,12 +232,15 @@ def test_a_one_layer_model_mixing_samples_is_told_by_its_position_ids(cli, swap_
 @pytest.mark.parametrize("lr, diverges", [("3", True), ("0.01", False)])
 def test_a_divergence_that_ends_in_inf_is_reported_before_the_inf(cli, lr, diverges) -> None:  # type: ignore[no-untyped-def]
     """The loss climbs from 0.43 to 1e34 over 19 steps, then overflows: the learning rate is the
-    cause (HF022, first), the first inf (HF001) where it ended."""
+    cause (HF022, first), the first inf (HF001) where it ended. (On some CPUs one layer's update
+    ratio also explodes on its way there, an HF002 error ranked between them: the divergence
+    amplifies the last bits in which CPUs' kernels differ.)"""
     result = cli("diagnose", str(SCRIPTS / "diverge_train.py"), "--no-curvature",
                  "--fail-on", "never", "--", "--steps", "30", "--lr", lr)
     rules = [f["rule"] for f in result.findings() if f["severity"] == "error"]
     if diverges:
-        assert rules[:2] == ["HF022", "HF001"], rules
+        assert rules[0] == "HF022" and "HF001" in rules, rules
+        assert set(rules) <= {"HF022", "HF001", "HF002"}, rules
         assert "learning rate 3" in result.findings("HF022")[0]["message"]
     else:
         assert "HF022" not in rules and "HF001" not in rules
