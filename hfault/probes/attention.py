@@ -769,14 +769,19 @@ def causal_mask_offset(logits: torch.Tensor) -> int | None:
     no key (a padded query some implementations mask whole), so a causal mask combined with a
     padding mask (a transformers causal LM given an ``attention_mask``) is read too. A causal
     sliding window (keys more than w > k positions back hidden too: Mistral's, a local band) is
-    read by its upper edge. None when there is no such pattern: no mask, a padding mask alone,
-    bidirectional attention (windowed or not), or k that differs across the batch."""
-    t = logits.shape[-1]
-    if logits.dim() < 3 or logits.shape[-2] != t or t < 3:
+    read by its upper edge. More keys than queries (a segment attending to its own keys after a
+    memory of earlier ones: Transformer-XL, a cached prefix) align the queries with the last keys,
+    so key j stands m = keys − queries positions after query i's own (j − m − i > k); torch's
+    ``is_causal`` on such scores aligns them with the first keys instead, which reads as no
+    pattern. None when there is no such pattern: no mask, a padding mask alone, bidirectional
+    attention (windowed or not), fewer keys than queries, or k that differs across the batch."""
+    t, queries = logits.shape[-1], logits.shape[-2] if logits.dim() >= 2 else 0
+    if logits.dim() < 3 or queries > t or queries < 3:
         return None  # 2-D softmax inputs are (batch, positions) pooling scores, not query × key
-    masked = (logits <= MASKED_LOGIT).reshape(-1, t, t)
-    idx = torch.arange(t, device=logits.device)
-    ahead = (idx[None, :] - idx[:, None]).expand_as(masked)  # j − i
+    masked = (logits <= MASKED_LOGIT).reshape(-1, queries, t)
+    keys = torch.arange(t, device=logits.device)
+    own = torch.arange(queries, device=logits.device) + (t - queries)  # query i's own key
+    ahead = (keys[None, :] - own[:, None]).expand_as(masked)  # j − m − i
     # A padded key is hidden from itself and every later query, which no causal mask with
     # k ≥ 0 does (an earlier query may see it through a leaking mask: that is what is read).
     pad_keys = (masked | (ahead > 0)).all(dim=-2, keepdim=True)

@@ -171,7 +171,18 @@ def _padded(k: int, lengths: list[int], whole_rows: bool = False,
         ("differs across the batch", torch.cat([
             _masked(torch.ones(6, 6, dtype=torch.bool).tril()),
             _masked(torch.ones(6, 6, dtype=torch.bool).tril(1))]), None),
-        ("not square (cached keys)", _masked(torch.ones(6, 8, dtype=torch.bool).tril(2)), None),
+        # a segment after a memory of 2 keys (Transformer-XL): query i's own key is i + 2
+        ("causal after a memory", _masked(torch.ones(6, 8, dtype=torch.bool).tril(2)), 0),
+        ("after a memory, shifted by one", _masked(torch.ones(6, 8, dtype=torch.bool).tril(3)),
+         1),
+        ("after a memory, a causal sliding window",
+         _masked((_ahead(8)[2:] <= 0) & (_ahead(8)[2:] >= -3)), 0),
+        # torch's is_causal on 6 × 8 scores: aligned with the first keys, not a memory's
+        ("top-left causal, more keys", _masked(torch.ones(6, 8, dtype=torch.bool).tril()), None),
+        ("more queries than keys", _masked(torch.ones(8, 6, dtype=torch.bool).tril()), None),
+        ("cross-attention with key padding",
+         _masked(torch.ones(6, 8, dtype=torch.bool).index_fill(1, torch.tensor([7]), False)),
+         None),
     ],
 )
 def test_causal_mask_offset_reads_the_mask_from_the_scores(name, scores, expected):
@@ -472,3 +483,18 @@ def test_entropy_is_normalized_by_the_keys_a_query_may_see():
     assert record["entropy_norm_mean"] == pytest.approx(1.0, rel=1e-6)
     assert record["entropy_norm_head_min"] == pytest.approx(1.0, rel=1e-6)
     assert record["entropy_mean"] == pytest.approx(39 / 40 * math.log(3), rel=1e-6)
+
+
+@pytest.mark.parametrize("leak", [0, 1])
+def test_a_causal_mask_over_a_memory_is_read(cli, leak):
+    """Transformer-XL: from the second segment on, 8 queries attend to 8 memory keys and their
+    own 8 under a causal mask aligned with the last keys; a mask shifted by one is a leak there
+    too (HF207), the healthy one reads 0."""
+    result = cli("diagnose", str(SCRIPTS / "memory_train.py"), "--no-curvature",
+                 "--fail-on", "never", "--", "--leak", str(leak))
+    read = {s["step"]: (s["attention"]["attn"]["keys"], s["attention"]["attn"]["mask_offset"])
+            for s in result.report["snapshots"] if s.get("attention")}
+    assert read[2] == (16, leak) and read[16] == (16, leak), read
+    found = [(f["rule"], f["component"]) for f in result.findings()
+             if f["severity"] in ("error", "warning")]
+    assert found == ([("HF207", "attn")] if leak else []), found
