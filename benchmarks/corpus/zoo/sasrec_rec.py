@@ -181,7 +181,7 @@ def main():
     val_neg = sample_negatives(val_next, data_gen)
 
     model = SASRec()
-    for name, p in model.named_parameters():  # xavier init as in the reference code
+    for _name, p in model.named_parameters():  # xavier init as in the reference code
         if p.dim() > 1:
             nn.init.xavier_normal_(p)
     adam = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.98))

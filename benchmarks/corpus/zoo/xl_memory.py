@@ -125,7 +125,7 @@ class TransformerXL(nn.Module):
     def forward(self, tokens, mems):
         h = self.word_emb(tokens)
         new_mems = []
-        for layer, mem in zip(self.layers, mems):
+        for layer, mem in zip(self.layers, mems, strict=False):
             # what this layer saw (memory + the new segment), cut to MEM_LEN, no gradient
             seen = h if mem is None else torch.cat([mem, h], dim=1)
             new_mems.append(seen[:, -MEM_LEN:].detach())
@@ -177,7 +177,8 @@ def main():
             losses.append(loss.item())
             if (step + 1) % (3 * SEGS_PER_STREAM) == 0:
                 recent = sum(losses[-SEGS_PER_STREAM:]) / SEGS_PER_STREAM
-                print(f"step {step:4d} | loss/stream {recent:.3f} | lr {sched.get_last_lr()[0]:.4f}")
+                lr_now = sched.get_last_lr()[0]
+                print(f"step {step:4d} | loss/stream {recent:.3f} | lr {lr_now:.4f}")
             step += 1
 
     model.eval()
