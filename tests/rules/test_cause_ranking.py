@@ -24,3 +24,18 @@ def test_nan_after_gradients_never_reset_ranks_below_the_missing_zero_grad() -> 
 
 def test_nan_alone_ranks_first() -> None:
     assert _ranked("fires")[0] == "HF001"
+
+
+def _ranked_in(rule_file: str, which: str) -> list[tuple[str, str | None]]:
+    spec = resolve(tomllib.loads((FIXTURES / rule_file).read_text()), which)
+    return [(f.rule, f.component) for f in rank(evaluate(build(spec), load_rules()).findings)]
+
+
+def test_padding_read_by_every_attention_ranks_below_a_specific_fault() -> None:
+    """No module masks the padding: a model-wide design (score 2), listed after the one layer
+    whose causal mask leaks; a mask lost by one module while others apply it ranks high."""
+    found = _ranked_in("HF216.toml", "ranking_model_wide")
+    assert found[0] == ("HF207", "blocks.1.attn"), found
+    assert [r for r, _ in found].count("HF216") == 2
+    lost = _ranked_in("HF216.toml", "fires")
+    assert lost[0] == ("HF216", "pool.mab"), lost
