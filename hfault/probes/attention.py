@@ -775,9 +775,11 @@ def causal_mask_offset(logits: torch.Tensor) -> int | None:
     ``is_causal`` on such scores aligns them with the first keys instead, which reads as no
     pattern. None when there is no such pattern: no mask, a padding mask alone, bidirectional
     attention (windowed or not), fewer keys than queries, or k that differs across the batch."""
-    t, queries = logits.shape[-1], logits.shape[-2] if logits.dim() >= 2 else 0
-    if logits.dim() < 3 or queries > t or queries < 3:
+    if logits.dim() < 3:
         return None  # 2-D softmax inputs are (batch, positions) pooling scores, not query × key
+    queries, t = logits.shape[-2], logits.shape[-1]
+    if queries > t or queries < 3:
+        return None
     masked = (logits <= MASKED_LOGIT).reshape(-1, queries, t)
     keys = torch.arange(t, device=logits.device)
     own = torch.arange(queries, device=logits.device) + (t - queries)  # query i's own key
