@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -66,6 +66,10 @@ class AttentionStats:
     pad_rows: int = 0
     """Over the rows of real queries of padded samples whose keys are the model input's
     positions: the attention weight that lands on padding, the share of keys that are padding."""
+    pad_alike: int = 0
+    pad_several: int = 0
+    """Of those rows with two or more open padded keys (``pad_several``), the ones whose scores at
+    every padded key are alike (``pad_alike``): the padding is one constant "null" slot."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,7 @@ class AttentionStats:
             "inner": self.inner,
             "padding_mass": self.pad_mass / self.pad_rows if self.pad_rows else None,
             "padding_share": self.pad_share / self.pad_rows if self.pad_rows else None,
+            "padding_alike": self.pad_alike / self.pad_several if self.pad_several else None,
             "softmax_axes": [{"shape": list(shape), "dim": dim,
                               "summed": list(summed) if summed is not None else None}
                              for (shape, dim), summed in zip(self.axes, self.summed,
@@ -421,19 +426,21 @@ class AttentionProbe:
             self._looked = len(self._inputs)
             if p.dim() < 2 or p.numel() == 0:
                 return
-            best: tuple[float, float, int] | None = None
+            best: PaddingWeight | None = None
             for pad in self._pads:
                 found = padding_weight(p, pad, scores)
-                if found is not None and found[2] and (
-                        best is None or found[0] / found[2] < best[0] / best[2]):
+                if found is not None and found.rows and (
+                        best is None or found.mass / found.rows < best.mass / best.rows):
                     best = found
         except (RuntimeError, ValueError, IndexError):
             self._looked = len(self._inputs)
             return
         if best is not None:
-            stats.pad_mass += best[0]
-            stats.pad_share += best[1]
-            stats.pad_rows += best[2]
+            stats.pad_mass += best.mass
+            stats.pad_share += best.share
+            stats.pad_rows += best.rows
+            stats.pad_alike += best.alike
+            stats.pad_several += best.several
 
 
 class AttentionWindow(Listener):
@@ -544,14 +551,37 @@ MAX_PAD_INPUTS = 6
 """Inputs kept per window to look for padding in (the model's input and its token ids)."""
 
 
+class PaddingWeight(NamedTuple):
+    """Sums over the rows of real queries of padded samples (per head)."""
+
+    mass: float
+    """Attention weight on padded keys."""
+    share: float
+    """Share of the keys that are padded (what uniform attention would put on them)."""
+    rows: int
+    alike: int = 0
+    """Rows whose scores at every open padded key are alike (see ``padding_alike``)."""
+    several: int = 0
+    """Rows with two or more open padded keys (where alike can be told)."""
+
+
+PAD_ALIKE = 1e-3
+"""Scores at padded keys are alike when their range in a row is at most this share of the range
+of the row's open scores: identical key vectors give equal scores up to rounding, distinct ones
+(a position embedding added to the pads) differ at the scale of the row."""
+
+
 def padding_weight(p: torch.Tensor, pad: torch.Tensor, scores: torch.Tensor | None = None
-                   ) -> tuple[float, float, int] | None:
-    """(weight on padded keys, share of padded keys, rows), summed over the rows of real queries
-    of padded samples, of attention weights ``p`` (``(batch[·heads], [queries,] keys)``) whose
-    keys are the positions of ``pad`` (batch, positions); None when they cannot be, or when the
-    ``scores`` the weights came from are exactly 0 at every padded key: masked by multiplying
-    before the softmax, then (AllenNLP's ``masked_softmax``) multiplied by the mask and
-    renormalized after it, so the weights read here are not the ones applied."""
+                   ) -> PaddingWeight | None:
+    """The weight real queries of padded samples put on padded keys, in attention weights ``p``
+    (``(batch[·heads], [queries,] keys)``) whose keys are the positions of ``pad`` (batch,
+    positions); None when they cannot be, or when the ``scores`` the weights came from are
+    exactly 0 at every padded key: masked by multiplying before the softmax, then (AllenNLP's
+    ``masked_softmax``) multiplied by the mask and renormalized after it, so the weights read
+    here are not the ones applied. With ``scores``, also how many rows score their padded keys
+    alike: the pads' states are one constant vector (zeroed after every block, as SASRec does),
+    so the padding acts as a single "null" key whose weight grows with the padding's length,
+    not as content the model reads position by position."""
     batch, positions = pad.shape
     if p.shape[-1] != positions or p.shape[0] % batch:
         return None
@@ -569,8 +599,25 @@ def padding_weight(p: torch.Tensor, pad: torch.Tensor, scores: torch.Tensor | No
     rows = (mixed[:, None] & real).to(w.dtype)  # (batch, queries)
     heads = w.shape[1]
     share = pad.to(w.dtype).mean(1)[:, None] * rows
-    return (float((mass * rows[:, None, :]).sum()), float(share.sum()) * heads,
-            int(rows.sum()) * heads)
+    alike, several = 0, 0
+    if scores is not None and scores.shape == p.shape:
+        alike, several = _pads_alike(scores.reshape(w.shape), pad, rows)
+    return PaddingWeight(float((mass * rows[:, None, :]).sum()), float(share.sum()) * heads,
+                         int(rows.sum()) * heads, alike, several)
+
+
+def _pads_alike(scores: torch.Tensor, pad: torch.Tensor, rows: torch.Tensor) -> tuple[int, int]:
+    """(rows whose open padded keys score alike, rows with two or more open padded keys), over
+    ``rows`` (batch, queries) of ``scores`` (batch, heads, queries, keys)."""
+    x = scores.double() if scores.dtype == torch.float64 else scores.float()
+    keep = unmasked(x)
+    at_pad = keep & pad[:, None, None, :]
+    inf = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
+    span = (torch.where(keep, x, -inf).amax(-1) - torch.where(keep, x, inf).amin(-1))
+    pad_span = (torch.where(at_pad, x, -inf).amax(-1) - torch.where(at_pad, x, inf).amin(-1))
+    several = (at_pad.sum(-1) >= 2) & rows[:, None, :].bool()
+    alike = several & (pad_span <= PAD_ALIKE * span)
+    return int(alike.sum()), int(several.sum())
 
 
 PAD_RUN_ROWS = 0.2

@@ -330,6 +330,10 @@ ATTENTION_FEATURES: dict[str, str] = {
     "padded or the keys are not its positions",
     "padding_share": "the mean share of those rows' keys that are padding (what uniform attention "
     "would put on them)",
+    "padding_alike": "of those rows with two or more open padded keys, the share whose scores at "
+    "every padded key are alike (within 1e-3 of the row's range): the padded states are one "
+    "constant vector, a single 'null' key, not content read position by position; none when "
+    "not measured",
     "padding_masked_peers": "other attention modules over the same padded positions whose "
     "padding_mass is 0 (they apply the mask)",
     "padding_peer": "one of them, else none",
@@ -1017,6 +1021,7 @@ class Features:
             f.update(
                 padding_mass=as_float(first[module].get("padding_mass")),
                 padding_share=as_float(first[module].get("padding_share")),
+                padding_alike=as_float(first[module].get("padding_alike")),
                 padding_masked_peers=len(masking),
                 padding_peer=masking[0] if masking else None,
             )

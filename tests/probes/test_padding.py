@@ -134,3 +134,22 @@ def test_ids_of_three_dimensions_sentences_of_words() -> None:
     docs = ids[:, :, None].expand(-1, -1, 5).clone()
     (found,) = padding_positions(docs)
     assert torch.equal(found, pad)
+
+
+@pytest.mark.parametrize("null_key", [True, False])
+def test_padded_keys_of_one_constant_state_score_alike(null_key: bool) -> None:
+    """SASRec zeroes the padded states after every block: every padded key is the same vector
+    and scores alike for each query (one "null" key). Pads given a position embedding do not."""
+    from hfault.probes.attention import padding_weight
+
+    _, pad = _padded_ids()
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(8, 2, 12, 4, generator=g), torch.randn(8, 2, 12, 4, generator=g)
+    if null_key:
+        k = torch.where(pad[:, None, :, None], torch.full_like(k, 0.3), k)
+    scores = q @ k.transpose(-2, -1) / 2
+    found = padding_weight(scores.softmax(-1), pad, scores)
+    assert found is not None and found.mass > 0
+    rows = (pad.any(1) & (~pad).any(1))[:, None] & ~pad & (pad.sum(1) >= 2)[:, None]
+    assert found.several == int(rows.sum()) * 2  # real queries of samples with 2+ pads, per head
+    assert found.alike == (found.several if null_key else 0)
