@@ -381,7 +381,8 @@ class AttentionProbe:
             finite = scores[torch.isfinite(scores)]
             if finite.numel():
                 stats.max_logit = max(stats.max_logit, float(finite.max()))
-            spread, rows, masked = row_spread(scores, keep)
+            spread, rows, _ = row_spread(scores, below_gap_masked(scores, keep))
+            masked = int(scores.numel() - int(keep.sum()))
             stats.std_sum += spread
             stats.std_rows += rows
             operands = self._operands.pop(id(module), None)
@@ -787,6 +788,35 @@ def unmasked(logits: torch.Tensor) -> torch.Tensor:
     """Which scores a query may attend to: finite and above ``MASKED_LOGIT`` (a mask written
     as -inf or as a large negative fill)."""
     return torch.isfinite(logits) & (logits > MASKED_LOGIT)
+
+
+MASK_GAP = 30.0
+"""An empty gap this wide in a row's sorted scores separates a mask added as a moderate constant
+(Swin's shifted windows add -100) from the scores: e^-30 ≈ 1e-13, so the keys below it get no
+weight a float32 softmax can hold. A distribution of real scores, however sharp, has no such
+hole between consecutive values."""
+
+
+def below_gap_masked(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``keep`` without the keys below the first gap in each row's sorted open scores (from the
+    top) that is at least ``MASK_GAP`` wide, wider than the range of the two or more keys above
+    it: what an additive finite mask hides (it shifts a block of keys by more than the scores
+    vary)."""
+    x = logits.double() if logits.dtype == torch.float64 else logits.float()
+    if x.dim() == 0 or x.shape[-1] < 2:
+        return keep
+    ranked = torch.where(keep, x, torch.full_like(x, -math.inf)).sort(-1, descending=True).values
+    drop = ranked[..., :-1] - ranked[..., 1:]
+    above = ranked[..., :1] - ranked[..., :-1]  # the range of the keys above each hole
+    hole = torch.isfinite(drop) & (drop >= MASK_GAP) & (drop > above)
+    hole[..., 0] = False  # one key far above the rest is a sharp row, not a mask
+    if not bool(hole.any()):
+        return keep
+    first = torch.where(hole.any(-1), hole.int().argmax(-1), torch.full_like(hole[..., 0],
+                                                                             x.shape[-1] - 1,
+                                                                             dtype=torch.long))
+    floor = ranked.gather(-1, first.unsqueeze(-1))
+    return keep & (x >= floor)
 
 
 def row_spread(logits: torch.Tensor, keep: torch.Tensor | None = None

@@ -22,11 +22,16 @@ from hfault.components import Component
 
 _TRANSPOSED = {"Conv1D"}  # transformers' GPT-2 Conv1D stores (in, out)
 _NOT_A_MAP = {"Embedding", "EmbeddingBag"}  # a lookup table: no fan-in to scale against
+_MAPS = ("Linear", "Conv", "Bilinear")
+"""Module types whose weight maps its inputs even with a fan-in of 1 (``nn.Linear(1, d)``)."""
 
 
 def init_statistics(component: Component) -> dict[str, Any] | None:
     """``{"scale", "mean_ratio", "fan_in", "shape"}`` of the component's largest ≥2-D weight, or
-    ``None`` when it has none (biases, norm gains, scalars) or it is an embedding table."""
+    ``None`` when it has none (biases, norm gains, scalars) or it is an embedding table. A
+    parameter of fan-in 1 on a module that is not a linear or convolution layer is a column of
+    per-unit scalars in a broadcast shape (Swin V2's ``(heads, 1, 1)`` logit scale, set to
+    log 10), not a map: it has no fan-in to scale against either."""
     if component.module_type in _NOT_A_MAP:
         return None
     parts = [p for p in component.parts if p.param.dim() >= 2]
@@ -39,6 +44,8 @@ def init_statistics(component: Component) -> dict[str, Any] | None:
             return None
         shape = tuple(w.shape)
         fan_in = shape[0] if component.module_type in _TRANSPOSED else w.numel() // shape[0]
+        if fan_in == 1 and not any(kind in (component.module_type or "") for kind in _MAPS):
+            return None
         rms = float(w.square().mean().sqrt())
         std = float(w.std())
         mean = float(w.mean())

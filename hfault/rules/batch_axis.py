@@ -5,7 +5,9 @@ Telling which size is the batch is interpretation, so it lives with the rules: c
 along the positions only, so the batch is the loss's sample count when the loss is per sample,
 otherwise the model input's leading size other than the one a position embedding's ids run along
 (a per-token loss over samples × positions cannot tell), else the leading size that fewer modules
-mix along (on a tie the first one, where data loaders stack samples).
+mix along (on a tie the first one, where data loaders stack samples). A module that holds the
+samples folded with windows of each on its first axis mixes along its tokens, whatever their
+number.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
     else:
         return none
     positions = b if batch == a else a
-    culprits = [name for name, sizes in found if batch in sizes]
+    folded = {m["module"] for m in record.get("modules") or [] if _folded(m, batch, (a, b))}
+    culprits = [name for name, sizes in found if batch in sizes and name not in folded]
     return {"culprits": culprits, "batch": batch, "positions": positions, "how": how,
             "peers": count[positions]}
+
+
+def _folded(module: dict[str, Any], batch: int, input_axes: tuple[int, int]) -> bool:
+    """A module called on (k·batch, batch, ...) with k ≥ 2 that mixes along its second axis only,
+    whose first size is none of the model input's: the samples were folded into its first axis
+    with windows or chunks of each (Swin's window attention on (images·windows, tokens), where a
+    window of 16 tokens in a batch of 16 images makes the tokens look like the batch). A
+    batch/sequence swap puts the input's own positions first instead."""
+    sizes, mixes = [int(s) for s in module["sizes"]], list(module["mixes"])
+    return (len(sizes) == 2 and sizes[1] == batch and sizes[0] != batch
+            and sizes[0] % batch == 0 and sizes[0] not in input_axes
+            and mixes == [False, True])

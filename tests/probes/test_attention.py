@@ -115,6 +115,40 @@ def test_distilbert_attention_modules_are_named_like_their_components(cli):
     assert snap["curvature"]["error"] is None
 
 
+def test_a_healthy_swin_v2_gets_no_error(cli):
+    """transformers' Swin V2, as it ships: its per-head logit scale (heads, 1, 1) set to log 10
+    is not a weight drawn too large (HF008), its shifted windows' -100 mask does not count as
+    spread of the scores (HF208), and windows of 16 tokens in a batch of 16 images are not the
+    batch (HF213)."""
+    result = cli("diagnose", "--no-curvature", str(SCRIPTS / "swinv2_train.py"), "--fail-on",
+                 "never", "--", "--steps", "12")
+    assert result.returncode == 0, result.stderr
+    found = [(f["rule"], f["severity"], f["component"]) for f in result.report["findings"]
+             if f["severity"] != "info"]
+    assert found == [], found
+    gains = [a["logit_gain"] for a in result.report["snapshots"][0]["attention"].values()]
+    assert len(gains) == 4 and max(gains) < 1.5 * min(gains), gains  # shifted and not alike
+    mixing = result.report["sample_mixing"]["modules"]
+    assert any(m["sizes"] == [64, 16] and m["mixes"] == [False, True] for m in mixing)
+
+
+def test_an_additive_finite_mask_is_not_spread_of_the_scores() -> None:
+    """Swin adds -100 to the keys outside a shifted window's region: the spread of the scores
+    is read over the keys above that gap; one key far above the rest is a sharp row, kept."""
+    from hfault.probes.attention import below_gap_masked, row_spread, unmasked
+
+    scores = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    region = torch.zeros(8, 8)
+    region[:, 5:] = -100.0
+    masked = scores + region
+    live = below_gap_masked(masked, unmasked(masked))
+    assert torch.equal(live, (region == 0).expand_as(masked))
+    assert row_spread(masked, live)[0] == pytest.approx(row_spread(scores[..., :5])[0], rel=1e-5)
+    sharp = scores.clone()
+    sharp[..., 0] = 60.0  # one key 60 above the rest: every key stays open
+    assert torch.equal(below_gap_masked(sharp, unmasked(sharp)), unmasked(sharp))
+
+
 def _masked(keep: torch.Tensor, fill: float = -math.inf) -> torch.Tensor:
     scores = torch.randn(3, 2, *keep.shape, generator=torch.Generator().manual_seed(0))
     return scores.masked_fill(~keep, fill)

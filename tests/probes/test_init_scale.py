@@ -57,3 +57,22 @@ def test_fused_slices_and_transposed_conv1d() -> None:
     stats = init_statistics(_components(nn.Sequential(conv1d))["0"])
     assert stats is not None and stats["fan_in"] == 32
     assert stats["scale"] == pytest.approx(0.02 * math.sqrt(32), rel=0.1)
+
+
+def test_per_head_scalars_in_a_broadcast_shape_have_no_fan_in() -> None:
+    """Swin V2's logit scale: a (heads, 1, 1) parameter set to log 10 on the attention module
+    itself, a column of per-head scalars; a Linear of one input is still a map."""
+
+    class CosineAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(4, 1, 1)))
+            self.qkv = nn.Linear(16, 48)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(CosineAttention(), nn.Linear(1, 16))
+    comps = _components(model)
+    scale = next(c for name, c in comps.items() if name.endswith("logit_scale"))
+    assert init_statistics(scale) is None
+    one_input = init_statistics(comps["1"])
+    assert one_input is not None and one_input["fan_in"] == 1
