@@ -19,6 +19,7 @@ from hfault.probes.loss_input import LossInputWatch
 from hfault.probes.next_token import NextTokenProbe
 from hfault.probes.numerics import NumericsProbe
 from hfault.probes.op_watch import OpWatch
+from hfault.probes.param_reach import ParamReach
 from hfault.probes.printed_validation import PrintedValidation
 from hfault.probes.sample_mixing import SampleMixingProbe
 from hfault.probes.zero_grad import StaleGradientWatch
@@ -46,6 +47,7 @@ def diagnosis_probes(
         LabelFitProbe(session, loss_inputs),
         NextTokenProbe(session, loss_inputs),
         SampleMixingProbe(session, loss_inputs),
+        ParamReach(session),
         PrintedValidation(session),
         CurvatureProbe(session, curvature) if curvature is not None else None,
     ]

@@ -117,6 +117,8 @@ class Report:
     """[step, loss] of every validation loss the script printed."""
     sample_mixing: dict[str, Any] | None = None
     """Along which leading sizes each tested module mixes, at the first measured step."""
+    param_reach: dict[str, Any] | None = None
+    """Whether the components without a gradient at the first measured step reach the loss."""
     notes: list[str] = field(default_factory=list)
     tool_version: str = "0.1.0"
     rules: list[dict[str, Any]] = field(default_factory=list)
@@ -166,6 +168,7 @@ class Report:
             "next_token": clean(self.next_token),
             "validation": clean(self.validation),
             "sample_mixing": clean(self.sample_mixing),
+            "param_reach": clean(self.param_reach),
             "findings": [f.to_dict() for f in self.findings],
             "propagation": clean(self.propagation),
             "rules": [

@@ -231,6 +231,16 @@ COMPONENT_FEATURES: dict[str, str] = {
     "the other tables' (none without a peer)",
     "table_rms": "for an embedding table: init_rms; none for other components",
     "init_fan_in": "fan-in of that weight",
+    "reaches_loss": "for a component that got no gradient at the first measured step: whether "
+    "its values reached the loss at the next measured step, followed through every op of its "
+    "forward (.detach() and .data included); none when not followed",
+    "params_read": "for the same components: whether any op of that forward read its "
+    "parameters (false: never called, bypassed, or an optional parameter no input looks up)",
+    "lone_parameter": "the component is one parameter held beside a module's layers (a relative "
+    "bias, a segment embedding, a logit scale), not a layer of its own",
+    "unused": "reaches_loss is false and the component is unused rather than cut: its parameters "
+    "were read and the result ignored (an unused pooler), or it is a lone parameter nothing read "
+    "(an optional embedding); a whole layer nothing read was bypassed or never called, and is not",
     "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
     "1 = last (the report lists components in forward order)",
     "init_mean_ratio": "|mean(W)|/std(W) of that weight before the first update (≈ 1/√numel "
@@ -789,6 +799,11 @@ class Features:
                 if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS
             ]
             init = comp.get("init") or {}
+            reach = (self.report.get("param_reach") or {}).get("components") or {}
+            followed = reach.get(name)
+            followed = followed if isinstance(followed, dict) else {}
+            held = list(comp.get("parameters") or [])
+            lone = len(held) == 1 and (name == held[0] or name.endswith("." + str(held[0])))
             tables = _median(v for n, v in table_rms.items() if n != name and v is not None
                              and v >= _MIN_PEER_INIT_RMS) if name in table_rms else None
             f.update(
@@ -800,6 +815,11 @@ class Features:
                     as_float((self.by_name[n].get("init") or {}).get("scale")) for n in others),
                 init_mean_ratio=as_float(init.get("mean_ratio")),
                 init_fan_in=as_float(init.get("fan_in")),
+                reaches_loss=followed.get("reaches_loss"),
+                params_read=followed.get("read"),
+                lone_parameter=lone,
+                unused=(followed.get("reaches_loss") is False
+                        and (followed.get("read") is True or lone)),
                 forward_position=index / last,
                 name=name,
                 role=comp["role"],

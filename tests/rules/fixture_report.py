@@ -66,7 +66,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
             "attention_kind": "self" if comp.get("attention") else None,
             "layer": comp.get("layer"),
             "optimizer": 0,
-            "parameters": ["weight"],
+            "parameters": comp.get("parameters", ["weight"]),
             "access": f'list(model.get_submodule("{comp["name"]}").parameters())',
             "init": comp.get("init"),
         })
@@ -114,4 +114,5 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         "label_fit": spec.get("label_fit", []),
         "next_token": spec.get("next_token", []),
         "sample_mixing": spec.get("sample_mixing"),
+        "param_reach": spec.get("param_reach"),
     }

@@ -1,0 +1,191 @@
+"""Whether a component that gets no gradient has any influence on the loss at all.
+
+A trainable component whose gradient is None (or exactly zero) at a measured step is either cut
+from the loss (a ``.detach()`` on its output, a ``.data`` read, a ``torch.no_grad()`` block: its
+values still reach the loss, without a gradient, and the model trains without it: a fault) or
+not used by the loss at all: a pooler that ``BertModel`` computes while the script's head reads
+``last_hidden_state``, XLNet's segment embedding when no ``token_type_ids`` are passed. Those
+are computed or held and ignored by design; calling them dead components is a false error on
+ordinary code.
+
+The gradient cannot tell the two apart (there is no path in the graph either way); the values
+can. At the measured step after one where such components were found, the probe watches the
+forward (a ``TorchFunctionMode``, that one step only) and marks every tensor computed from
+their parameters, through any op, ``.detach()`` and ``.data`` included; at the step's first
+backward it reads whether the loss is marked, and whether any op read the parameters at all.
+Only those components' parameters are followed, so a run where every component gets a gradient
+installs nothing.
+
+Read and unused (the pooler) is computed and ignored. Not read at all is two things: a lone
+parameter beside a module's layers that an optional input would read (XLNet's segment
+embedding) is unused by design; a whole module whose weights nothing reads was bypassed or never
+called (a norm layer defined and left out of ``forward``), which the rules keep as dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from hfault.capture.contribution import ReportDraft
+from hfault.capture.hooks import BackwardEvent, Listener
+from hfault.components import Component
+
+if TYPE_CHECKING:
+    from hfault.capture.session import CaptureSession
+
+MAX_FOLLOWED = 64
+"""Components followed at most (the first ones in forward order): each adds its parameters."""
+
+
+def _no_gradient(component: Component) -> bool:
+    """Every part of the component has a gradient of None or of zeros."""
+    for part in component.parts:
+        grad = part.param.grad
+        if grad is not None and bool(part.view(grad).ne(0).any()):
+            return False
+    return True
+
+
+def _reads_values(func: Any) -> bool:
+    """Whether a call reads a tensor's values: an attribute of the tensor other than ``.data``
+    (``.grad`` set to None by ``zero_grad``, ``.shape``, ``.requires_grad``) does not."""
+    if getattr(func, "__name__", "") not in ("__get__", "__set__", "__delete__"):
+        return True
+    return getattr(getattr(func, "__self__", None), "__name__", "") == "data"
+
+
+class _Mode(TorchFunctionMode):
+    """Marks the outputs of every op that reads a marked tensor with the union of its inputs'
+    marks (bit i: computed from component i's parameters)."""
+
+    def __init__(self, marked: dict[int, tuple[torch.Tensor, int]]) -> None:
+        super().__init__()
+        self.marked = marked
+        self.params = {key: bits for key, (_, bits) in marked.items()}
+        self.read = 0
+        """Bits of the components whose parameters an op read directly."""
+        self.stopped = False
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.stopped or not _reads_values(func):
+            return out
+        bits = 0
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and (seen := self.marked.get(id(t))) is not None:
+                bits |= seen[1]
+                if torch.is_grad_enabled():  # an EMA copy or a validation pass does not count
+                    self.read |= self.params.get(id(t), 0)
+        if bits:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    # the tensor is kept: its id must not be reused by another one this step
+                    self.marked[id(t)] = (t, bits | self.marked.get(id(t), (t, 0))[1])
+        return out
+
+
+class ParamReach(Listener):
+    """Records, per component without a gradient, whether an op read its parameters and whether
+    its values reached the loss."""
+
+    def __init__(self, session: CaptureSession) -> None:
+        self.session = session
+        self._components: list[Component] = []
+        self._suspects: list[Component] = []
+        self._checked_step: int | None = None
+        self._mode: _Mode | None = None
+        self._left: _Mode | None = None
+        self._marked: dict[int, tuple[torch.Tensor, int]] = {}
+        self._measured_backward = False
+        self._armed = False
+        self.record: dict[str, Any] | None = None
+
+    def components_built(self, components: Sequence[Component]) -> None:
+        self._components = list(components)
+
+    def after_backward(self, event: BackwardEvent) -> None:
+        if event.measured:
+            self._measured_backward = True
+
+    def before_step(self, opt: torch.optim.Optimizer) -> None:
+        """At the first measured step: the components the optimizer will step without a
+        gradient."""
+        self._pop_left()
+        if not self._measured_backward or self._checked_step is not None:
+            return
+        self._measured_backward = False
+        self._checked_step = self.session.step_of(opt)
+        with torch.no_grad():
+            suspects = [c for c in self._components if c.parts and _no_gradient(c)]
+        self._suspects = suspects[:MAX_FOLLOWED]
+
+    def order(self, event: str) -> int:
+        # the mode starts after every other listener's after_step: their own reads of the
+        # parameters (update ratios) are not the script's
+        return 10_000 if event == "after_step" else self.priority
+
+    def window_opened(self, step: int) -> None:
+        self._armed = bool(self._suspects) and self.record is None
+
+    def after_step(self, opt: torch.optim.Optimizer) -> None:
+        """The window for the next step's forward is open: start following the parameters."""
+        if not self._armed or self._mode is not None:
+            return
+        self._armed = False
+        self._marked = {}
+        for i, comp in enumerate(self._suspects):
+            for part in comp.parts:
+                seen = self._marked.get(id(part.param), (part.param, 0))[1]
+                self._marked[id(part.param)] = (part.param, seen | (1 << i))
+        self._mode = _Mode(self._marked)
+        self._mode.__enter__()
+
+    def before_backward(self, event: BackwardEvent) -> None:
+        if self._mode is None or not event.measured:
+            return
+        bits = 0
+        for t in tree_flatten(event.tensors)[0]:
+            if isinstance(t, torch.Tensor) and (seen := self._marked.get(id(t))) is not None:
+                bits |= seen[1]
+        read = self._mode.read
+        self._stop()
+        self.record = {"step": event.step, "found_at": self._checked_step,
+                       "components": {c.name: {"reaches_loss": bool(bits >> i & 1),
+                                               "read": bool(read >> i & 1)}
+                                      for i, c in enumerate(self._suspects)}}
+        self._suspects, self._marked = [], {}
+
+    def _stop(self) -> None:
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.stopped = True
+            self._left = mode
+        self._pop_left()
+
+    def _pop_left(self) -> None:
+        """Pop a stopped mode; while the script has a mode of its own on top of it (or one of
+        its calls is running), it passes calls through and is popped at the next chance."""
+        mode = self._left
+        if mode is None:
+            return
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and stack[-1] is mode:
+            with contextlib.suppress(RuntimeError, AssertionError):
+                mode.__exit__(None, None, None)
+                self._left = None
+
+    def close(self) -> None:
+        self._stop()
+        self._marked = {}
+
+    def contribute(self, draft: ReportDraft) -> None:
+        if self.record is not None:
+            draft.sections["param_reach"] = self.record

@@ -1,0 +1,38 @@
+"""Components without a gradient: unused (HF026, info) against cut while still used (HF003)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SCRIPTS
+
+
+@pytest.mark.parametrize(("mode", "component", "reaches", "rule"), [
+    ("pooler", "gate", False, "HF026"),      # computed, its output dropped
+    ("optional", "segment", False, "HF026"), # a lone parameter no input looks up
+    ("data", "gate", True, "HF003"),         # read through .data: used, never trained
+    ("nograd", "gate", True, "HF003"),       # computed under torch.no_grad(): used, never trained
+    ("skipped", "gate", False, "HF003"),     # a layer defined and left out of forward: missing
+])
+def test_unused_components_are_told_from_cut_ones(cli, mode: str, component: str,
+                                                  reaches: bool, rule: str) -> None:
+    done = cli("diagnose", "--no-curvature", str(SCRIPTS / "unused_train.py"), "--fail-on",
+               "never", "--", "--steps", "6", "--mode", mode)
+    assert done.returncode == 0, done.stderr
+    reach = done.report["param_reach"]
+    assert reach["found_at"] == 1 and reach["step"] > 1
+    followed = reach["components"]
+    assert followed["segment"] == {"reaches_loss": False, "read": False}  # never looked up
+    assert followed[component]["reaches_loss"] is reaches
+    # read with gradients enabled (a no_grad block, an EMA update or validation does not count)
+    assert followed[component]["read"] is (mode in ("pooler", "data"))
+    found = {(f["rule"], f["severity"]) for f in done.report["findings"]
+             if f["component"] == component}
+    assert found == {(rule, "error" if rule == "HF003" else "info")}, found
+
+
+def test_nothing_is_followed_when_every_component_gets_a_gradient(cli) -> None:
+    done = cli("diagnose", "--no-curvature", str(SCRIPTS / "basic_train.py"), "--", "--steps",
+               "6")
+    assert done.returncode == 0, done.stderr
+    assert done.report.get("param_reach") is None
