@@ -16,19 +16,28 @@ backward it reads whether the loss is marked, and whether any op read the parame
 Only those components' parameters are followed, so a run where every component gets a gradient
 installs nothing.
 
-Read and unused (the pooler) is computed and ignored. Not read at all is two things: a lone
-parameter beside a module's layers that an optional input would read (XLNet's segment
-embedding) is unused by design; a whole module whose weights nothing reads was bypassed or never
-called (a norm layer defined and left out of ``forward``), which the rules keep as dead.
+Read and not reaching the loss is two things, told apart by where the result was dropped (a
+module forward hook for that step only records which module calls returned marked tensors): an
+output the component's enclosing module returns, which the code around the model then ignores
+(``BertModel``'s pooler, an auxiliary head's output), is an optional output, unused by design;
+one dropped inside the enclosing module's own forward (``h = self.norm(x)`` and then ``x`` used,
+a layer whose result a hook throws away) is dead code. Not read at all is two things as well: a
+lone parameter beside a module's layers that an optional input would read (XLNet's segment
+embedding) is unused by design; a whole layer whose weights nothing reads was bypassed or never
+called (a norm layer defined and left out of ``forward``). The rules keep dead code and missing
+layers as dead components.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -52,12 +61,51 @@ def _no_gradient(component: Component) -> bool:
     return True
 
 
+def _tensors(value: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors in a module's output: tuples, lists, dicts (transformers' ``ModelOutput``)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 3:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v, depth + 1)]
+    return []
+
+
+_METADATA = frozenset({
+    "numel", "nelement", "dim", "ndimension", "size", "stride", "storage_offset", "data_ptr",
+    "element_size", "is_floating_point", "is_complex", "is_contiguous", "is_sparse", "get_device",
+    "untyped_storage", "__len__", "_is_view",
+})
+"""Tensor methods that read no values (transformers' ``self.dtype`` scans the parameters)."""
+_DISPATCH = (("hooks.py", "dispatch"), ("step_events.py", "_dispatch"))
+"""Where hfault calls its listeners: ops below these frames are hfault's own."""
+
+
 def _reads_values(func: Any) -> bool:
     """Whether a call reads a tensor's values: an attribute of the tensor other than ``.data``
-    (``.grad`` set to None by ``zero_grad``, ``.shape``, ``.requires_grad``) does not."""
-    if getattr(func, "__name__", "") not in ("__get__", "__set__", "__delete__"):
+    (``.grad`` set to None by ``zero_grad``, ``.shape``, ``.requires_grad``) or a metadata
+    method does not."""
+    name = getattr(func, "__name__", "")
+    if name in _METADATA:
+        return False
+    if name not in ("__get__", "__set__", "__delete__"):
         return True
     return getattr(getattr(func, "__self__", None), "__name__", "") == "data"
+
+
+def _from_listener() -> bool:
+    """Whether the running op was called by one of hfault's listeners (update ratios, norms)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if any(code.co_filename.endswith(os.sep + "capture" + os.sep + file)
+               and code.co_name == fn for file, fn in _DISPATCH):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _Mode(TorchFunctionMode):
@@ -78,12 +126,15 @@ class _Mode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.stopped or not _reads_values(func):
             return out
-        bits = 0
+        bits = read = 0
         for t in tree_flatten((args, kwargs))[0]:
             if isinstance(t, torch.Tensor) and (seen := self.marked.get(id(t))) is not None:
                 bits |= seen[1]
-                if torch.is_grad_enabled():  # an EMA copy or a validation pass does not count
-                    self.read |= self.params.get(id(t), 0)
+                read |= self.params.get(id(t), 0)
+        if bits and _from_listener():
+            return out
+        if torch.is_grad_enabled():  # an EMA copy or a validation pass does not count
+            self.read |= read
         if bits:
             for t in tree_flatten(out)[0]:
                 if isinstance(t, torch.Tensor):
@@ -106,6 +157,9 @@ class ParamReach(Listener):
         self._marked: dict[int, tuple[torch.Tensor, int]] = {}
         self._measured_backward = False
         self._armed = False
+        self._hook: Any = None
+        self._returned: dict[int, int] = {}
+        """id(module) -> bits of the components whose marked values its calls returned."""
         self.record: dict[str, Any] | None = None
 
     def components_built(self, components: Sequence[Component]) -> None:
@@ -145,8 +199,18 @@ class ParamReach(Listener):
             for part in comp.parts:
                 seen = self._marked.get(id(part.param), (part.param, 0))[1]
                 self._marked[id(part.param)] = (part.param, seen | (1 << i))
+        self._returned = {}
+        self._hook = nn.modules.module.register_module_forward_hook(self._module_returned)
         self._mode = _Mode(self._marked)
         self._mode.__enter__()
+
+    def _module_returned(self, module: nn.Module, args: Any, output: Any) -> None:
+        bits = 0
+        for t in _tensors(output):
+            if (seen := self._marked.get(id(t))) is not None:
+                bits |= seen[1]
+        if bits:
+            self._returned[id(module)] = self._returned.get(id(module), 0) | bits
 
     def before_backward(self, event: BackwardEvent) -> None:
         if self._mode is None or not event.measured:
@@ -157,13 +221,24 @@ class ParamReach(Listener):
                 bits |= seen[1]
         read = self._mode.read
         self._stop()
+        parents = {id(child): module for module in self.session.state.modules.values()
+                   for child in module.children()}
+        components = {}
+        for i, comp in enumerate(self._suspects):
+            owner = comp.module
+            enclosing = parents.get(id(owner), owner) if owner is not None else None
+            components[comp.name] = {
+                "reaches_loss": bool(bits >> i & 1), "read": bool(read >> i & 1),
+                "returned": enclosing is not None
+                and bool(self._returned.get(id(enclosing), 0) >> i & 1)}
         self.record = {"step": event.step, "found_at": self._checked_step,
-                       "components": {c.name: {"reaches_loss": bool(bits >> i & 1),
-                                               "read": bool(read >> i & 1)}
-                                      for i, c in enumerate(self._suspects)}}
+                       "components": components}
         self._suspects, self._marked = [], {}
 
     def _stop(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.stopped = True

@@ -238,9 +238,13 @@ COMPONENT_FEATURES: dict[str, str] = {
     "parameters (false: never called, bypassed, or an optional parameter no input looks up)",
     "lone_parameter": "the component is one parameter held beside a module's layers (a relative "
     "bias, a segment embedding, a logit scale), not a layer of its own",
-    "unused": "reaches_loss is false and the component is unused rather than cut: its parameters "
-    "were read and the result ignored (an unused pooler), or it is a lone parameter nothing read "
-    "(an optional embedding); a whole layer nothing read was bypassed or never called, and is not",
+    "output_returned": "for the same components: whether the module enclosing the component "
+    "returned a value computed from it (an output of a sub-model, such as BertModel's pooler "
+    "output, that the code around it may ignore)",
+    "unused": "reaches_loss is false and the component is unused by design rather than dead: "
+    "computed and returned by its enclosing module, then ignored (an unused pooler, an auxiliary "
+    "output), or a lone parameter nothing read (an optional embedding). A result dropped inside "
+    "the enclosing module's own forward, or a whole layer nothing read, is not",
     "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
     "1 = last (the report lists components in forward order)",
     "init_mean_ratio": "|mean(W)|/std(W) of that weight before the first update (≈ 1/√numel "
@@ -817,9 +821,11 @@ class Features:
                 init_fan_in=as_float(init.get("fan_in")),
                 reaches_loss=followed.get("reaches_loss"),
                 params_read=followed.get("read"),
+                output_returned=followed.get("returned"),
                 lone_parameter=lone,
                 unused=(followed.get("reaches_loss") is False
-                        and (followed.get("read") is True or lone)),
+                        and ((followed.get("read") is True and followed.get("returned") is True)
+                             or (lone and followed.get("read") is False))),
                 forward_position=index / last,
                 name=name,
                 role=comp["role"],

@@ -8,11 +8,12 @@ from tests.conftest import SCRIPTS
 
 
 @pytest.mark.parametrize(("mode", "component", "reaches", "rule"), [
-    ("pooler", "gate", False, "HF026"),      # computed, its output dropped
+    ("pooler", "pool.dense", False, "HF026"),  # returned by its sub-model, not read
     ("optional", "segment", False, "HF026"), # a lone parameter no input looks up
     ("data", "gate", True, "HF003"),         # read through .data: used, never trained
     ("nograd", "gate", True, "HF003"),       # computed under torch.no_grad(): used, never trained
     ("skipped", "gate", False, "HF003"),     # a layer defined and left out of forward: missing
+    ("dropped", "gate", False, "HF003"),     # computed, its result dropped in the same forward
 ])
 def test_unused_components_are_told_from_cut_ones(cli, mode: str, component: str,
                                                   reaches: bool, rule: str) -> None:
@@ -22,10 +23,12 @@ def test_unused_components_are_told_from_cut_ones(cli, mode: str, component: str
     reach = done.report["param_reach"]
     assert reach["found_at"] == 1 and reach["step"] > 1
     followed = reach["components"]
-    assert followed["segment"] == {"reaches_loss": False, "read": False}  # never looked up
+    assert followed["segment"] == {"reaches_loss": False, "read": False, "returned": False}
     assert followed[component]["reaches_loss"] is reaches
     # read with gradients enabled (a no_grad block, an EMA update or validation does not count)
-    assert followed[component]["read"] is (mode in ("pooler", "data"))
+    assert followed[component]["read"] is (mode in ("pooler", "data", "dropped"))
+    # the pooler's value leaves the sub-model that computed it; the dropped one does not
+    assert followed[component]["returned"] is (mode in ("pooler", "data", "nograd"))
     found = {(f["rule"], f["severity"]) for f in done.report["findings"]
              if f["component"] == component}
     assert found == {(rule, "error" if rule == "HF003" else "info")}, found
