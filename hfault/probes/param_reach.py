@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,7 @@ def _reads_values(func: Any) -> bool:
 
 def _from_listener() -> bool:
     """Whether the running op was called by one of hfault's listeners (update ratios, norms)."""
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
         code = frame.f_code
         if any(code.co_filename.endswith(os.sep + "capture" + os.sep + file)
