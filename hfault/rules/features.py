@@ -824,7 +824,7 @@ class Features:
                 output_returned=followed.get("returned"),
                 lone_parameter=lone,
                 unused=(followed.get("reaches_loss") is False
-                        and ((followed.get("read") is True and followed.get("returned") is True)
+                        and (followed.get("returned") is True
                              or (lone and followed.get("read") is False))),
                 forward_position=index / last,
                 name=name,
