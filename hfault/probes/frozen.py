@@ -7,7 +7,10 @@ were *trained*, a pretrained backbone or embedding; a module frozen at its *rand
 initialization* feeds fixed noise to the layers after it. Trained weights are heavy-tailed
 (Martin and Mahoney's heavy-tailed self-regularization): the kurtosis of their entries is well
 above the Gaussian 3. Every standard initializer draws iid entries from a uniform (kurtosis
-1.8), a (truncated) normal (2.4-3) or an orthogonal matrix (about 3). Read once, when the
+1.8), a (truncated) normal (2.4-3) or an orthogonal matrix (about 3). A table computed by a
+formula and frozen by design (Whisper's sinusoidal encoder positions: a sine's values have
+kurtosis 1.5) is told apart by its neighbouring rows, nearly alike where iid draws are
+uncorrelated. Read once, when the
 components are built, before the first update.
 """
 
@@ -45,6 +48,29 @@ def kurtosis(w: torch.Tensor) -> float | None:
     return float(x.pow(4).mean()) / (var * var)
 
 
+STRUCTURED = 0.3
+"""Correlation of neighbouring rows (or columns) above which a table was computed, not drawn:
+an initializer draws entries independently (about ±1/√n), a sinusoidal position table's
+neighbouring positions are nearly alike."""
+
+
+def neighbour_correlation(w: torch.Tensor) -> float | None:
+    """The larger |correlation| between neighbouring rows, and between neighbouring columns, of
+    a ≥ 2-D weight (flattened to rows × the rest)."""
+    x = w.detach().to(torch.float64).reshape(w.shape[0], -1)
+    best = None
+    for m in (x, x.t()):
+        if m.shape[0] < 2 or m.numel() < _MIN_NUMEL:
+            continue
+        a, b = m[:-1].flatten(), m[1:].flatten()
+        a, b = a - a.mean(), b - b.mean()
+        den = float(a.norm() * b.norm())
+        if den > 0:
+            c = abs(float((a * b).sum()) / den)
+            best = c if best is None else max(best, c)
+    return best
+
+
 def frozen_modules(roots: Sequence[nn.Module], names: Mapping[int, str], optimized: set[int],
                    position: Mapping[int, int]) -> list[dict[str, Any]]:
     """Modules whose own parameters all have ``requires_grad`` off, in models that otherwise
@@ -66,13 +92,18 @@ def frozen_modules(roots: Sequence[nn.Module], names: Mapping[int, str], optimiz
             weights = [p for p in own if p.dim() >= 2]
             big = max(weights, key=lambda p: p.numel()) if weights else None
             k = kurtosis(big) if big is not None else None
+            corr = neighbour_correlation(big) if big is not None else None
             found.append((position.get(id(module), len(position)), {
                 "module": names.get(id(module), type(module).__name__),
                 "type": type(module).__name__,
                 "numel": sum(p.numel() for p in own),
                 "in_optimizer": any(id(p) in optimized for p in own),
                 "kurtosis": k,
-                "untrained": None if k is None else k <= UNTRAINED_KURTOSIS,
+                "neighbour_correlation": corr,
+                # a table computed by a formula (Whisper's sinusoidal positions, frozen by
+                # design) has the low kurtosis of a sine's values but is no random draw
+                "untrained": None if k is None else (k <= UNTRAINED_KURTOSIS
+                                                     and (corr or 0.0) < STRUCTURED),
             }))
             if len(found) >= _MAX_ENTRIES:
                 break

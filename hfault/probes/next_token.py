@@ -42,10 +42,10 @@ MAX_INPUTS = 4
 
 
 def _layouts(tokens: torch.Tensor, target: torch.Tensor
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
     """Per leading axis (positions on axis 1, batch-first; on axis 0, sequence-first): the targets
     of positions 0 .. n − 2 and the tokens at those positions and one later, for targets laid out
-    like the tokens (same size) or already shifted (one position fewer)."""
+    like the tokens (same size) or already shifted (one position fewer), and n."""
     if tokens.dim() < 2 or target.is_floating_point() or tokens.is_floating_point():
         return
     for axis in (1, 0):
@@ -59,7 +59,7 @@ def _layouts(tokens: torch.Tensor, target: torch.Tensor
             aligned = target.reshape(later.shape)
         else:
             continue
-        yield aligned, here.to(aligned.device), later.to(aligned.device)
+        yield aligned, here.to(aligned.device), later.to(aligned.device), n
 
 
 def _pair(matches: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ def shifted_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: in
     later, for the leading axis that matches best: target[t] == tokens[t + 1]. None when the
     target is not laid out like the tokens (same size, or one position fewer along an axis)."""
     found = []
-    for aligned, _, later in _layouts(tokens, target):
+    for aligned, _, later, _n in _layouts(tokens, target):
         counted = aligned != ignore_index
         found.append(_pair((aligned == later) & counted, counted))
     return best_share(found)
@@ -86,9 +86,13 @@ def own_matches(tokens: torch.Tensor, target: torch.Tensor, ignore_index: int = 
     nowhere; targets never shifted (a causal model asked to output the token it reads) match
     everywhere. None when the target is not laid out like the tokens."""
     found = []
-    for aligned, here, later in _layouts(tokens, target):
+    for aligned, here, later, n in _layouts(tokens, target):
         counted = (aligned != ignore_index) & (here != later)
-        found.append(_pair((aligned == here) & counted, counted))
+        pair = _pair((aligned == here) & counted, counted)
+        # and the ids' number of positions: an attention over as many keys reads them at the
+        # targets' own positions (a Decision Transformer interleaves three tokens a step, so its
+        # action ids are not its attention's positions)
+        found.append(torch.cat([pair, pair.new_tensor([float(n)])]))
     return best_share(found)
 
 
@@ -136,12 +140,13 @@ class NextTokenProbe(Listener):
     def close(self) -> None:
         self._close_window()
         for step, reading in self._pending:
-            matched, counted, own, own_counted = reading.values()
+            matched, counted, own, own_counted, positions = reading.values()
             if counted > 0:
                 self.records.append({"step": step, "targets": int(counted),
                                      "next_token_share": matched / counted,
                                      "own_token_share": (own / own_counted if own_counted > 0
-                                                         else None)})
+                                                         else None),
+                                     "own_token_positions": int(positions) if own > 0 else None})
         self._pending.clear()
 
     def contribute(self, draft: ReportDraft) -> None:
@@ -182,5 +187,10 @@ class NextTokenProbe(Listener):
                 t, target.detach(), int(ignore))) is not None])
         if best is None or own is None:
             return
-        sums = torch.cat([best, own.to(best.device)])
-        self._sums = sums if self._sums is None else self._sums + sums.to(self._sums.device)
+        own = own.to(best.device)
+        sums = torch.cat([best, own[:2], own[2:] * (own[0] > 0)])
+        if self._sums is None:
+            self._sums = sums
+        else:  # matches add up; the positions are the largest seen with a match
+            old = self._sums.to(sums.device)
+            self._sums = torch.cat([old[:4] + sums[:4], torch.maximum(old[4:], sums[4:])])

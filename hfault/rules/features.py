@@ -139,6 +139,10 @@ RUN_FEATURES: dict[str, str] = {
     "attention_masked": "of those, the ones with at least one masked score (causal, padding...)",
     "attention_causal": "of those, the ones whose mask is causal (mask_offset 0)",
     "attention_causal_first": "the first of those",
+    "attention_causal_aligned": "of those, the ones whose keys are as many as the positions of "
+    "the ids the targets matched at their own position (all of them when that is unknown): an "
+    "attention over other positions (a Decision Transformer's three tokens a step) does not read "
+    "those ids where the targets are",
     "own_token_share": "the smallest, over the measured steps, share of the cross_entropy or "
     "nll_loss targets equal to the embedding's input at their own position (where the input "
     "token differs from the next one): about 0 for next-token training, 1 for targets never "
@@ -464,10 +468,13 @@ class Features:
         masked = [name for name in modules if (as_float(first[name].get("masked_share")) or 0) > 0]
         causal = [name for name in modules if first[name].get("mask_offset") == 0]
         own = [x for r in records if (x := as_float(r.get("own_token_share"))) is not None]
+        lengths = {int(n) for r in records if (n := r.get("own_token_positions"))}
+        aligned = [name for name in causal if not lengths or first[name].get("keys") in lengths]
         return {"next_token_share": min(known) if known else None,
                 "own_token_share": min(own) if own else None,
                 "attention_causal": len(causal),
                 "attention_causal_first": causal[0] if causal else None,
+                "attention_causal_aligned": len(aligned),
                 "next_token_steps": len(known),
                 "next_token_step": records[0].get("step") if records else None,
                 "attention_modules": len(modules),

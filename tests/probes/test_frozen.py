@@ -64,3 +64,26 @@ def test_frozen_modules_lists_fully_frozen_modules_only():
 def test_a_model_that_does_not_train_is_not_judged():
     teacher = _Net().requires_grad_(False)
     assert frozen_modules([teacher], {}, set(), {}) == []
+
+
+def test_a_sinusoidal_table_frozen_by_design_is_not_untrained():
+    """Whisper freezes its encoder's sinusoidal positions: a sine's values have kurtosis 1.5,
+    like a uniform draw, but neighbouring positions are nearly alike; iid draws are not."""
+    from hfault.probes.frozen import STRUCTURED, neighbour_correlation
+
+    positions, dim = 48, 32
+    freq = torch.exp(-torch.arange(dim // 2) * (4.0 / (dim // 2 - 1)))
+    angle = torch.arange(positions)[:, None] * freq[None]
+    table = torch.cat([angle.sin(), angle.cos()], 1)
+    assert kurtosis(table) < UNTRAINED_KURTOSIS
+    assert neighbour_correlation(table) > 0.8
+    torch.manual_seed(0)
+    for draw in (torch.randn(48, 32), torch.rand(48, 32), torch.randn(64, 64, 3)):
+        assert neighbour_correlation(draw) < STRUCTURED / 2
+
+    model = nn.Sequential(nn.Embedding(positions, dim), nn.Linear(dim, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(table)
+    model[0].requires_grad_(False)
+    (entry,) = frozen_modules([model], {id(model[0]): "0"}, set(), {})
+    assert entry["untrained"] is False

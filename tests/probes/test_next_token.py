@@ -89,9 +89,10 @@ def test_own_position_matches_skip_repeated_tokens() -> None:
 
     x = torch.tensor([[1, 2, 2, 3, 4, 4, 5]])
     counted_where = (x[:, :-1] != x[:, 1:]).sum()  # 4 positions: a repeat matches either way
-    matched, counted = own_matches(x, x).tolist()  # never shifted
+    matched, counted, positions = own_matches(x, x).tolist()  # never shifted
     assert (matched, counted) == (float(counted_where), float(counted_where))
-    matched, counted = own_matches(x, torch.cat([x[:, 1:], x[:, :1]], 1)).tolist()  # shifted
+    assert positions == 7.0  # the ids' positions: what HF217 compares with a causal attention's keys
+    matched, counted, _ = own_matches(x, torch.cat([x[:, 1:], x[:, :1]], 1)).tolist()  # shifted
     assert matched == 0.0 and counted == float(counted_where)
-    matched, counted = own_matches(x, x[:, 1:]).tolist()  # shifted inside the model (T - 1)
+    matched, _, _ = own_matches(x, x[:, 1:]).tolist()  # shifted inside the model (T - 1)
     assert matched == 0.0
