@@ -812,10 +812,8 @@ def below_gap_masked(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     hole[..., 0] = False  # one key far above the rest is a sharp row, not a mask
     if not bool(hole.any()):
         return keep
-    first = torch.where(hole.any(-1), hole.int().argmax(-1), torch.full_like(hole[..., 0],
-                                                                             x.shape[-1] - 1,
-                                                                             dtype=torch.long))
-    floor = ranked.gather(-1, first.unsqueeze(-1))
+    floor = ranked.gather(-1, hole.int().argmax(-1, keepdim=True))  # the last key above the hole
+    floor = torch.where(hole.any(-1, keepdim=True), floor, torch.full_like(floor, -math.inf))
     return keep & (x >= floor)
 
 

@@ -10,8 +10,7 @@ above the Gaussian 3. Every standard initializer draws iid entries from a unifor
 1.8), a (truncated) normal (2.4-3) or an orthogonal matrix (about 3). A table computed by a
 formula and frozen by design (Whisper's sinusoidal encoder positions: a sine's values have
 kurtosis 1.5) is told apart by its neighbouring rows, nearly alike where iid draws are
-uncorrelated. Read once, when the
-components are built, before the first update.
+uncorrelated. Read once, when the components are built, before the first update.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def test_own_position_matches_skip_repeated_tokens() -> None:
     counted_where = (x[:, :-1] != x[:, 1:]).sum()  # 4 positions: a repeat matches either way
     matched, counted, positions = own_matches(x, x).tolist()  # never shifted
     assert (matched, counted) == (float(counted_where), float(counted_where))
-    assert positions == 7.0  # the ids' positions: what HF217 compares with a causal attention's keys
+    assert positions == 7.0  # the ids' positions, which HF217 compares with attention keys
     matched, counted, _ = own_matches(x, torch.cat([x[:, 1:], x[:, :1]], 1)).tolist()  # shifted
     assert matched == 0.0 and counted == float(counted_where)
     matched, _, _ = own_matches(x, x[:, 1:]).tolist()  # shifted inside the model (T - 1)
