@@ -92,7 +92,7 @@ def test_frozen_and_unoptimized_parameters_are_not_components(cli):
     # the frozen embedding is listed, too small (80 entries) to judge whether it was trained
     assert result.report["frozen"] == [{"module": "embed", "type": "Embedding", "numel": 80,
                                         "in_optimizer": False, "kurtosis": None,
-                                        "untrained": None}]
+                                        "neighbour_correlation": None, "untrained": None}]
 
 
 def test_two_optimizers_on_one_model_share_the_step_count(cli):
