@@ -45,6 +45,21 @@ _FORWARD_KINDS = ("activation", "loss")
 _MAX_SITES = 64
 
 
+def exit_if_on_top(mode: TorchFunctionMode) -> bool:
+    """Pop ``mode`` if it is the innermost function mode; whether it was popped. It is not
+    while one of its own calls is running (a hand-written update's ``W -= lr * W.grad`` is an op
+    the mode handles, and the step events fire inside it: the stack is empty until the call
+    returns) or when the script pushed a mode of its own on top: the caller retries later, and
+    the mode passes calls through meanwhile. A mode left behind would outlive the run."""
+    stack = torch.overrides._get_current_function_mode_stack()
+    if not stack or stack[-1] is not mode:
+        return False
+    with contextlib.suppress(RuntimeError, AssertionError):
+        mode.__exit__(None, None, None)
+        return True
+    return False
+
+
 @dataclass
 class OpSite:
     """One op that made a non-finite value from finite inputs."""
@@ -170,19 +185,9 @@ class OpWatch(Listener):
             self._pop_stopped()
 
     def _pop_stopped(self) -> None:
-        """Pop the stopped mode. That fails while one of its own calls is running (a
-        hand-written update's ``W -= lr * W.grad`` is an op the mode handles, and the step
-        events fire inside it: the stack is empty until the call returns) or when the script
-        pushed a mode of its own on top; it is then retried at the next step and at the end,
-        and passes calls through meanwhile. A mode left behind would outlive ``hfault.watch``."""
-        mode = self._unpopped
-        if mode is None:
-            return
-        stack = torch.overrides._get_current_function_mode_stack()
-        if not stack or stack[-1] is not mode:
-            return
-        with contextlib.suppress(RuntimeError, AssertionError):
-            mode.__exit__(None, None, None)
+        """Pop the stopped mode (``exit_if_on_top``); retried at the next step and at the end
+        while it cannot be."""
+        if self._unpopped is not None and exit_if_on_top(self._unpopped):
             self._unpopped = None
 
     # ------------------------------------------------------------------ listener events

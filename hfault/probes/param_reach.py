@@ -30,7 +30,6 @@ layers as dead components.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import types
@@ -45,6 +44,7 @@ from torch.utils._pytree import tree_flatten
 from hfault.capture.contribution import ReportDraft
 from hfault.capture.hooks import BackwardEvent, Listener
 from hfault.components import Component
+from hfault.probes.op_watch import exit_if_on_top
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
@@ -206,20 +206,14 @@ class ParamReach(Listener):
         self._mode.__enter__()
 
     def _module_returned(self, module: nn.Module, args: Any, output: Any) -> None:
-        bits = 0
-        for t in _tensors(output):
-            if (seen := self._marked.get(id(t))) is not None:
-                bits |= seen[1]
+        bits = self._marks(_tensors(output))
         if bits:
             self._returned[id(module)] = self._returned.get(id(module), 0) | bits
 
     def before_backward(self, event: BackwardEvent) -> None:
         if self._mode is None or not event.measured:
             return
-        bits = 0
-        for t in tree_flatten(event.tensors)[0]:
-            if isinstance(t, torch.Tensor) and (seen := self._marked.get(id(t))) is not None:
-                bits |= seen[1]
+        bits = self._marks(tree_flatten(event.tensors)[0])
         read = self._mode.read
         self._stop()
         parents = {id(child): module for module in self.session.state.modules.values()
@@ -236,6 +230,14 @@ class ParamReach(Listener):
                        "components": components}
         self._suspects, self._marked = [], {}
 
+    def _marks(self, values: list[Any]) -> int:
+        """The union of the marks of the tensors among ``values``."""
+        bits = 0
+        for t in values:
+            if isinstance(t, torch.Tensor) and (seen := self._marked.get(id(t))) is not None:
+                bits |= seen[1]
+        return bits
+
     def _stop(self) -> None:
         if self._hook is not None:
             self._hook.remove()
@@ -247,16 +249,10 @@ class ParamReach(Listener):
         self._pop_left()
 
     def _pop_left(self) -> None:
-        """Pop a stopped mode; while the script has a mode of its own on top of it (or one of
-        its calls is running), it passes calls through and is popped at the next chance."""
-        mode = self._left
-        if mode is None:
-            return
-        stack = torch.overrides._get_current_function_mode_stack()
-        if stack and stack[-1] is mode:
-            with contextlib.suppress(RuntimeError, AssertionError):
-                mode.__exit__(None, None, None)
-                self._left = None
+        """Pop a stopped mode (``exit_if_on_top``); retried at the next step and at the end
+        while it cannot be."""
+        if self._left is not None and exit_if_on_top(self._left):
+            self._left = None
 
     def close(self) -> None:
         self._stop()

@@ -811,8 +811,7 @@ class Features:
             ]
             init = comp.get("init") or {}
             reach = (self.report.get("param_reach") or {}).get("components") or {}
-            followed = reach.get(name)
-            followed = followed if isinstance(followed, dict) else {}
+            followed = reach.get(name) or {}
             held = list(comp.get("parameters") or [])
             lone = len(held) == 1 and (name == held[0] or name.endswith("." + str(held[0])))
             tables = _median(v for n, v in table_rms.items() if n != name and v is not None
