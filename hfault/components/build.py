@@ -103,6 +103,7 @@ def _components_of_module(
             optimizer=opt_of[id(parts[0].param)],
             module=module,
             access=access,
+            table=isinstance(module, (nn.Embedding, nn.EmbeddingBag)),
         )
 
     def joined(suffix: str) -> str:

@@ -54,6 +54,9 @@ class Component:
     (a fused tensor's slice cannot be split off: it names the whole fused module)."""
     init: dict[str, object] | None = None
     """Initialization statistics read before the first update (``probes.init_scale``)."""
+    table: bool = False
+    """Owned by an ``nn.Embedding`` or ``nn.EmbeddingBag``, subclasses included (transformers'
+    learned position tables are subclasses with their own names): a lookup table, not a map."""
 
     @property
     def numel(self) -> int:
@@ -73,6 +76,7 @@ class Component:
             "parameters": [_part_label(p) for p in self.parts],
             "access": self.access,
             "init": self.init,
+            "table": self.table,
         }
 
 

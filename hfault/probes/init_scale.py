@@ -32,7 +32,7 @@ def init_statistics(component: Component) -> dict[str, Any] | None:
     parameter of fan-in 1 on a module that is not a linear or convolution layer is a column of
     per-unit scalars in a broadcast shape (Swin V2's ``(heads, 1, 1)`` logit scale, set to
     log 10), not a map: it has no fan-in to scale against either."""
-    if component.module_type in _NOT_A_MAP:
+    if component.table or component.module_type in _NOT_A_MAP:
         return None
     parts = [p for p in component.parts if p.param.dim() >= 2]
     if not parts:

@@ -224,6 +224,8 @@ COMPONENT_FEATURES: dict[str, str] = {
     "attention": "the attention module it belongs to, or none",
     "numel": "number of parameters",
     "module_type": "class name of the module that owns the parameters",
+    "table": "owned by an nn.Embedding or nn.EmbeddingBag, subclasses included (a lookup table: "
+    "rows absent from a batch get no gradient)",
     "source": "file:line of the class that defines the component's module",
     "init_rms": "weight RMS at the first snapshot",
     "init_scale": "rms(W)·√fan_in of the largest ≥2-D weight before the first update (about "
@@ -373,7 +375,7 @@ PHASE_FEATURES = frozenset({"loss", "loss_points", "loss_all_finite", "loss_befo
 """A run-scope rule reading any of these is judged per phase when phases have their own losses."""
 
 _ADAPTIVE = ("Adam", "NAdam", "RAdam", "RMSprop", "Lion")  # class-name prefixes (AdamW, Adamax..)
-_TABLES = ("Embedding", "EmbeddingBag")
+_TABLES = ("Embedding", "EmbeddingBag")  # reports from before components carried ``table``
 _MIN_PEER_INIT_RMS = 1e-3  # zero-initialised parameters' growth is not a comparable peer
 _PUSH_GROWTH = 10.0  # HF006's error-level growth: weights this much larger scale what flows through
 
@@ -781,7 +783,7 @@ class Features:
         out: dict[str, dict[str, Any]] = {}
         last = max(1, len(self.components) - 1)
         table_rms = {c["name"]: _first_rms(raw[c["name"]]["weight_norm"], c.get("numel"))
-                     for c in self.components if c.get("module_type") in _TABLES}
+                     for c in self.components if _is_table(c)}
         for index, comp in enumerate(self.components):
             name, m = comp["name"], raw[comp["name"]]
             others = [n for n in raw if n != name]
@@ -841,6 +843,7 @@ class Features:
                 attention=comp.get("attention"),
                 numel=comp.get("numel"),
                 module_type=comp.get("module_type"),
+                table=_is_table(comp),
                 source=_where(comp.get("source")),
                 init_rms=init_rms,
                 weight_growth=growth[name][0],
@@ -1225,6 +1228,11 @@ def _role_of(module: str) -> str:
 def _last_num(values: Iterable[Any]) -> float | None:
     present = [v for v in (as_float(x) for x in values) if v is not None]
     return present[-1] if present else None
+
+
+def _is_table(component: Mapping[str, Any]) -> bool:
+    """An embedding table, subclasses included (a position table named after its model)."""
+    return bool(component.get("table")) or component.get("module_type") in _TABLES
 
 
 def _tail_flatness(rank_mean: float | None, classes: int) -> float | None:

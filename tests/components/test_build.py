@@ -50,6 +50,26 @@ def test_tied_weights_are_one_component_counted_once():
     assert comps["embed"].numel == 40
 
 
+def test_embedding_subclasses_are_tables_and_maps_are_not():
+    # transformers' learned position tables subclass nn.Embedding under their own class names
+    class LearnedPositions(nn.Embedding):
+        pass
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens = nn.Embedding(10, 4)
+            self.positions = LearnedPositions(8, 4)
+            self.bag = nn.EmbeddingBag(10, 4)
+            self.proj = nn.Linear(4, 4)
+
+    comps = components(Net())
+    assert {name: c.table for name, c in comps.items()} == {
+        "tokens": True, "positions": True, "bag": True, "proj": False}
+    assert comps["positions"].to_dict()["table"] is True
+    assert comps["positions"].module_type == "LearnedPositions"
+
+
 def test_han_style_attention_pooling():
     class WordAttention(nn.Module):
         def __init__(self) -> None:

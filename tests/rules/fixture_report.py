@@ -69,6 +69,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
             "parameters": comp.get("parameters", ["weight"]),
             "access": f'list(model.get_submodule("{comp["name"]}").parameters())',
             "init": comp.get("init"),
+            "table": comp.get("table", False),
         })
     snapshots = []
     curvature_error = spec.get("curvature_error")
