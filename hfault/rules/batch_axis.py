@@ -5,7 +5,9 @@ Telling which size is the batch is interpretation, so it lives with the rules: c
 along the positions only, so the batch is the loss's sample count when the loss is per sample,
 otherwise the model input's leading size other than the one a position embedding's ids run along
 (a per-token loss over samples × positions cannot tell), else the leading size that fewer modules
-mix along (on a tie the first one, where data loaders stack samples). A module that holds the
+mix along (on a tie the first one, where data loaders stack samples), else, when the input's
+second size is no module's (an image's channels: the positions are made inside the model), the
+first one. A module that holds the
 samples folded with windows of each on its first axis mixes along its tokens, whatever their
 number.
 """
@@ -39,8 +41,9 @@ def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
     """The modules that mix along the batch, and how the batch was told apart from the
     positions: the loss's leading size when the loss is per sample; otherwise, of the model
     input's two leading sizes, the one a position embedding's ids do not run along, else the one
-    fewer modules mix along (correct modules mix along the
-    positions only; on a tie, the first, as data loaders stack samples on axis 0)."""
+    fewer modules mix along (correct modules mix along the positions only; on a tie, the first,
+    as data loaders stack samples on axis 0), else the first when the positions are made inside
+    the model (:func:`_made_inside`)."""
     none: dict[str, Any] = {"culprits": [], "batch": None, "positions": None, "how": None,
                             "peers": 0}
     if not record:
@@ -53,6 +56,7 @@ def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
     count = {a: sum(a in sizes for _, sizes in found), b: sum(b in sizes for _, sizes in found)}
     loss_batch = record.get("batch")
     positions = record.get("positions")
+    peers: int | None = None
     if loss_batch in (a, b):
         batch, how = int(loss_batch), "the loss's samples"
     elif positions in (a, b):
@@ -60,13 +64,32 @@ def batch_mixers(record: dict[str, Any] | None) -> dict[str, Any]:
     elif count[a] and count[b]:
         batch = a if count[a] <= count[b] else b
         how = "fewer modules mix along it"
+    elif count[a] and _made_inside(record.get("modules") or [], found, a, b):
+        batch, how = a, "the input's first axis (its positions are made inside the model)"
+        others = [size for _, sizes in found for size in sizes if size != a]
+        positions = max(set(others), key=others.count)
+        peers = sum(bool(sizes - {a}) for _, sizes in found)
     else:
         return none
-    positions = b if batch == a else a
+    if peers is None:
+        positions = b if batch == a else a
+        peers = count[positions]
     folded = {m["module"] for m in record.get("modules") or [] if _folded(m, batch, (a, b))}
     culprits = [name for name, sizes in found if batch in sizes and name not in folded]
     return {"culprits": culprits, "batch": batch, "positions": positions, "how": how,
-            "peers": count[positions]}
+            "peers": peers}
+
+
+def _made_inside(modules: Sequence[dict[str, Any]], found: list[tuple[str, set[int]]],
+                 first: int, second: int) -> bool:
+    """The model input's second leading size is no tested module's leading size (an image's
+    channels, a spectrogram's frequency bins, frames a strided stem subsamples: the positions the
+    modules mix along are made inside the model), and some module mixes along a size other than
+    the input's first: then those are the positions, and the first axis, where data loaders stack
+    samples, is the batch. A model whose every mixer mixes along the first axis (one graph's
+    nodes) says nothing."""
+    held = {int(size) for m in modules for size in m["sizes"]}
+    return second not in held and any(sizes - {first} for _, sizes in found)
 
 
 def _folded(module: dict[str, Any], batch: int, input_axes: tuple[int, int]) -> bool:

@@ -119,3 +119,22 @@ def test_a_module_whose_two_leading_sizes_are_equal_says_nothing() -> None:
     modules = [_module("stem.2", [48, 48], [False, True]), _module("mha", [20, 48], [True, False])]
     assert batch_mixers({"input_axes": [48, 3], "batch": 48, "modules": modules})[
         "culprits"] == []
+
+
+def test_positions_made_inside_the_model_leave_the_input_first_axis_as_the_batch() -> None:
+    """An image (32, 3, H, W) patchified inside the model: no module holds the 3 channels as a
+    leading size, the encoder mixes its 9 patches, and a decoder attention handed (36, 32) mixes
+    the 32 images. With the same encoder alone, or with every mixer along the first axis (one
+    graph's nodes), nothing is said."""
+    encoder = [_module(f"blocks.{i}.attn", [32, 9], [False, True]) for i in range(3)]
+    swapped = _module("decoder.attn", [36, 32], [False, True])
+    found = batch_mixers({"input_axes": [32, 3], "batch": None, "modules": [*encoder, swapped]})
+    assert found["culprits"] == ["decoder.attn"]
+    assert (found["batch"], found["positions"], found["peers"]) == (32, 9, 3)
+    assert "made inside" in found["how"]
+    healthy = [*encoder, _module("decoder.attn", [32, 36], [False, True])]
+    assert batch_mixers({"input_axes": [32, 3], "modules": healthy})["culprits"] == []
+    nodes = [_module("gat.0", [20, 4], [True, False]), _module("gat.1", [20, 4], [True, False])]
+    assert batch_mixers({"input_axes": [20, 7], "modules": nodes})["culprits"] == []
+    held = [*encoder, swapped, _module("stem", [32, 3], [False, False])]
+    assert batch_mixers({"input_axes": [32, 3], "modules": held})["culprits"] == []
