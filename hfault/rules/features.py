@@ -68,6 +68,12 @@ RUN_FEATURES: dict[str, str] = {
     "update ratio ‖Δθ‖/‖θ‖ under any other; components of at least 16 parameters with RMS ≥ 1e-3",
     "relative_step_at": "the snapshot step where relative_step was largest",
     "relative_step_lr": "the median component's learning rate at that step",
+    "attention_logit_growth": "the largest, over the attention modules measured at two steps or "
+    "more, of last max_logit / max(first max_logit, 1): how far the largest pre-softmax logit "
+    "grew over the run (none without attention)",
+    "attention_logit_module": "the attention module of attention_logit_growth",
+    "attention_logit_first": "its first measured max_logit",
+    "attention_logit_last": "its last measured max_logit",
     "grad_died": "components (≥ 16 entries) whose gradient was non-zero at the first snapshot "
     "and a tensor of zeros (not None: not frozen) at each of the last two: they stopped learning "
     "mid-run",
@@ -557,6 +563,7 @@ class Features:
         out["weight_growth_median"] = _median(growths)
         out["components_judged"] = len(growths)
         out.update(self._relative_step(optimizers))
+        out.update(self._attention_logit_growth())
         out.update(self._grad_died())
         out.update(self._lr_outlier())
         out.update(self._sample_mixing())
@@ -677,6 +684,28 @@ class Features:
         return {"relative_step": best[0] if best else None,
                 "relative_step_at": best[1] if best else None,
                 "relative_step_lr": best[2] if best else None}
+
+    def _attention_logit_growth(self) -> dict[str, Any]:
+        """The attention module whose largest logit grew the most over the run (HF218): logits
+        that grow by orders of magnitude while every step is large are what a learning rate too
+        large does to attention first."""
+        series: dict[str, list[float]] = {}
+        for snap in self.snapshots:
+            for module, record in (snap.get("attention") or {}).items():
+                value = as_float(decode((record or {}).get("max_logit")))
+                if value is not None and math.isfinite(value):
+                    series.setdefault(module, []).append(value)
+        best: tuple[float, str, float, float] | None = None
+        for module, values in series.items():
+            if len(values) < 2:
+                continue
+            growth = values[-1] / max(values[0], 1.0)
+            if best is None or growth > best[0]:
+                best = (growth, module, values[0], values[-1])
+        return {"attention_logit_growth": best[0] if best else None,
+                "attention_logit_module": best[1] if best else None,
+                "attention_logit_first": best[2] if best else None,
+                "attention_logit_last": best[3] if best else None}
 
     def _phase_subjects(self) -> list[Subject]:
         """One run subject per phase that has its own loss series (the report lists them when
