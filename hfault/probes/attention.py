@@ -66,6 +66,12 @@ class AttentionStats:
     pad_rows: int = 0
     """Over the rows of real queries of padded samples whose keys are the model input's
     positions: the attention weight that lands on padding, the share of keys that are padding."""
+    values_calls: int = 0
+    values_constant: int = 0
+    """Of the calls whose values were seen (SDPA's ``value``, the operand a product applies the
+    weights to), those where every key's value vector was the same: the weights then cannot
+    change the output, and the query and key projections get no gradient worth the name
+    (DETR's first decoder layer, whose queries start at zero)."""
     pad_alike: int = 0
     pad_several: int = 0
     """Of those rows with two or more open padded keys (``pad_several``), the ones whose scores at
@@ -91,6 +97,8 @@ class AttentionStats:
             "padding_mass": self.pad_mass / self.pad_rows if self.pad_rows else None,
             "padding_share": self.pad_share / self.pad_rows if self.pad_rows else None,
             "padding_alike": self.pad_alike / self.pad_several if self.pad_several else None,
+            "values_constant": (self.values_constant / self.values_calls if self.values_calls
+                                else None),
             "softmax_axes": [{"shape": list(shape), "dim": dim,
                               "summed": list(summed) if summed is not None else None}
                              for (shape, dim), summed in zip(self.axes, self.summed,
@@ -143,6 +151,9 @@ class AttentionProbe:
         self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
         """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
         stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
+        self._probs: dict[int, torch.Tensor] = {}
+        """Attention weights (a softmax over the last axis) by id, kept for the window: a
+        product that takes one as its first operand applies it to the values."""
         self._inputs: list[torch.Tensor] = []
         """Where padding may be: the first tensor of ≥ 2 dimensions a module was called with in
         the window (the model's input), then the integer inputs of its embedding calls (a
@@ -166,7 +177,7 @@ class AttentionProbe:
         self._patch(torch, "softmax", self._wrap_softmax)
         self._patch(torch.Tensor, "softmax", self._wrap_softmax)
         self._patch(F, "scaled_dot_product_attention", self._wrap_sdpa)
-        self._operands = {}
+        self._operands, self._probs = {}, {}
         self._patch(torch, "matmul", lambda o: self._wrap_product(o, 0))
         self._patch(torch.Tensor, "__matmul__", lambda o: self._wrap_product(o, 0))
         self._patch(torch, "bmm", lambda o: self._wrap_product(o, 0))
@@ -181,7 +192,7 @@ class AttentionProbe:
         for restore in reversed(self._restore):
             restore()
         self._handles, self._restore, self._stack, self._running = [], [], [], []
-        self._weights = {}
+        self._weights, self._probs = {}, {}
         self._inputs, self._pads, self._looked = [], [], 0
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> None:
@@ -240,6 +251,7 @@ class AttentionProbe:
                 return out
             if last and out.shape[-1] > 1:
                 probe._record(logits, out)
+                probe._probs[id(out)] = out
             else:
                 probe._record_axis(out, dim % out.dim())
             return out
@@ -256,6 +268,8 @@ class AttentionProbe:
                 a, b = args[first], args[first + 1]
                 if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() >= 2:
                     probe._operands[id(probe._stack[-1])] = (a, b, int(a.shape[-1]))
+                    if id(a) in probe._probs and b.dim() >= 2:  # weights @ values
+                        probe._record_values(b, b.dim() - 2)
                 if probe._weights and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                     probe._applied(a, (a.dim() - 1,))
                     probe._applied(b, (max(b.dim() - 2, 0),))
@@ -313,9 +327,21 @@ class AttentionProbe:
                     logits = _sdpa_logits(query, key, *args, **kwargs)
                     probe._operands[id(probe._stack[-1])] = (query, key, int(query.shape[-1]))
                     probe._record(logits, logits.softmax(-1))
+                    if isinstance(value, torch.Tensor):
+                        probe._record_values(value, value.dim() - 2)
             return out
 
         return sdpa
+
+    def _record_values(self, value: torch.Tensor, keys_axis: int) -> None:
+        """Whether every key's value vector is the same (within float noise) in this call."""
+        if not self._stack:
+            return
+        stats = self.stats.get(id(self._stack[-1]))
+        if stats is None:
+            return
+        stats.values_calls += 1
+        stats.values_constant += int(constant_over(value, keys_axis))
 
     def _record_axis(self, probs: torch.Tensor, dim: int) -> None:
         module = self._stack[-1]
@@ -778,6 +804,20 @@ def contracted_size(equation: str, first: torch.Tensor) -> int | None:
     if not contracted:
         return None
     return math.prod(int(first.shape[i]) for i in contracted)
+
+
+def constant_over(value: torch.Tensor, axis: int) -> bool:
+    """Whether ``value`` is the same at every index of ``axis`` (two or more), within 1e-6 of its
+    largest entry: an attention over such values outputs them whatever its weights."""
+    if value.dim() < 2 or value.shape[axis] < 2 or not value.is_floating_point():
+        return False
+    with torch.no_grad():
+        v = value.detach().float()
+        scale = float(v.abs().amax())
+        if not math.isfinite(scale):
+            return False
+        spread = float((v - v.narrow(axis, 0, 1)).abs().amax())
+    return spread <= 1e-6 * scale
 
 
 def _rms(t: torch.Tensor) -> float:

@@ -257,6 +257,17 @@ COMPONENT_FEATURES: dict[str, str] = {
     "computed and returned by its enclosing module, then ignored (an unused pooler, an auxiliary "
     "output), or a lone parameter nothing read (an optional embedding). A result dropped inside "
     "the enclosing module's own forward, or a whole layer nothing read, is not",
+    "unweighted_last_layer": "the component's gradient is a tensor of exact zeros (not None) at "
+    "every measured step, while its counterparts at other layer indices (the same name, another "
+    "index) train, and it is in the last of those layers: what it computes reaches the loss only "
+    "at positions the loss gives no weight (Longformer's last-layer global projections serve the "
+    "question tokens a QA loss masks); a cut (a .detach()) leaves None, and starves the layers "
+    "before it too",
+    "qk_without_effect": "the component is the query or key projection of an attention whose "
+    "values were the same at every key in every call seen at every measured step: whatever its "
+    "weights, the attention outputs those values, so the projection gets no gradient worth the "
+    "name (DETR's first decoder layer, whose queries start at zero: its self-attention's "
+    "values are zero plus a bias)",
     "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
     "1 = last (the report lists components in forward order)",
     "init_mean_ratio": "|mean(W)|/std(W) of that weight before the first update (≈ 1/√numel "
@@ -685,6 +696,36 @@ class Features:
                 "relative_step_at": best[1] if best else None,
                 "relative_step_lr": best[2] if best else None}
 
+    def _values_constant(self, module: str | None) -> bool:
+        """Whether ``module``'s values were the same at every key in every call seen, at every
+        measured step that saw them (and one did)."""
+        if module is None:
+            return False
+        shares = [as_float(((s.get("attention") or {}).get(module) or {}).get("values_constant"))
+                  for s in self.snapshots]
+        seen = [v for v in shares if v is not None]
+        return bool(seen) and all(v >= 1 for v in seen)
+
+    def _unweighted_last_layer(self, comp: Mapping[str, Any],
+                               raw: Mapping[str, Mapping[str, tuple[Any, ...]]]) -> bool:
+        """Whether ``comp`` is the last layer's copy of a component that trains in the layers
+        before, with an exact-zero gradient tensor at every snapshot (see the feature's text)."""
+        layer, name = comp.get("layer"), comp["name"]
+        zeros = [as_float(v) for v in raw[name]["zero_grad_fraction"]]
+        missing = raw[name]["grad_missing"]
+        if (layer is None or not zeros or any(z is None or z < 1 for z in zeros)
+                or any(m is not False for m in missing)):
+            return False
+        key = _layer_key(name, int(layer))
+        counterparts = [c for c in self.components if c["name"] != name
+                        and c.get("layer") is not None
+                        and _layer_key(c["name"], int(c["layer"])) == key]
+        if not counterparts or any(int(c["layer"]) >= int(layer) for c in counterparts):
+            return False
+        return any(any(z is not None and z < 1
+                       for z in (as_float(v) for v in raw[c["name"]]["zero_grad_fraction"]))
+                   for c in counterparts)
+
     def _attention_logit_growth(self) -> dict[str, Any]:
         """The attention module whose largest logit grew the most over the run (HF218): logits
         that grow by orders of magnitude while every step is large are what a learning rate too
@@ -863,6 +904,9 @@ class Features:
                 unused=(followed.get("reaches_loss") is False
                         and (followed.get("returned") is True
                              or (lone and followed.get("read") is False))),
+                unweighted_last_layer=self._unweighted_last_layer(comp, raw),
+                qk_without_effect=(comp["role"] in ("query", "key")
+                                   and self._values_constant(comp.get("attention"))),
                 forward_position=index / last,
                 name=name,
                 role=comp["role"],
@@ -1257,6 +1301,11 @@ def _role_of(module: str) -> str:
 def _last_num(values: Iterable[Any]) -> float | None:
     present = [v for v in (as_float(x) for x in values) if v is not None]
     return present[-1] if present else None
+
+
+def _layer_key(name: str, layer: int) -> str:
+    """The name with its layer index replaced: counterparts in other layers share it."""
+    return re.sub(rf"(^|\.){layer}(?=\.|$)", r"\1#", name, count=1)
 
 
 def _is_table(component: Mapping[str, Any]) -> bool:

@@ -532,3 +532,51 @@ def test_a_causal_mask_over_a_memory_is_read(cli, leak):
     found = [(f["rule"], f["component"]) for f in result.findings()
              if f["severity"] in ("error", "warning")]
     assert found == ([("HF207", "attn")] if leak else []), found
+
+
+class _DetrFirstDecoderLayer(torch.nn.Module):
+    """DETR's first decoder layer: its queries start as zeros and the object queries are added
+    to the queries and keys only, so its self-attention's values are zero plus a bias."""
+
+    def __init__(self, manual: bool) -> None:
+        super().__init__()
+        self.manual = manual
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.q, self.k, self.v = (torch.nn.Linear(8, 8) for _ in range(3))
+
+    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        if not self.manual:
+            return self.attn(tgt + query_pos, tgt + query_pos, tgt, need_weights=False)[0]
+        q, k, v = self.q(tgt + query_pos), self.k(tgt + query_pos), self.v(tgt)
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1) @ v
+
+
+@pytest.mark.parametrize("manual", [False, True])
+@pytest.mark.parametrize("start", ["zeros", "random"])
+def test_values_the_same_at_every_key_are_recorded(manual, start):
+    """SDPA (through nn.MultiheadAttention) and a hand-written product alike: zero queries give
+    values that are the bias at every key (the weights cannot matter); random ones do not."""
+    from hfault.components import is_attention_module
+    from hfault.probes.attention import AttentionProbe
+
+    torch.manual_seed(0)
+    layer, query_pos = _DetrFirstDecoderLayer(manual), torch.randn(2, 6, 8)
+    tgt = torch.zeros(2, 6, 8) if start == "zeros" else torch.randn(2, 6, 8)
+    probe = AttentionProbe(is_attention_module)
+    probe.start()
+    try:
+        layer(tgt, query_pos).sum().backward()
+    finally:
+        probe.stop()
+    (stats,) = probe.stats.values()
+    assert stats.to_dict()["values_constant"] == (1.0 if start == "zeros" else 0.0)
+
+
+def test_constant_over_reads_one_axis_within_float_noise():
+    from hfault.probes.attention import constant_over
+
+    bias = torch.randn(1, 1, 8)
+    assert constant_over(bias.expand(2, 5, 8) + 1e-9, 1)
+    assert not constant_over(bias.expand(2, 5, 8) + torch.randn(2, 5, 8) * 1e-3, 1)
+    assert constant_over(bias.expand(2, 5, 8).transpose(1, 2).contiguous(), 2)
+    assert not constant_over(torch.randn(2, 1, 8), 1)  # one key: nothing to compare
