@@ -239,6 +239,14 @@ def test_detached_component_is_reported_dead_with_its_location(cli):
     assert [f["component"] for f in result.findings("HF003")] == ["gate_proj"]
 
 
+def test_loss_fed_probabilities_names_the_head_that_made_them(cli):
+    """Two heads, the box head running last: the flagged input's autograd graph names the class
+    head, not the last module with parameters."""
+    result = cli("diagnose", str(SCRIPTS / "loss_input_train.py"), "--no-curvature", "--",
+                 "--steps", "6", "--mode", "two_heads")
+    assert [f["component"] for f in result.findings("HF013")] == ["class_head"]
+
+
 @pytest.mark.parametrize(
     ("mode", "kind"),
     [("logits_ce", None), ("log_softmax_nll", None), ("softmax_ce", "probabilities"),

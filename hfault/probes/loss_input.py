@@ -10,8 +10,9 @@ code, so it shows from the first step. The wrapped function returns exactly what
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +39,8 @@ class LossInputEvent:
     step: int
     calls_checked: int = 0
     calls_flagged: int = 0
+    producer: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    """The parameter nearest the flagged input in its autograd graph: the layer that made it."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -47,6 +50,24 @@ class LossInputEvent:
             "calls_checked": self.calls_checked,
             "calls_flagged": self.calls_flagged,
         }
+
+
+def nearest_parameter(tensor: torch.Tensor, limit: int = 256) -> torch.Tensor | None:
+    """The trainable leaf nearest ``tensor`` in its autograd graph (fewest backward nodes): a
+    parameter of the layer that produced it. With two heads (a detector's class and box
+    layers), the last module to run need not be the one whose output the loss reads."""
+    queue: deque[Any] = deque([tensor.grad_fn])
+    seen: set[int] = set()
+    while queue and len(seen) < limit:
+        node = queue.popleft()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            return variable
+        queue.extend(next_node for next_node, _ in node.next_functions)
+    return None
 
 
 def _looks_like_probabilities(x: torch.Tensor) -> bool:
@@ -91,7 +112,10 @@ class LossInputWatch(Listener):
             restore()
         self._restore.clear()
         output = self.session.output_component()
-        self.entries = [{**e.to_dict(), "output_component": output} for e in self.flagged()]
+        owner = {id(part.param): c.name for c in self.session.state.components
+                 for part in c.parts}
+        self.entries = [{**e.to_dict(), "output_component": owner.get(id(e.producer), output)}
+                        for e in self.flagged()]
 
     def contribute(self, draft: ReportDraft) -> None:
         draft.sections["loss_inputs"] = list(self.entries)
@@ -112,6 +136,8 @@ class LossInputWatch(Listener):
                 event.calls_checked += 1
                 if check(input):
                     event.calls_flagged += 1
+                    if event.producer is None:
+                        event.producer = nearest_parameter(input)
             for observe in self.observers:
                 observe(name, input, args, kwargs)
             return original(input, *args, **kwargs)

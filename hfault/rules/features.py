@@ -119,7 +119,9 @@ RUN_FEATURES: dict[str, str] = {
     "loss_input_function": "the loss function that was fed them (cross_entropy, nll_loss)",
     "loss_input_step": "the step of the first such call",
     "loss_input_share": "share of the checked calls that were fed them",
-    "output_component": "the component whose module ran last in the forward: the output layer",
+    "output_component": "the output layer feeding the flagged loss: the component of the parameter "
+    "nearest its input in the autograd graph (a detector's class head, not its box head that "
+    "runs after it), else the one whose module ran last in the forward",
     "stale_grad_steps": "of the first steps judged of the first optimizer whose gradients were "
     "not reset between steps, how many were not (zero_grad forgotten); 0 when every optimizer "
     "reset them",
