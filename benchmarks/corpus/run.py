@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/corpus/run.py --out benchmarks/results/corpus      # run (resumes)
     .venv/bin/python benchmarks/corpus/run.py --rescore benchmarks/results/corpus  # re-judge
     .venv/bin/python benchmarks/corpus/run.py --families hf_bert,gpt_sdpa --seeds 0 --out /tmp/c
+    .venv/bin/python benchmarks/corpus/run.py --zoo benchmarks/corpus/architectures/zoo ...  # sweep
 
 Every job is one (family, seed, mutant or healthy) run of ``launch.py`` under ``hfault diagnose``,
 in full mode and with ``--no-curvature``, with ``--max-steps`` = the family's steps. Each report
@@ -49,13 +50,18 @@ class Family:
     head: str
     split: str
     mutants: tuple[dict, ...] = field(default=())
+    healthy_seeds: tuple[int, ...] = field(default=())
 
 
-def load_families(only: set[str] | None = None) -> list[Family]:
-    split = tomllib.loads((HERE / "split.toml").read_text())
+def load_families(only: set[str] | None = None, zoo: Path = HERE / "zoo") -> list[Family]:
+    """The families of ``zoo`` (its own ``split.toml`` when it has one, else the corpus's)."""
+    split_file = zoo / "split.toml" if (zoo / "split.toml").is_file() else HERE / "split.toml"
+    split = tomllib.loads(split_file.read_text())
     where = {name: part for part, names in split.items() for name in names}
     out = []
-    for manifest in sorted((HERE / "zoo").glob("*.toml")):
+    for manifest in sorted(zoo.glob("*.toml")):
+        if manifest.name == "split.toml":
+            continue
         data = tomllib.loads(manifest.read_text())
         name = manifest.stem
         if only and name not in only:
@@ -64,6 +70,7 @@ def load_families(only: set[str] | None = None) -> list[Family]:
             name=name, program=manifest.with_suffix(".py"), steps=int(data["steps"]),
             seeds=tuple(data.get("seeds", (0, 1))), head="|".join(_names(data.get("head", ""))),
             split=where.get(name, "unassigned"), mutants=tuple(data.get("mutant", ())),
+            healthy_seeds=tuple(data.get("healthy_seeds", ())),
         ))
     return out
 
@@ -76,6 +83,10 @@ def _names(value: str | list[str]) -> list[str]:
 
 def jobs_of(family: Family, seeds: tuple[int, ...] | None = None) -> list[Job]:
     out = []
+    # seeds that run the healthy program only (a manifest's ``healthy_seeds``): more healthy
+    # runs, where warnings on healthy code are counted, without their mutants' cost
+    for seed in sorted(set(family.healthy_seeds) - set(family.seeds)) if not seeds else ():
+        out.append(Job(family.name, family.split, seed, None, None, None, "", family.steps))
     for seed in seeds or family.seeds:
         out.append(Job(family.name, family.split, seed, None, None, None, "", family.steps))
         for i, m in enumerate(family.mutants):
@@ -135,6 +146,9 @@ def main() -> None:
     parser.add_argument("--rescore", type=Path, metavar="DIR",
                         help="no runs: re-judge the reports saved in DIR with the current rules")
     parser.add_argument("--families", help="comma-separated family names (default: all)")
+    parser.add_argument("--zoo", type=Path, default=HERE / "zoo",
+                        help="the manifests' folder (default: the corpus's zoo; "
+                             "architectures/zoo is the architecture sweep)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: each family's)")
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
     parser.add_argument("--workers", type=int, default=2)
@@ -145,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.families.split(",")) if args.families else None
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
-    families = load_families(only)
+    families = load_families(only, args.zoo)
     modes = list(MODES) if args.mode == "both" else [args.mode]
     jobs = [(j, f) for f in families for j in jobs_of(f, seeds)]
     out = args.rescore or args.out

@@ -227,7 +227,8 @@ def score_jobs(jobs: list[Job], modes: list[str], out: Path,
                 "findings": [(f["rule"], f["severity"], f.get("component")) for f in findings],
             })
     tables = {}
-    for split in split_parts():
+    # split.toml's parts first, then any other part the jobs carry (another zoo's split file)
+    for split in dict.fromkeys([*split_parts(), *(j.split for j in jobs)]):
         for mode in modes:
             tables[f"{split}/{mode}"] = summarize(
                 [r for r in rows if r["split"] == split and r["mode"] == mode])

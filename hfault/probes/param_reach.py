@@ -97,6 +97,15 @@ def _reads_values(func: Any) -> bool:
     return getattr(getattr(func, "__self__", None), "__name__", "") == "data"
 
 
+def _in_place(func: Any) -> bool:
+    """Whether a call writes its first argument: ``__setitem__`` and the trailing-underscore
+    methods (``copy_``, ``index_put_``, ``masked_scatter_``). A value written into another tensor
+    reaches whatever reads that tensor (Longformer writes its global-attention outputs into the
+    sliding-window result by index)."""
+    name = getattr(func, "__name__", "")
+    return name == "__setitem__" or (name.endswith("_") and not name.startswith("__"))
+
+
 def _from_listener() -> bool:
     """Whether the running op was called by one of hfault's listeners (update ratios, norms)."""
     frame: types.FrameType | None = sys._getframe(2)
@@ -137,7 +146,10 @@ class _Mode(TorchFunctionMode):
         if torch.is_grad_enabled():  # an EMA copy or a validation pass does not count
             self.read |= read
         if bits:
-            for t in tree_flatten(out)[0]:
+            written = [kwargs.get("out")]
+            if _in_place(func) and args:
+                written.append(args[0])  # ``buf[i] = value``, ``buf.copy_(value)``
+            for t in tree_flatten((out, written))[0]:
                 if isinstance(t, torch.Tensor):
                     # the tensor is kept: its id must not be reused by another one this step
                     self.marked[id(t)] = (t, bits | self.marked.get(id(t), (t, 0))[1])

@@ -12,6 +12,7 @@ from tests.conftest import SCRIPTS
     ("optional", "segment", False, "HF026"), # a lone parameter no input looks up
     ("data", "gate", True, "HF003"),         # read through .data: used, never trained
     ("nograd", "gate", True, "HF003"),       # computed under torch.no_grad(): used, never trained
+    ("written", "gate", True, "HF003"),      # the same, written into another tensor by index
     ("skipped", "gate", False, "HF003"),     # a layer defined and left out of forward: missing
     ("dropped", "gate", False, "HF003"),     # computed, its result dropped in the same forward
 ])
@@ -28,7 +29,7 @@ def test_unused_components_are_told_from_cut_ones(cli, mode: str, component: str
     # read with gradients enabled (a no_grad block, an EMA update or validation does not count)
     assert followed[component]["read"] is (mode in ("pooler", "data", "dropped"))
     # the pooler's value leaves the sub-model that computed it; the dropped one does not
-    assert followed[component]["returned"] is (mode in ("pooler", "data", "nograd"))
+    assert followed[component]["returned"] is (mode in ("pooler", "data", "nograd", "written"))
     found = {(f["rule"], f["severity"]) for f in done.report["findings"]
              if f["component"] == component}
     assert found == {(rule, "error" if rule == "HF003" else "info")}, found

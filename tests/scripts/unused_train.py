@@ -1,6 +1,7 @@
 """Components that get no gradient: unused by design (``--mode pooler``: an output computed and
 dropped; ``optional``: a parameter only some inputs would read), cut from the loss while their
-values still feed it (``data``: a ``.data`` read; ``nograd``: a ``torch.no_grad()`` block), or
+values still feed it (``data``: a ``.data`` read; ``nograd``: a ``torch.no_grad()`` block;
+``written``: the same, written into another tensor by index), or
 a layer defined and left out of ``forward`` (``skipped``) or whose result is dropped inside the
 forward that computed it (``dropped``)."""
 
@@ -48,6 +49,10 @@ class Net(nn.Module):
         elif self.mode == "nograd":
             with torch.no_grad():
                 gate = torch.sigmoid(self.gate(h))
+        elif self.mode == "written":
+            gate = torch.ones_like(h)
+            with torch.no_grad():  # written into another tensor by index
+                gate[:, :3] = torch.sigmoid(self.gate(h))[:, :3]
         else:
             gate = torch.sigmoid(self.gate(h))
         return self.head(h * gate + pooled)
