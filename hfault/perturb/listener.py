@@ -42,6 +42,7 @@ from hfault.curvature import (
 from hfault.perturb.injection import Injection, draw_deltas, unit_generator
 from hfault.probes.curvature_probe import to_blocks
 from hfault.probes.gradients import grad_norm
+from hfault.probes.many_norms import sum_of_squares
 
 __all__ = [
     "MeasureSpec",
@@ -339,7 +340,7 @@ class PerturbListener(Listener):
 
 def _rms(comp: Component) -> float:
     """RMS(θ_b) over the component's scalars (float64)."""
-    sq = sum(float(part.view(part.param).detach().double().pow(2).sum()) for part in comp.parts)
+    sq = sum_of_squares([part.view(part.param) for part in comp.parts])
     return math.sqrt(sq / max(comp.numel, 1))
 
 

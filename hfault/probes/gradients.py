@@ -25,17 +25,10 @@ from hfault.capture.hooks import MEASURE, BackwardEvent, Listener
 from hfault.capture.manual_steps import is_hand_written
 from hfault.components import Component
 from hfault.probes.fused_stats import FusedStats, StepLayout
-from hfault.probes.many_norms import fast_norms
+from hfault.probes.many_norms import fast_norms, sum_of_squares
 
 if TYPE_CHECKING:
     from hfault.capture.session import CaptureSession
-
-
-def _sq_norm(tensors: Sequence[torch.Tensor]) -> float:
-    if not tensors:
-        return 0.0
-    total = torch.stack([t.detach().double().pow(2).sum() for t in tensors]).sum()
-    return float(total)
 
 
 def grad_norm(component: Component) -> float:
@@ -43,7 +36,7 @@ def grad_norm(component: Component) -> float:
     now: one host sync)."""
     grads = [part.view(part.param.grad) for part in component.parts
              if part.param.grad is not None]
-    grad_sq = _sq_norm(grads)
+    grad_sq = sum_of_squares(grads)
     return math.sqrt(grad_sq) if math.isfinite(grad_sq) else grad_sq
 
 
@@ -55,8 +48,8 @@ def copy_weights(component: Component) -> list[torch.Tensor]:
 def update_ratio(component: Component, before: Sequence[torch.Tensor]) -> float | None:
     """‖Δθ‖/‖θ‖ of one step: ~1e-3 is typical; ≳1e-1 means the step rewrote the weights."""
     after = [part.view(part.param).detach() for part in component.parts]
-    delta = _sq_norm([a - b for a, b in zip(after, before, strict=True)])
-    base = _sq_norm(before)
+    delta = sum_of_squares([a - b for a, b in zip(after, before, strict=True)])
+    base = sum_of_squares(before)
     if base == 0.0:
         return None if delta == 0.0 else math.inf
     return math.sqrt(delta / base)

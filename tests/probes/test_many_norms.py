@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hfault.probes.many_norms import CHUNK, exact_norms, fast_norms
+from hfault.probes.many_norms import CHUNK, exact_norms, fast_norms, sum_of_squares
 
 
 def _reference(tensors: list[torch.Tensor]) -> list[float]:
@@ -59,3 +59,17 @@ def test_a_tensor_gets_the_same_norm_in_any_list() -> None:
     alone, _ = fast_norms([g])
     mixed, _ = fast_norms([torch.randn(8, 8).t(), g, torch.randn(4, dtype=torch.float64)])
     assert alone[0].item() == mixed[1].item()
+
+
+def test_sum_of_squares_is_within_1e5_of_float64_and_exact_where_float32_overflows() -> None:
+    """What update ratios read (‖Δθ‖²/‖θ‖²): a large table, a strided slice of a fused weight,
+    entries whose float32 square overflows."""
+    torch.manual_seed(0)
+    table = torch.randn(40 * CHUNK) + 3.0
+    fused = torch.randn(96, 32)
+    parts = [table, fused[:, 8:16], torch.randn(5)]
+    want = sum(float(t.double().pow(2).sum()) for t in parts)
+    assert sum_of_squares(parts) == pytest.approx(want, rel=1e-5, abs=0.0)
+    huge = [torch.full((CHUNK + 3,), 1e25)]
+    assert sum_of_squares(huge) == pytest.approx((CHUNK + 3) * float(huge[0][0]) ** 2, rel=1e-9)
+    assert sum_of_squares([]) == 0.0
