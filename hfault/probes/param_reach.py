@@ -24,14 +24,19 @@ one dropped inside the enclosing module's own forward (``h = self.norm(x)`` and 
 a layer whose result a hook throws away) is dead code. Not read at all is two things as well: a
 lone parameter beside a module's layers that an optional input would read (XLNet's segment
 embedding) is unused by design; a whole layer whose weights nothing reads was bypassed or never
-called (a norm layer defined and left out of ``forward``). The rules keep dead code and missing
+called (a norm layer defined and left out of ``forward``), unless the model that holds it is a
+library's and never called it that step: library models hold layers that only some inputs or
+methods use (LUKE's entity attention without entity inputs, ESM's contact head, BART's shared
+embedding beside the copies its encoder and decoder read). The rules keep dead code and missing
 layers as dead components.
 """
 
 from __future__ import annotations
 
 import os
+import site
 import sys
+import sysconfig
 import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -106,6 +111,36 @@ def _in_place(func: Any) -> bool:
     return name == "__setitem__" or (name.endswith("_") and not name.startswith("__"))
 
 
+def _parents(called: Any) -> dict[int, nn.Module]:
+    """id(module) -> its parent, over every module under the called ones: a layer never called
+    (the case that matters here) has a parent all the same."""
+    parents: dict[int, nn.Module] = {}
+    seen: set[int] = set()
+    for top in called:
+        for module in top.modules():
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            for child in module.children():
+                parents[id(child)] = module
+    return parents
+
+
+def _installed(cls: type) -> bool:
+    """Whether a module class comes from an installed package (transformers, torch), not from
+    the user's code: a library model holds layers that only some inputs use (LUKE's entity
+    attention, ESM's contact head, a shared embedding copied into encoder and decoder), where a
+    layer the user's own forward never calls was forgotten."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None) or ""
+    return any(root and path.startswith(root) for root in _PACKAGE_ROOTS)
+
+
+_PACKAGE_ROOTS = tuple({os.path.join(p, "") for p in (
+    *(sysconfig.get_paths().get(key) for key in ("purelib", "platlib")),
+    *site.getsitepackages(), site.getusersitepackages()) if p})
+
+
 def _from_listener() -> bool:
     """Whether the running op was called by one of hfault's listeners (update ratios, norms)."""
     frame: types.FrameType | None = sys._getframe(2)
@@ -173,6 +208,8 @@ class ParamReach(Listener):
         self._hook: Any = None
         self._returned: dict[int, int] = {}
         """id(module) -> bits of the components whose marked values its calls returned."""
+        self._called: set[int] = set()
+        """id(module) of every module called in the followed forward."""
         self.record: dict[str, Any] | None = None
 
     def components_built(self, components: Sequence[Component]) -> None:
@@ -213,11 +250,13 @@ class ParamReach(Listener):
                 seen = self._marked.get(id(part.param), (part.param, 0))[1]
                 self._marked[id(part.param)] = (part.param, seen | (1 << i))
         self._returned = {}
+        self._called = set()
         self._hook = nn.modules.module.register_module_forward_hook(self._module_returned)
         self._mode = _Mode(self._marked)
         self._mode.__enter__()
 
     def _module_returned(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._called.add(id(module))
         bits = self._marks(_tensors(output))
         if bits:
             self._returned[id(module)] = self._returned.get(id(module), 0) | bits
@@ -228,8 +267,7 @@ class ParamReach(Listener):
         bits = self._marks(tree_flatten(event.tensors)[0])
         read = self._mode.read
         self._stop()
-        parents = {id(child): module for module in self.session.state.modules.values()
-                   for child in module.children()}
+        parents = _parents(self.session.state.modules.values())
         components = {}
         for i, comp in enumerate(self._suspects):
             owner = comp.module
@@ -237,7 +275,10 @@ class ParamReach(Listener):
             components[comp.name] = {
                 "reaches_loss": bool(bits >> i & 1), "read": bool(read >> i & 1),
                 "returned": enclosing is not None
-                and bool(self._returned.get(id(enclosing), 0) >> i & 1)}
+                and bool(self._returned.get(id(enclosing), 0) >> i & 1),
+                "called": owner is not None and id(owner) in self._called,
+                "library": enclosing is not None and enclosing is not owner
+                and _installed(type(enclosing))}
         self.record = {"step": event.step, "found_at": self._checked_step,
                        "components": components}
         self._suspects, self._marked = [], {}

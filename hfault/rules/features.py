@@ -257,8 +257,10 @@ COMPONENT_FEATURES: dict[str, str] = {
     "output, that the code around it may ignore)",
     "unused": "reaches_loss is false and the component is unused by design rather than dead: "
     "computed and returned by its enclosing module, then ignored (an unused pooler, an auxiliary "
-    "output), or a lone parameter nothing read (an optional embedding). A result dropped inside "
-    "the enclosing module's own forward, or a whole layer nothing read, is not",
+    "output), a lone parameter nothing read (an optional embedding), or a layer never called "
+    "inside a library's model (LUKE's entity attention, ESM's contact head: parts only some "
+    "inputs use). A result dropped inside the enclosing module's own forward, or a layer the "
+    "user's own module never called or bypassed, is not",
     "unweighted_last_layer": "the component's gradient is a tensor of exact zeros (not None) at "
     "every measured step, while its counterparts at other layer indices (the same name, another "
     "index) train, and it is in the last of those layers: what it computes reaches the loss only "
@@ -905,7 +907,9 @@ class Features:
                 lone_parameter=lone,
                 unused=(followed.get("reaches_loss") is False
                         and (followed.get("returned") is True
-                             or (lone and followed.get("read") is False))),
+                             or (lone and followed.get("read") is False)
+                             or (followed.get("called") is False
+                                 and followed.get("library") is True))),
                 unweighted_last_layer=self._unweighted_last_layer(comp, raw),
                 qk_without_effect=(comp["role"] in ("query", "key")
                                    and self._values_constant(comp.get("attention"))),
