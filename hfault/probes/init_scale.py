@@ -31,7 +31,13 @@ def init_statistics(component: Component) -> dict[str, Any] | None:
     ``None`` when it has none (biases, norm gains, scalars) or it is an embedding table. A
     parameter of fan-in 1 on a module that is not a linear or convolution layer is a column of
     per-unit scalars in a broadcast shape (Swin V2's ``(heads, 1, 1)`` logit scale, set to
-    log 10), not a map: it has no fan-in to scale against either."""
+    log 10), not a map: it has no fan-in to scale against either.
+
+    A weight of three or more axes outside a convolution is a stack of matrices (Mixtral's
+    ``(experts, 2·ffn, hidden)`` expert weights, per-head projections, a ``(1, positions, d)``
+    table): each matrix maps its own input, one of its last two axes, stored either way round;
+    the smaller is taken, so a stack is never read as one matrix of fan-in ``2·ffn·hidden``
+    (which made a healthy Mixtral's experts look 16x too large)."""
     if component.table or component.module_type in _NOT_A_MAP:
         return None
     parts = [p for p in component.parts if p.param.dim() >= 2]
@@ -43,7 +49,12 @@ def init_statistics(component: Component) -> dict[str, Any] | None:
         if w.numel() < 2 or not bool(torch.isfinite(w).all()):
             return None
         shape = tuple(w.shape)
-        fan_in = shape[0] if component.module_type in _TRANSPOSED else w.numel() // shape[0]
+        if component.module_type in _TRANSPOSED:
+            fan_in = shape[0]
+        elif len(shape) >= 3 and "Conv" not in (component.module_type or ""):
+            fan_in = min(shape[-2:])
+        else:
+            fan_in = w.numel() // shape[0]
         if fan_in == 1 and not any(kind in (component.module_type or "") for kind in _MAPS):
             return None
         rms = float(w.square().mean().sqrt())

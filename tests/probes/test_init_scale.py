@@ -76,3 +76,19 @@ def test_per_head_scalars_in_a_broadcast_shape_have_no_fan_in() -> None:
     assert init_statistics(scale) is None
     one_input = init_statistics(comps["1"])
     assert one_input is not None and one_input["fan_in"] == 1
+
+
+def test_a_stack_of_expert_matrices_is_judged_per_matrix() -> None:
+    """Mixtral's experts hold one (experts, 2·ffn, hidden) weight drawn N(0, 0.02): each matrix
+    maps ``hidden`` inputs, so its scale is 0.02·√hidden, not 0.02·√(2·ffn·hidden)."""
+    from transformers import MixtralConfig, MixtralModel
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=50, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                           num_local_experts=4, num_experts_per_tok=2)
+    comps = _components(MixtralModel(config))
+    experts = next(c for name, c in comps.items() if name.endswith("experts.gate_up_proj"))
+    stats = init_statistics(experts)
+    assert stats is not None and len(stats["shape"]) == 3 and stats["fan_in"] == 64
+    assert stats["scale"] == pytest.approx(0.02 * math.sqrt(64), rel=0.1)
