@@ -245,8 +245,9 @@ class AttentionProbe:
                 return out
             last = dim % out.dim() == out.dim() - 1
             if not probe._stack and not (
-                    last and out.dim() >= 3 and out.shape[-1] > 1
-                    and isinstance(logits, torch.Tensor) and scores_of_two_activations(logits)
+                    last and out.dim() >= 2 and out.shape[-1] > 1
+                    and isinstance(logits, torch.Tensor)
+                    and scores_of_two_activations(logits, batched=out.dim() == 2)
                     and probe._discover()):
                 return out
             if last and out.shape[-1] > 1:
@@ -523,6 +524,7 @@ class AttentionWindow(Listener):
 
 _PRODUCTS = ("BmmBackward", "MmBackward", "AddmmBackward", "BaddbmmBackward",
              "MatmulBackward", "DotBackward", "MvBackward")
+_BATCHED = ("BmmBackward", "BaddbmmBackward")
 _VIEWS = ("ViewBackward", "UnsafeViewBackward", "ReshapeAlias", "PermuteBackward",
           "TransposeBackward", "TBackward", "ExpandBackward", "CloneBackward", "SqueezeBackward",
           "UnsqueezeBackward", "SelectBackward", "SliceBackward", "AliasBackward",
@@ -551,11 +553,17 @@ def _is_weight(node: Any, hops: int = 8) -> bool:
     return False
 
 
-def scores_of_two_activations(logits: torch.Tensor, depth: int = 8) -> bool:
+def scores_of_two_activations(logits: torch.Tensor, depth: int = 8,
+                              batched: bool = False) -> bool:
     """Whether ``logits`` come from a product of two activations (q·kᵀ: attention scores) rather
     than of an activation and a weight (a classifier, a router, an additive scorer): the nearest
     matrix product behind them, past scaling, masking and views, has no leaf operand. Read from
-    the autograd graph, so it needs grad enabled; a product of two parameters is not one."""
+    the autograd graph, so it needs grad enabled; a product of two parameters is not one.
+
+    ``batched``: the product must also be a batched one (``bmm``): scores of one query per
+    sample over that sample's own keys, ``(batch, keys)`` (a memory network's hop, Luong
+    attention in an RNN decoder, ``einsum("bd,bmd->bm")``), not a ``(batch, batch)`` similarity
+    of two sets of embeddings (a contrastive loss's ``a @ b.T``, one ``mm``)."""
     frontier, seen = [logits.grad_fn], set()
     for _ in range(depth):
         found: list[Any] = []
@@ -569,7 +577,8 @@ def scores_of_two_activations(logits: torch.Tensor, depth: int = 8) -> bool:
             else:
                 nxt.extend(n for n, _ in node.next_functions if n is not None)
         if found:
-            return all(not any(_is_weight(n) for n, _ in node.next_functions) for node in found)
+            return all(not any(_is_weight(n) for n, _ in node.next_functions)
+                       and (not batched or _is(node, _BATCHED)) for node in found)
         frontier = nxt
     return False
 

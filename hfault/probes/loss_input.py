@@ -55,9 +55,14 @@ class LossInputEvent:
 def nearest_parameter(tensor: torch.Tensor, limit: int = 256) -> torch.Tensor | None:
     """The trainable leaf nearest ``tensor`` in its autograd graph (fewest backward nodes): a
     parameter of the layer that produced it. With two heads (a detector's class and box
-    layers), the last module to run need not be the one whose output the loss reads."""
+    layers), the last module to run need not be the one whose output the loss reads.
+
+    A one-entry parameter is passed over: a learnable temperature that scales the logits
+    (CLIP's ``logit_scale``, a contrastive model's τ) sits nearest them, but the layer that made
+    them is the map behind it; it is returned only when nothing else is found."""
     queue: deque[Any] = deque([tensor.grad_fn])
     seen: set[int] = set()
+    scalar: torch.Tensor | None = None
     while queue and len(seen) < limit:
         node = queue.popleft()
         if node is None or id(node) in seen:
@@ -65,9 +70,11 @@ def nearest_parameter(tensor: torch.Tensor, limit: int = 256) -> torch.Tensor | 
         seen.add(id(node))
         variable = getattr(node, "variable", None)
         if isinstance(variable, torch.Tensor):
-            return variable
+            if variable.numel() > 1:
+                return variable
+            scalar = scalar if scalar is not None else variable
         queue.extend(next_node for next_node, _ in node.next_functions)
-    return None
+    return scalar
 
 
 def _looks_like_probabilities(x: torch.Tensor) -> bool:

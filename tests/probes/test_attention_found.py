@@ -65,3 +65,49 @@ def test_a_router_softmax_is_not_taken_for_attention() -> None:
     finally:
         probe.stop()
     assert probe.found == {} and probe.stats == {}
+
+
+def test_one_query_per_sample_is_told_from_a_similarity_of_two_sets() -> None:
+    """(batch, slots) scores of a memory hop come from a batched product; a contrastive
+    (batch, batch) similarity from one ``mm``: only the first is attention."""
+    u, memory = torch.randn(4, 8, requires_grad=True), torch.randn(4, 6, 8, requires_grad=True)
+    a, b = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    assert scores_of_two_activations(torch.einsum("bd,bmd->bm", u * 1, memory * 1), batched=True)
+    assert scores_of_two_activations(torch.bmm(memory * 1, (u * 1).unsqueeze(2)).squeeze(2),
+                                     batched=True)
+    assert scores_of_two_activations((a * 1) @ (b * 1).T)  # two activations, yet ...
+    assert not scores_of_two_activations((a * 1) @ (b * 1).T, batched=True)  # ... not batched
+
+
+def test_a_contrastive_similarity_softmax_is_not_taken_for_attention() -> None:
+    from hfault.probes.attention import AttentionProbe
+
+    class TwoTowers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.softmax(self.a(x) @ self.b(y).T, dim=-1)
+
+    probe = AttentionProbe(lambda m: False)
+    probe.start()
+    try:
+        TwoTowers()(torch.randn(4, 8), torch.randn(4, 8))
+    finally:
+        probe.stop()
+    assert probe.found == {} and probe.stats == {}
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_memory_hops_are_found_and_judged(cli, bug: bool) -> None:
+    done = cli("diagnose", str(SCRIPTS / "memory_hops_train.py"), "--no-curvature",
+               "--fail-on", "never", "--", "--steps", "40", *(["--bug"] if bug else []))
+    report = done.report
+    assert set(report["snapshots"][0]["attention"]) == {"hops.0", "hops.1", "hops.2"}
+    found = [(f["rule"], f["severity"], f.get("component")) for f in report["findings"]
+             if f["severity"] != "info"]
+    if bug:
+        assert found[0] == ("HF208", "error", "hops.0"), found
+    else:
+        assert found == [], found
