@@ -116,10 +116,10 @@ def _parents(called: Any) -> dict[int, nn.Module]:
     (the case that matters here) has a parent all the same."""
     parents: dict[int, nn.Module] = {}
     seen: set[int] = set()
-    for top in called:
+    for top in called:  # forward order: the root model first, and its subtree covers the rest
+        if id(top) in seen:
+            continue
         for module in top.modules():
-            if id(module) in seen:
-                continue
             seen.add(id(module))
             for child in module.children():
                 parents[id(child)] = module
