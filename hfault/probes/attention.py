@@ -253,8 +253,14 @@ class AttentionProbe:
             if last and out.shape[-1] > 1:
                 probe._record(logits, out)
                 probe._probs[id(out)] = out
-            else:
-                probe._record_axis(out, dim % out.dim())
+                return out
+            axis = dim % out.dim()
+            probe._record_axis(out, axis)
+            if (isinstance(logits, torch.Tensor) and logits.shape == out.shape
+                    and deliberate_axis(tuple(out.shape), axis)):
+                # weights over another axis by design (Slot Attention's slots competing for
+                # each input, (batch, positions, 1) pooling scores): measured over that axis
+                probe._record(logits.movedim(axis, -1), out.movedim(axis, -1))
             return out
 
         return softmax
@@ -740,6 +746,16 @@ def axis_fault(shape: list[int] | tuple[int, ...], dim: int, batch: int | None,
         return (f"softmax over {where}, but the product that applies the weights sums over dim "
                 f"{over}: each weighted sum's weights do not add up to 1{batch_note}")
     return fault
+
+
+def deliberate_axis(shape: tuple[int, ...], dim: int) -> bool:
+    """Whether a softmax over ``dim`` (not the last) of ``shape`` may be a layout chosen on
+    purpose, so its weights are attention weights over that axis: a 3-D softmax over a
+    non-square layout's middle or first axis (Slot Attention's (batch, slots, inputs) scores
+    over the slots, (batch, positions, 1) pooling scores over the positions). 2-D softmaxes
+    over dim 0 are left out: the batch is not known yet when the weights are taken."""
+    return (len(shape) == 3 and dim < 2 and shape[dim] > 1
+            and _layout_fault(shape, dim, None, "") is None)
 
 
 def _layout_fault(shape: tuple[int, ...], dim: int, batch: int | None, where: str) -> str | None:

@@ -261,6 +261,48 @@ def test_probe_records_softmax_over_other_axes(dim, recorded):
     assert (stats.rows > 0) == (dim == -1)  # entropy and logits only from key-axis softmaxes
 
 
+class _SlotAttention(torch.nn.Module):
+    """Slot Attention's step (Locatello et al. 2020): the slots compete for each input, so the
+    softmax of the (batch, slots, inputs) scores is over the slots, dim 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(4, 4)
+        self.k_proj = torch.nn.Linear(4, 4)
+
+    def forward(self, slots: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("bkd,bnd->bkn", self.q_proj(slots), self.k_proj(x)) / 2.0
+        weights = scores.softmax(dim=1)
+        weights = weights / weights.sum(-1, keepdim=True)  # a weighted mean over the inputs
+        return weights @ x
+
+
+def test_a_softmax_over_the_slots_is_measured_over_the_slots():
+    from hfault.components import is_attention_module
+    from hfault.probes.attention import AttentionProbe, axis_fault
+
+    torch.manual_seed(0)
+    attn, slots, x = _SlotAttention(), torch.randn(3, 4, 4), torch.randn(3, 7, 4)
+    with torch.no_grad():
+        scores = torch.einsum("bkd,bnd->bkn", attn.q_proj(slots), attn.k_proj(x)) / 2.0
+        entropy = _entropy(scores.softmax(1).transpose(1, 2))  # (batch, inputs), over slots
+    probe = AttentionProbe(is_attention_module)
+    probe.start()
+    try:
+        attn(slots, x)
+    finally:
+        probe.stop()
+    stats = probe.stats[id(attn)]
+    record = stats.to_dict()
+    assert stats.keys == 4 and stats.queries == 7
+    mean = float(entropy.double().mean())
+    assert record["entropy_mean"] == pytest.approx(mean, rel=1e-9)
+    assert record["entropy_norm_mean"] == pytest.approx(mean / math.log(4), rel=1e-9)
+    assert record["logit_std"] == pytest.approx(float(scores.std(1).mean()), rel=1e-6)
+    (axis,) = record["softmax_axes"]
+    assert axis_fault(axis["shape"], axis["dim"], 3, axis["summed"]) is None
+
+
 @pytest.mark.parametrize(
     "shape, dim, batch, fault",
     [
