@@ -1,0 +1,8 @@
+"""muon on transformers esm: the optimizer sweep (see generate.py)."""
+
+import runpy
+import sys
+from pathlib import Path
+
+sys.argv[1:1] = ["--model", "esm", "--optimizer", "muon", "--lr", "0.03"]
+runpy.run_path(str(Path(__file__).resolve().parents[1] / "program.py"), run_name="__main__")
