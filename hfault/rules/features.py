@@ -364,11 +364,11 @@ ATTENTION_FEATURES: dict[str, str] = {
     "batch": "leading size of the loss input at the first measured step (its samples; samples × "
     "positions when the script flattens them)",
     "keys_peer_count": "number of same-role modules of other layers with a key count",
-    "padding_mass": "at the first measured step, the mean attention weight that real queries "
-    "(not padding themselves) of padded samples put on the keys that are padding of the model's "
-    "input (a trailing or leading run of the pad id, or of all-zero feature vectors, whose "
-    "length varies across samples); exactly 0 under a padding mask; none when the input is not "
-    "padded or the keys are not its positions",
+    "padding_mass": "at the first measured step that can read it, the mean attention weight "
+    "that real queries (not padding themselves) of padded samples put on the keys that are "
+    "padding of the model's input (a trailing or leading run of the pad id, or of all-zero "
+    "feature vectors, whose length varies across samples); exactly 0 under a padding mask; none "
+    "when the input is not padded or the keys are not its positions",
     "padding_share": "the mean share of those rows' keys that are padding (what uniform attention "
     "would put on them)",
     "padding_alike": "of those rows with two or more open padded keys, the share whose scores at "
@@ -1037,6 +1037,14 @@ class Features:
                          if (v := ((s.get("attention") or {}).get(module) or {}).get(key))
                          is not None), None)
 
+        # Padding is read at the first step that could read it: where a pad's key is exactly 0
+        # (its state zeroed before a bias-free projection at initialization, as ESM's
+        # embeddings do) the weights cannot tell a dropped mask from one multiplied in.
+        padding: dict[str, Mapping[str, Any]] = {
+            m: next((a for a in ((s.get("attention") or {}).get(m) for s in self.snapshots)
+                     if a and a.get("padding_mass") is not None), {})
+            for m in modules
+        }
         first_gain = {m: as_float(first_known(m, "logit_gain")) for m in modules}
         first_inner = {m: first_known(m, "inner") for m in modules}
         subjects = []
@@ -1130,12 +1138,12 @@ class Features:
                 causal_peer=causal[0] if causal else None,
             )
             masking = [m for m in modules if m != module
-                       and (as_float(first[m].get("padding_mass")) or 0.0) == 0.0
-                       and first[m].get("padding_mass") is not None]
+                       and (as_float(padding[m].get("padding_mass")) or 0.0) == 0.0
+                       and padding[m].get("padding_mass") is not None]
             f.update(
-                padding_mass=as_float(first[module].get("padding_mass")),
-                padding_share=as_float(first[module].get("padding_share")),
-                padding_alike=as_float(first[module].get("padding_alike")),
+                padding_mass=as_float(padding[module].get("padding_mass")),
+                padding_share=as_float(padding[module].get("padding_share")),
+                padding_alike=as_float(padding[module].get("padding_alike")),
                 padding_masked_peers=len(masking),
                 padding_peer=masking[0] if masking else None,
             )

@@ -1,7 +1,8 @@
 """Build a report-shaped dict from a compact rule fixture (tests/rules/fixtures/HFxxx.toml).
 
 A fixture names only what a rule reads; everything else gets a neutral default. Scalars are
-broadcast over the snapshot steps, lists give one value per step. ``base = "fires"`` makes a
+broadcast over the snapshot steps, lists give one value per step (``"-"``: not measured at that
+step; TOML has no null). ``base = "fires"`` makes a
 fixture a variant of another one: its components' metrics, attention and edges override the base
 ones by name, so a must-not-fire fixture can be the near miss of the must-fire one.
 """
@@ -80,7 +81,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
             for c in spec.get("components", [])
         }
         snap: dict[str, Any] = {"step": step, "loss": None, "metrics": metrics}
-        attention = {m: {k: _at(v, i) for k, v in stats.items()}
+        attention = {m: {k: _at(v, i) for k, v in stats.items() if _at(v, i) != "-"}
                      for m, stats in spec.get("attention", {}).items()}
         if attention:
             snap["attention"] = attention
