@@ -278,6 +278,9 @@ COMPONENT_FEATURES: dict[str, str] = {
     "for a zero-mean initializer)",
     "weight_growth": "‖θ_b‖ at the last snapshot / at the first",
     "weight_growth_peers": "median weight growth of the other components (init RMS ≥ 1e-3)",
+    "weight_growth_peak": "the largest ‖θ_b‖ over the snapshots / at the first",
+    "weight_growth_peak_peers": "median peak weight growth of the other components (init RMS "
+    "≥ 1e-3)",
     "grad_rms_growth": "RMS gradient at the last snapshot / at the first (≥ 3 snapshots)",
     "pushed_by_component": "a component later in the forward whose weights grew ≥ 10× over the "
     "run and ≥ 10× more than this one's: every gradient and curvature of this component passes "
@@ -854,6 +857,7 @@ class Features:
             for c in self.components
         }
         growth = {name: self._growth(name, m["weight_norm"]) for name, m in raw.items()}
+        peak = {name: self._peak_growth(m["weight_norm"]) for name, m in raw.items()}
         out: dict[str, dict[str, Any]] = {}
         last = max(1, len(self.components) - 1)
         table_rms = {c["name"]: _first_rms(raw[c["name"]]["weight_norm"], c.get("numel"))
@@ -927,6 +931,10 @@ class Features:
                 init_rms=init_rms,
                 weight_growth=growth[name][0],
                 weight_growth_peers=_median(peer_growth),
+                weight_growth_peak=peak[name],
+                weight_growth_peak_peers=_median(
+                    peak[n] for n in others
+                    if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS),
                 grad_rms_growth=self._grad_growth(m["grad_rms"]),
                 pushed_by_component=self._pushed_by(index, growth),
             )
@@ -956,6 +964,15 @@ class Features:
         if len(present) < 2 or not present[0]:
             return None, (present[0] / math.sqrt(numel) if present else None)
         return present[-1] / present[0], present[0] / math.sqrt(numel)
+
+    @staticmethod
+    def _peak_growth(norms: Sequence[Any]) -> float | None:
+        """The largest ‖θ_t‖/‖θ_first‖ over the snapshots: how far the weights went, where a
+        decay that grows with the learning rate (AdamW's) may have pulled them back by the end."""
+        present = [v for v in (as_float(x) for x in norms) if v is not None and math.isfinite(v)]
+        if len(present) < 2 or not present[0]:
+            return None
+        return max(present) / present[0]
 
     @staticmethod
     def _grad_growth(rms: Sequence[Any]) -> float | None:
