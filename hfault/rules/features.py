@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hfault.fixes.lr_snippet import HAND_WRITTEN
 from hfault.numbers import as_float, decode
 from hfault.report.build import derive
 from hfault.rules.batch_axis import batch_mixers
@@ -41,6 +42,9 @@ RUN_FEATURES: dict[str, str] = {
     "(os._exit)",
     "steps": "optimizer steps seen",
     "optimizer": "class name of the (first) optimizer",
+    "own_update_loop": "the script updates its weights in its own loop, no torch optimizer (its "
+    "steps are read from the weights; a learning rate, if any, is the one given with --lr, the "
+    "same for every component)",
     "base_lr": "the largest learning rate an optimizer was created with",
     "lr_outlier": f"the component (≥ 16 entries) whose learning rate at the last measured step "
     f"is ≥ {LR_OUTLIER:g}× the median component's (its own param group), else none",
@@ -557,6 +561,7 @@ class Features:
             "status": run.get("status"),
             "steps": run.get("steps"),
             "optimizer": optimizers[0]["class"] if optimizers else None,
+            "own_update_loop": any(o.get("class") == HAND_WRITTEN for o in optimizers),
             "base_lr": max((x for x in (as_float(o.get("lr")) for o in optimizers)
                             if x is not None), default=None),
             "measured_steps": len(self.snapshots),
