@@ -150,13 +150,15 @@ runpy.run_path(str(Path(__file__).resolve().parents[1] / "program.py"), run_name
 '''
 
 
-def plain_run(model_type: str, max_seconds: float) -> tuple[dict | None, float, str]:
+def run_program(program: Path, args: list[str], timeout: float
+                ) -> tuple[dict | None, float, str]:
+    """One plain run of a corpus program (one math thread): its ``CORPUS_RESULT``, its seconds,
+    and why there is none (the last line of its stderr, or "timed out")."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(HERE / "program.py"), "--model", model_type,
-                               "--steps", str(STEPS)], capture_output=True, text=True, env=env,
-                              timeout=max_seconds * 3, check=False)
+        proc = subprocess.run([sys.executable, str(program), *args], capture_output=True,
+                              text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - start, "timed out"
     seconds = time.perf_counter() - start
@@ -164,6 +166,11 @@ def plain_run(model_type: str, max_seconds: float) -> tuple[dict | None, float, 
         if line.startswith("CORPUS_RESULT "):
             return json.loads(line[len("CORPUS_RESULT "):]), seconds, ""
     return None, seconds, (proc.stderr.strip().splitlines() or ["no output"])[-1][:160]
+
+
+def plain_run(model_type: str, max_seconds: float) -> tuple[dict | None, float, str]:
+    return run_program(HERE / "program.py", ["--model", model_type, "--steps", str(STEPS)],
+                       max_seconds * 3)
 
 
 def main() -> None:

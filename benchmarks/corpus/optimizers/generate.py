@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -58,16 +55,9 @@ runpy.run_path(str(Path(__file__).resolve().parents[1] / "program.py"), run_name
 
 
 def plain_run(model_type: str, optimizer: str, lr: float) -> tuple[dict | None, float, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(HERE / "program.py"), "--model", model_type,
-                           "--optimizer", optimizer, "--lr", repr(lr), "--steps", str(STEPS)],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
-    seconds = time.perf_counter() - start
-    for line in proc.stdout.splitlines():
-        if line.startswith("CORPUS_RESULT "):
-            return json.loads(line[len("CORPUS_RESULT "):]), seconds, ""
-    return None, seconds, (proc.stderr.strip().splitlines() or ["no output"])[-1][:160]
+    return arch_generate.run_program(
+        HERE / "program.py", ["--model", model_type, "--optimizer", optimizer, "--lr", repr(lr),
+                              "--steps", str(STEPS)], 300)
 
 
 def main() -> None:
