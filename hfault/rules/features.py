@@ -277,7 +277,8 @@ COMPONENT_FEATURES: dict[str, str] = {
     "name (DETR's first decoder layer, whose queries start at zero: its self-attention's "
     "values are zero plus a bias)",
     "forward_position": "where the component's module first ran in the forward pass: 0 = first, "
-    "1 = last (the report lists components in forward order)",
+    "1 = last (the report lists components in forward order); none when its weights are read "
+    "without calling its module (the parameter-reach probe's `called`)",
     "init_mean_ratio": "|mean(W)|/std(W) of that weight before the first update (≈ 1/√numel "
     "for a zero-mean initializer)",
     "weight_growth": "‖θ_b‖ at the last snapshot / at the first",
@@ -922,7 +923,9 @@ class Features:
                 unweighted_last_layer=self._unweighted_last_layer(comp, raw),
                 qk_without_effect=(comp["role"] in ("query", "key")
                                    and self._values_constant(comp.get("attention"))),
-                forward_position=index / last,
+                # a module whose weights are read without calling it (a token parameter held
+                # in an nn.Embedding and concatenated by its parent) has no place of its own
+                forward_position=None if followed.get("called") is False else index / last,
                 name=name,
                 role=comp["role"],
                 block_type=kind,

@@ -39,3 +39,14 @@ def test_padding_read_by_every_attention_ranks_below_a_specific_fault() -> None:
     assert [r for r, _ in found].count("HF216") == 2
     lost = _ranked_in("HF216.toml", "fires")
     assert lost[0] == ("HF216", "pool.mab"), lost
+
+
+def test_a_starved_module_read_without_being_called_has_no_place_in_the_forward() -> None:
+    """A cut starves every component before it; the last of them in the forward is where the
+    gradient stops. A module whose weight is read without calling it (a graph token held in an
+    nn.Embedding) has no forward position of its own, and is listed last: it must not rank as
+    the last component before the cut."""
+    found = [c for r, c in _ranked_in("HF003.toml", "ranking_detach_starves_a_token")
+             if r == "HF003"]
+    assert found[0] == "layers.0.ffn", found
+    assert set(found) == {"atom_emb", "layers.0.ffn", "graph_token"}
