@@ -891,10 +891,8 @@ class Features:
                  for i in range(len(self.steps))]
             )
             init_rms = _first_rms(m["weight_norm"], comp.get("numel"))
-            peer_growth = [
-                growth[n][0] for n in others
-                if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS
-            ]
+            growth_peers = [n for n in others if (peer_init := growth[n][1]) is not None
+                            and peer_init >= _MIN_PEER_INIT_RMS]
             init = comp.get("init") or {}
             reach = (self.report.get("param_reach") or {}).get("components") or {}
             followed = reach.get(name) or {}
@@ -938,11 +936,9 @@ class Features:
                 source=_where(comp.get("source")),
                 init_rms=init_rms,
                 weight_growth=growth[name][0],
-                weight_growth_peers=_median(peer_growth),
+                weight_growth_peers=_median(growth[n][0] for n in growth_peers),
                 weight_growth_peak=peak[name],
-                weight_growth_peak_peers=_median(
-                    peak[n] for n in others
-                    if (peer_init := growth[n][1]) is not None and peer_init >= _MIN_PEER_INIT_RMS),
+                weight_growth_peak_peers=_median(peak[n] for n in growth_peers),
                 grad_rms_growth=self._grad_growth(m["grad_rms"]),
                 pushed_by_component=self._pushed_by(index, growth),
             )
