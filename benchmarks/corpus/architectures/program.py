@@ -89,6 +89,22 @@ def make_batch(n: int, generator: torch.Generator):
     return ids, mask, labels
 
 
+def print_result(model: torch.nn.Module, val: tuple[torch.Tensor, ...], first: float | None,
+                 tail: list[float]) -> None:
+    """The contract's last line: the first loss, the mean of the last tenth, the val loss."""
+    model.eval()
+    with torch.no_grad():
+        ids, mask, labels = val
+        val_loss = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels).item()
+
+    def finite(x: float | None):  # type: ignore[no-untyped-def]
+        return x if x is not None and math.isfinite(x) else "nan"
+
+    result = {"first_loss": finite(first), "train_loss": finite(sum(tail) / len(tail)),
+              "val_loss": finite(val_loss)}
+    print("CORPUS_RESULT " + json.dumps(result))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a transformers model type, e.g. gpt_neox")
@@ -126,17 +142,7 @@ def main() -> None:
         if step % 25 == 0:
             print(f"step {step:4d} loss {value:.4f}", flush=True)
 
-    model.eval()
-    with torch.no_grad():
-        ids, mask, labels = val
-        val_loss = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels).item()
-
-    def finite(x: float | None):
-        return x if x is not None and math.isfinite(x) else "nan"
-
-    result = {"first_loss": finite(first), "train_loss": finite(sum(tail) / len(tail)),
-              "val_loss": finite(val_loss)}
-    print("CORPUS_RESULT " + json.dumps(result))
+    print_result(model, val, first, tail)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,17 +144,7 @@ def main() -> None:
         if step % 25 == 0:
             print(f"step {step:4d} loss {value:.4f}", flush=True)
 
-    model.eval()
-    with torch.no_grad():
-        ids, mask, labels = val
-        val_loss = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, labels).item()
-
-    def finite(x: float | None):  # type: ignore[no-untyped-def]
-        return x if x is not None and math.isfinite(x) else "nan"
-
-    result = {"first_loss": finite(first), "train_loss": finite(sum(tail) / len(tail)),
-              "val_loss": finite(val_loss)}
-    print("CORPUS_RESULT " + json.dumps(result))
+    arch.print_result(model, val, first, tail)
 
 
 if __name__ == "__main__":
