@@ -96,7 +96,10 @@ steps), `severity` (`error`, `warning`, `info`), `category`, `summary`, `rationa
 expressions, evaluated in order, each may read the ones above it), `step`, `component`, `related`,
 `score`, `confidence` (in [0, 1]; the ranking score is `score × confidence`), `[escalate]`
 (`error = "expr"`), `suppressed_by`, `[[fix]]` (`kind`, `summary`, `snippet`, `when`, `values`,
-and the kind's own fields), `example` and `references`.
+`shared`, and the kind's own fields), `example` and `references`. A fix marked `shared = true` is
+one change for every subject it is chosen for (the common input of several attention modules):
+the rule's findings that take it become one finding, the strongest, whose message, `related` and
+`evidence.also` name the others.
 
 `message`, fix `summary` and `snippet` fill `{name}` and `{name:.3g}` placeholders from the
 evidence, the parameters and the metrics; a value that was not measured reads `n/a`. A segment

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +42,57 @@ def evaluate(
     features = Features(report, graph_paths)
     result = EngineResult([])
     fired: dict[tuple[str, str | None], set[Any]] = {}  # -> the phases it fired in
-    pending: list[tuple[Rule, Finding, Any]] = []
+    pending: list[tuple[Rule, Finding, Any, bool]] = []
     for rule in rules:
         for subject in features.subjects(rule.scope, rule.reads()):
             try:
-                finding = _apply(rule, subject, features)
+                hit = _apply(rule, subject, features)
             except ExprError as exc:
                 result.errors.append(f"rule {rule.id} ({rule.path.name}) on {subject.key}: {exc}")
                 break
-            if finding is not None:
+            if hit is not None:
+                finding, shared = hit
                 phase = subject.features.get("phase")
-                pending.append((rule, finding, phase))
+                pending.append((rule, finding, phase, shared))
                 fired.setdefault((rule.id, finding.component), set()).add(phase)
-    for rule, finding, phase in pending:
+    groups: dict[tuple[str, Any], list[Finding]] = {}
+    for rule, finding, phase, shared in pending:
         if any(_suppresses(fired.get((other, finding.component)), phase)
                for other in rule.suppressed_by):
             continue
+        if shared:
+            group = groups.setdefault((rule.id, phase), [])
+            group.append(finding)
+            if len(group) > 1:
+                continue
         result.findings.append(finding)
+    for group in groups.values():
+        if len(group) > 1:
+            kept = merge_shared(group)
+            result.findings[result.findings.index(group[0])] = kept
     return result
+
+
+def merge_shared(group: Sequence[Finding]) -> Finding:
+    """One finding for a rule's findings whose fix is one change for all of them (a ``shared``
+    fix: the common input of several attention modules, not each module): the strongest keeps
+    its message and fix, and names the others (``related``, ``evidence.also``). Several
+    warnings that one edit removes read as several faults, and a user fixes the first only to
+    meet the rest."""
+    kept, *others = sorted(group, key=Finding.sort_key)
+    names = [f.component for f in others if f.component and f.component != kept.component]
+    if not names:
+        return kept
+    related = [*kept.related]
+    for f in others:
+        related += [n for n in (f.component, *f.related) if n and n != kept.component]
+    fix = kept.fix
+    if fix is not None:
+        fix = Fix(f"{fix.summary} The same holds for {', '.join(names)}: one change fixes all "
+                  f"{len(names) + 1}.", fix.values, fix.snippet)
+    return replace(kept, message=f"{kept.message}; the same in {', '.join(names)}",
+                   evidence={**kept.evidence, "also": names}, fix=fix,
+                   related=list(dict.fromkeys(related)))
 
 
 def _suppresses(phases: set[Any] | None, phase: Any) -> bool:
@@ -70,7 +103,9 @@ def _suppresses(phases: set[Any] | None, phase: Any) -> bool:
     return phase is None or None in phases or phase in phases
 
 
-def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
+def _apply(rule: Rule, subject: Subject, features: Features) -> tuple[Finding, bool] | None:
+    """The rule's finding on ``subject`` (None when its condition does not hold), and whether
+    the fix it took is ``shared``."""
     env: dict[str, Any] = {**subject.features, **rule.param_values()}
     evidence: dict[str, Any] = {}
     for name, expr in rule.evidence.items():  # first: the condition may read evidence
@@ -91,7 +126,7 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
     confidence = as_float(_scalar(rule.confidence(env))) if rule.confidence else 1.0
     related = _names(rule.related(env)) if rule.related else []
     env.update(component=component, step=step)
-    fix, at_optimizer = _fix(rule, env, component, features)
+    fix, at_optimizer, shared = _fix(rule, env, component, features)
     phase = subject.features.get("phase")
     comp = features.by_name.get(component or "")
     if comp is None and component:
@@ -120,13 +155,13 @@ def _apply(rule: Rule, subject: Subject, features: Features) -> Finding | None:
         fingerprint=fingerprint(rule.id, component if phase is None else f"phase {phase}",
                                 str(run.get("script", ""))),
         related=[r for r in related if r != component],
-    )
+    ), shared
 
 
 def _fix(rule: Rule, env: dict[str, Any], component: str | None,
-         features: Features) -> tuple[Fix | None, bool]:
-    """The first applicable fix template, filled in by its kind; and whether the fix is written
-    at the optimizer's construction (the finding's location)."""
+         features: Features) -> tuple[Fix | None, bool, bool]:
+    """The first applicable fix template, filled in by its kind; whether the fix is written
+    at the optimizer's construction (the finding's location); and whether it is ``shared``."""
     target: FixTarget | None = None
     for template in rule.fixes:
         if template.when is not None and not as_bool(template.when(env), "fix condition"):
@@ -143,8 +178,9 @@ def _fix(rule: Rule, env: dict[str, Any], component: str | None,
         text_env = {**env, **values}
         if snippet is None and template.snippet:
             snippet = render(template.snippet, text_env)
-        return Fix(render(template.summary, text_env), values, snippet), kind.at_optimizer
-    return None, False
+        return (Fix(render(template.summary, text_env), values, snippet), kind.at_optimizer,
+                template.shared)
+    return None, False, False
 
 
 def _target(features: Features, component: str | None) -> FixTarget:

@@ -29,7 +29,7 @@ TEMPLATE_EXTRAS = tuple(dict.fromkeys(
     ("component", "step", *(key for kind in KINDS.values() for key in kind.produces))))
 """Names every message and fix template may use besides evidence, parameters and features: the
 subject and the values the fix kinds write."""
-FIX_KEYS = ("kind", "summary", "snippet", "when", "values")
+FIX_KEYS = ("kind", "summary", "snippet", "when", "values", "shared")
 """Keys of every ``[[fix]]`` table; a kind adds its own ``fields``."""
 
 _KEYS = {
@@ -67,6 +67,10 @@ class FixTemplate:
     fields: Mapping[str, Expr] = field(default_factory=dict)
     """The kind's own fields (``factor`` of ``lower_lr``, ``max_norm`` of ``clip_grad``)."""
     values: Mapping[str, Expr] = field(default_factory=dict)
+    shared: bool = False
+    """One change fixes every subject this fix is chosen for (their common input, not each
+    module): the rule's findings that take it are reported as one
+    (:func:`hfault.rules.engine.merge_shared`)."""
 
 
 @dataclass(frozen=True)
@@ -330,10 +334,17 @@ class _RuleParser:
                     when=self.expr(spec["when"], "when", known) if "when" in spec else None,
                     fields=fields,
                     values={k: self.expr(v, k, known) for k, v in values.items()},
+                    shared=self.shared(spec),
                 )
             )
         self.fix_index = None
         return tuple(out)
+
+    def shared(self, spec: Mapping[str, Any]) -> bool:
+        value = spec.get("shared", False)
+        if not isinstance(value, bool):
+            raise self.fail("shared", "fix 'shared' must be true or false")
+        return value
 
     def fix_kind(self, spec: Mapping[str, Any]) -> str:
         """The registered kind a ``[[fix]]`` names (``manual`` when it names none), after

@@ -115,7 +115,9 @@ def test_a_fix_without_kind_or_with_its_old_name_is_manual(tmp_path: Path, fix: 
      "a clip_grad fix needs 'max_norm' (a number or expression)"),
     ('kind = "lower_lr"\nfactor = "0.5 *"\nsummary = "Lower."', "factor", "factor: "),
     ('kind = "manual"\nfactor = "0.5"\nsummary = "Do it."', "factor",
-     "unknown key 'factor' in a manual fix (it takes kind, summary, snippet, when, values)"),
+     "unknown key 'factor' in a manual fix (it takes kind, summary, snippet, when, values, "
+     "shared)"),
+    ('shared = "yes"\nsummary = "Do it."', "shared", "fix 'shared' must be true or false"),
     ('kind = "clip_grad"\nmax_norm = 1\nsummary = "Clip."\nvalues = {max_norm = "2"}', "values",
      "fix value 'max_norm' is written by the clip_grad kind; choose another name"),
     ('summary = "Do it."\nvalues = {kind = "\'lower_lr\'"}', "values",
