@@ -239,6 +239,8 @@ COMPONENT_FEATURES: dict[str, str] = {
     "table": "owned by an nn.Embedding or nn.EmbeddingBag, subclasses included (a lookup table: "
     "rows absent from a batch get no gradient)",
     "source": "file:line of the class that defines the component's module",
+    "access": "a Python expression for the component's parameters, from `model` (what a fix "
+    "snippet iterates over: a slice of a fused tensor reads the whole tensor)",
     "init_rms": "weight RMS at the first snapshot",
     "init_scale": "rms(W)·√fan_in of the largest ≥2-D weight before the first update (about "
     "0.2–1.4 for standard initializers; none for embeddings, biases, norm gains, scalars)",
@@ -934,6 +936,8 @@ class Features:
                 module_type=comp.get("module_type"),
                 table=_is_table(comp),
                 source=_where(comp.get("source")),
+                access=comp.get("access") or
+                f'list(model.get_submodule("{name}").parameters())',
                 init_rms=init_rms,
                 weight_growth=growth[name][0],
                 weight_growth_peers=_median(growth[n][0] for n in growth_peers),
