@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/corpus/run.py --families hf_bert,gpt_sdpa --seeds 0 --out /tmp/c
     .venv/bin/python benchmarks/corpus/run.py --zoo benchmarks/corpus/architectures/zoo ...  # sweep
 
-Every job is one (family, seed, mutant or healthy) run of ``launch.py`` under ``hfault diagnose``,
-in full mode and with ``--no-curvature``, with ``--max-steps`` = the family's steps. Each report
+Every job is one (family, seed, mutant or healthy) run of ``launch.py`` under ``hfault diagnose``
+with ``--no-curvature`` (first-order, hfault's default), and in full mode too with ``--mode full``
+or ``both``, with ``--max-steps`` = the family's steps. Each report
 is kept as ``OUT/JOB.MODE.json`` beside ``OUT/JOB.MODE.run.json`` (exit code, seconds, the
 program's ``CORPUS_RESULT``), so an interrupted run resumes and ``--rescore`` re-judges the saved
 reports with the current rule files without running anything (rules read only report data).
@@ -150,7 +151,9 @@ def main() -> None:
                         help="the manifests' folder (default: the corpus's zoo; "
                              "architectures/zoo is the architecture sweep)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: each family's)")
-    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="first-order",
+                        help="first-order (default, as hfault diagnoses by default), full "
+                             "(curvature) or both (full mode on healthy runs and killed mutants)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--all-mutants", action="store_true",
                         help="full mode on every mutant, not only the killed ones")
