@@ -151,6 +151,9 @@ class AttentionProbe:
         self._weights: dict[int, tuple[torch.Tensor, AttentionStats, int]] = {}
         """Softmax outputs over an axis other than the last, by id: (the tensor, its module's
         stats, its entry in ``axes``), until a product applies them (which axes it sums over)."""
+        self._weighted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Elementwise products of tracked weights (or a view of them) by id: (the product, the
+        weights operand), until a sum over some of its axes applies them."""
         self._probs: dict[int, torch.Tensor] = {}
         """Attention weights (a softmax over the last axis) by id, kept for the window: a
         product that takes one as its first operand applies it to the values."""
@@ -185,6 +188,11 @@ class AttentionProbe:
         self._patch(F, "linear", self._wrap_linear)
         self._patch(torch, "einsum", self._wrap_einsum)
         self._patch(F, "embedding", self._wrap_embedding)
+        for owner, name in ((torch, "mul"), (torch.Tensor, "mul"), (torch.Tensor, "__mul__"),
+                            (torch.Tensor, "__rmul__")):
+            self._patch(owner, name, self._wrap_mul)
+        self._patch(torch, "sum", self._wrap_sum)
+        self._patch(torch.Tensor, "sum", self._wrap_sum)
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -192,7 +200,7 @@ class AttentionProbe:
         for restore in reversed(self._restore):
             restore()
         self._handles, self._restore, self._stack, self._running = [], [], [], []
-        self._weights, self._probs = {}, {}
+        self._weights, self._probs, self._weighted = {}, {}, {}
         self._inputs, self._pads, self._looked = [], [], 0
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Callable[..., Any]], Any]) -> None:
@@ -283,6 +291,42 @@ class AttentionProbe:
             return out
 
         return product
+
+    def _wrap_mul(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """Weights applied by an elementwise product summed afterwards (vector attention's
+        ``(w * values).sum(dim=2)`` over the neighbours, per channel): the product of tracked
+        weights is followed to its sum."""
+        probe = self
+
+        @delegate
+        def mul(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(a, b, *args, **kwargs)
+            if probe._weights and isinstance(out, torch.Tensor):
+                for w in (a, b):
+                    if isinstance(w, torch.Tensor) and w.dim() == out.dim() and any(
+                            w is t or w._base is t for t, _, _ in probe._weights.values()):
+                        probe._weighted[id(out)] = (out, w)
+                        break
+            return out
+
+        return mul
+
+    def _wrap_sum(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        probe = self
+
+        @delegate
+        def total(x: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(x, *args, **kwargs)
+            if probe._weighted and isinstance(x, torch.Tensor) and id(x) in probe._weighted:
+                dim = kwargs.get("dim", args[0] if args else None)
+                dims = (dim,) if isinstance(dim, int) else dim
+                if isinstance(dims, (tuple, list)) and dims and all(
+                        isinstance(d, int) for d in dims):
+                    _, weights = probe._weighted.pop(id(x))
+                    probe._applied(weights, tuple(d % x.dim() for d in dims))
+            return out
+
+        return total
 
     def _wrap_linear(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """A score made by a linear layer (additive attention ``v·tanh(Wq + Uk)``, a pooling

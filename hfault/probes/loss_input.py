@@ -41,6 +41,8 @@ class LossInputEvent:
     calls_flagged: int = 0
     producer: torch.Tensor | None = field(default=None, repr=False, compare=False)
     """The parameter nearest the flagged input in its autograd graph: the layer that made it."""
+    scale: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    """A one-entry parameter nearer still (a learnable temperature), passed over for it."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -60,6 +62,14 @@ def nearest_parameter(tensor: torch.Tensor, limit: int = 256) -> torch.Tensor | 
     A one-entry parameter is passed over: a learnable temperature that scales the logits
     (CLIP's ``logit_scale``, a contrastive model's τ) sits nearest them, but the layer that made
     them is the map behind it; it is returned only when nothing else is found."""
+    found, scale = nearest_parameters(tensor, limit)
+    return found if found is not None else scale
+
+
+def nearest_parameters(tensor: torch.Tensor, limit: int = 256
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The nearest trainable leaf with more than one entry, and the nearest one-entry leaf
+    passed over on the way (a temperature), each None when not found."""
     queue: deque[Any] = deque([tensor.grad_fn])
     seen: set[int] = set()
     scalar: torch.Tensor | None = None
@@ -71,10 +81,10 @@ def nearest_parameter(tensor: torch.Tensor, limit: int = 256) -> torch.Tensor | 
         variable = getattr(node, "variable", None)
         if isinstance(variable, torch.Tensor):
             if variable.numel() > 1:
-                return variable
+                return variable, scalar
             scalar = scalar if scalar is not None else variable
         queue.extend(next_node for next_node, _ in node.next_functions)
-    return scalar
+    return None, scalar
 
 
 def _looks_like_probabilities(x: torch.Tensor) -> bool:
@@ -121,7 +131,7 @@ class LossInputWatch(Listener):
         output = self.session.output_component()
         owner = {id(part.param): c.name for c in self.session.state.components
                  for part in c.parts}
-        self.entries = [{**e.to_dict(), "output_component": owner.get(id(e.producer), output)}
+        self.entries = [{**e.to_dict(), "output_component": _made_by(e, owner, output)}
                         for e in self.flagged()]
 
     def contribute(self, draft: ReportDraft) -> None:
@@ -143,8 +153,8 @@ class LossInputWatch(Listener):
                 event.calls_checked += 1
                 if check(input):
                     event.calls_flagged += 1
-                    if event.producer is None:
-                        event.producer = nearest_parameter(input)
+                    if event.producer is None and event.scale is None:
+                        event.producer, event.scale = nearest_parameters(input)
             for observe in self.observers:
                 observe(name, input, args, kwargs)
             return original(input, *args, **kwargs)
@@ -155,6 +165,17 @@ class LossInputWatch(Listener):
     def flagged(self) -> list[LossInputEvent]:
         """Losses fed the wrong kind of values on most checked calls."""
         return [e for e in self.events.values() if e.calls_flagged * 2 > e.calls_checked]
+
+
+def _made_by(event: LossInputEvent, owner: dict[int, str], output: str | None) -> str | None:
+    """The component that made a flagged loss input. A temperature is passed over for the map
+    behind it (CLIP's ``logit_scale``, held by the whole model), except when the module holding
+    it is the output layer itself: a ``Similarity`` module that scales cosines by its τ returns
+    the logits, and naming one of the two towers behind it would point at half the model."""
+    scale = owner.get(id(event.scale)) if event.scale is not None else None
+    if scale is not None and (scale == output or event.producer is None):
+        return scale
+    return owner.get(id(event.producer), output) if event.producer is not None else output
 
 
 def _non_negative(x: torch.Tensor) -> bool:

@@ -393,6 +393,47 @@ def test_probe_reads_the_axis_a_pooling_product_sums_over(product, dim, summed):
     assert axis_fault([6, 6], 0, 6) is None  # without the product: ambiguous, no call
 
 
+class _VectorAttention(torch.nn.Module):
+    """Point Transformer's vector attention: per-channel weights over each point's k
+    neighbours, a (batch, points, k, channels) softmax over the neighbours, applied by an
+    elementwise product summed over that axis (``sum_dim``)."""
+
+    def __init__(self, sum_dim: int, call: str) -> None:
+        super().__init__()
+        self.sum_dim, self.call = sum_dim, call
+        self.gamma = torch.nn.Linear(8, 8)
+
+    def forward(self, rel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        w = torch.nn.functional.softmax(self.gamma(rel), dim=2)
+        if self.call == "method":
+            return (w * values).sum(dim=self.sum_dim)
+        return torch.sum(torch.mul(values, w.view(w.shape)), self.sum_dim)
+
+
+@pytest.mark.parametrize("call", ["method", "function"])
+@pytest.mark.parametrize("sum_dim, fault", [(2, False), (1, True)])
+def test_vector_attention_weights_summed_over_their_own_axis_are_not_an_axis_fault(
+        call, sum_dim, fault):
+    """A 4-D softmax over the neighbour axis, summed over it after an elementwise product, is
+    attention over the neighbours (a healthy Point Transformer read as a softmax over the
+    queries, an error, before products were followed to their sum); summed over another axis
+    it is a fault."""
+    from hfault.probes.attention import AttentionProbe, axis_fault
+
+    torch.manual_seed(0)
+    attn = _VectorAttention(sum_dim, call)
+    probe = AttentionProbe(lambda m: m is attn)
+    probe.start()
+    try:
+        attn(torch.randn(3, 10, 4, 8, requires_grad=True), torch.randn(3, 10, 4, 8))
+    finally:
+        probe.stop()
+    (axes,) = probe.stats[id(attn)].to_dict()["softmax_axes"]
+    assert axes == {"shape": [3, 10, 4, 8], "dim": 2, "summed": [sum_dim]}
+    assert (axis_fault(axes["shape"], 2, 3, axes["summed"]) is not None) is fault
+    assert axis_fault(axes["shape"], 2, 3) is not None  # without the product: read as queries
+
+
 @pytest.mark.parametrize("equation, summed", [
     ("bt,btd->bd", [(1,), (1,)]),
     ("bhqk,bhkd->bhqd", [(3,), (2,)]),
