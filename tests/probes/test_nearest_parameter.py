@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import hfault
-
 from hfault.probes.loss_input import nearest_parameter
 
 
