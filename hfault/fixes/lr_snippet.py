@@ -103,7 +103,7 @@ def param_group_snippet(component: Mapping[str, Any], factor: float,
     model, optimizer = {"trainer": ("self.model", "optimizer"),
                         "method": ("self", site.target or "optimizer")}.get(
         variant, ("model", site.target or "optimizer"))
-    access = component.get("access") or _module_access(component)
+    access = param_access(component)
     access = re.sub(r"(?<![\w.'\"])model\b", model, access)  # not inside a quoted name
     head = _where(site, variant, optimizer)
     fused = ""
@@ -131,7 +131,7 @@ HAND_WRITTEN = "HandWrittenUpdate"
 def hand_written_snippet(component: Mapping[str, Any], factor: float) -> str:
     """A per-component rate in a loop that updates the parameters itself: no param group to
     split, the update line takes the factor."""
-    access = component.get("access") or _module_access(component)
+    access = param_access(component)
     f = f"{factor:.3g}"
     return (
         "# The script updates its parameters itself: give these their own, lower step where it\n"
@@ -140,6 +140,12 @@ def hand_written_snippet(component: Mapping[str, Any], factor: float) -> str:
         "for p in model.parameters():\n"
         f"    p.data.add_(p.grad, alpha=-lr * ({f} if id(p) in slow else 1.0))\n"
     )
+
+
+def param_access(component: Mapping[str, Any]) -> str:
+    """A Python expression for a component's parameters (from ``model``): the one the report
+    recorded, else the module's by its path."""
+    return component.get("access") or _module_access(component)
 
 
 def _module_access(component: Mapping[str, Any]) -> str:

@@ -175,7 +175,7 @@ def _made_by(event: LossInputEvent, owner: dict[int, str], output: str | None) -
     scale = owner.get(id(event.scale)) if event.scale is not None else None
     if scale is not None and (scale == output or event.producer is None):
         return scale
-    return owner.get(id(event.producer), output) if event.producer is not None else output
+    return owner.get(id(event.producer), output)
 
 
 def _non_negative(x: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfault.fixes.lr_snippet import HAND_WRITTEN
+from hfault.fixes.lr_snippet import HAND_WRITTEN, param_access
 from hfault.numbers import as_float, decode
 from hfault.report.build import derive
 from hfault.rules.batch_axis import batch_mixers
@@ -936,8 +936,7 @@ class Features:
                 module_type=comp.get("module_type"),
                 table=_is_table(comp),
                 source=_where(comp.get("source")),
-                access=comp.get("access") or
-                f'list(model.get_submodule("{name}").parameters())',
+                access=param_access(comp),
                 init_rms=init_rms,
                 weight_growth=growth[name][0],
                 weight_growth_peers=_median(growth[n][0] for n in growth_peers),
