@@ -248,8 +248,7 @@ class Hooks:
         ):
             methods = self.ordered(event)
             if methods:
-                handle = register(eager_only(
-                    methods[0] if len(methods) == 1 else self._fan_out(methods)))
+                handle = register(self._module_hook(methods))
                 self._restore.append(handle.remove)
         quiet = QuietGlobalHookWarning()
         quiet.enter()
@@ -290,12 +289,20 @@ class Hooks:
             tensors, loss, float(scaler.get_scale()) if scaler is not None else 1.0)
 
     @staticmethod
-    def _fan_out(methods: Sequence[Callable[..., Any]]) -> Callable[..., None]:
-        def fan_out(*args: Any) -> None:
-            for method in methods:
+    def _module_hook(methods: Sequence[Callable[..., Any]]) -> Callable[..., None]:
+        """One global module hook that calls every method, a no-op while dynamo traces
+        (:func:`~hfault.capture.compiled.eager_only` and a fan-out in one frame: it runs twice
+        per module call, at every step). It returns None: a forward hook's value would
+        replace the module's output."""
+        called = tuple(methods)
+
+        def module_hook(*args: Any) -> None:
+            if torch.compiler.is_compiling():
+                return
+            for method in called:
                 method(*args)
 
-        return fan_out
+        return module_hook
 
 
 # ---------------------------------------------------------------------- for probes

@@ -95,13 +95,17 @@ class FusedStats:
         """Launch the kernels (no host read); ``reads`` gets the all-finite value."""
         owners, grad_numels, grads, weights = [], [], [], []
         missing = [0] * len(layout.components)
+        strided = torch.strided
         for i, part, numel in layout.parts:
-            weights.append(part.view(part.param))
-            g = part.param.grad
+            # ``part.view`` inlined for a whole parameter (most parts): this loop runs over every
+            # part at every step.
+            param, whole = part.param, part.start is None or part.stop is None
+            weights.append(param if whole and param.layout == strided else part.view(param))
+            g = param.grad
             if g is None:
                 missing[i] += numel
                 continue
-            grads.append(part.view(g))
+            grads.append(g if whole and g.layout == strided else part.view(g))
             owners.append(i)
             grad_numels.append(numel)
         tensors = grads + weights

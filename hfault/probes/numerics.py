@@ -14,7 +14,6 @@ dropout with p > 0 is checked: after a functional softmax it is the first module
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import weakref
 from collections.abc import Iterable, Sequence
@@ -31,6 +30,7 @@ from hfault.probes.many_norms import stack
 from hfault.probes.raw_gradients import GradientWatch
 
 if TYPE_CHECKING:
+    from hfault.capture.host_reads import Reading
     from hfault.capture.session import CaptureSession
 
 
@@ -176,7 +176,10 @@ class NumericsProbe(Listener):
         self.activations = ActivationWatch()
         self.gradient_flags = GradientWatch()
         self.events: list[NonFiniteEvent] = []
-        self._forwards: list[tuple[BackwardEvent, ForwardFlags]] = []
+        self._forwards: list[tuple[int, Reading | None, float, ForwardFlags]] = []
+        """Per backward since the last check: its step, loss reading and scale, and the flags of
+        the forward before it (not the event: the step should not keep the script's graph
+        alive, and a copy of the event costs more than the rest of the hook)."""
 
     def listens(self, event: str) -> bool:
         if event in ("forward", "after_backward") and not self.watch:
@@ -188,16 +191,16 @@ class NumericsProbe(Listener):
 
     def before_backward(self, event: BackwardEvent) -> None:
         # The loss is read at the step, with the step's other values: keep this forward's flags.
-        # (Without the loss tensor itself: the step should not keep the script's graph alive.)
-        kept = dataclasses.replace(event, tensors=None, loss=None)
-        self._forwards.append((kept, self.activations.take()))
+        self._forwards.append((event.step, event.reading, event.scale, self.activations.take()))
 
     def _check_forwards(self) -> None:
         forwards, self._forwards = self._forwards, []
-        for event, flags in forwards:
-            value = event.value
-            if value is not None and not math.isfinite(value):
-                self._locate_nonfinite_forward(event.step, value, flags)
+        for step, reading, scale, flags in forwards:
+            if reading is None:
+                continue
+            value = reading.value() / scale  # as BackwardEvent.value reads it
+            if not math.isfinite(value):
+                self._locate_nonfinite_forward(step, value, flags)
 
     def after_backward(self, event: BackwardEvent) -> None:
         if self.session.state.components:
