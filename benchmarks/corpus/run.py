@@ -15,7 +15,7 @@ reports with the current rule files without running anything (rules read only re
 Scoring (``score.py``): a mutant counts only when it is *killed* against its healthy twin at the
 same seed; families are split once, in ``split.toml``, into a calibration part (rules may be
 tuned on it) and held-out parts (scored, never looked at while changing rules): ``held-out``,
-``held-out-2`` to ``held-out-13`` (families written later, by someone who never saw hfault's
+``held-out-2`` to ``held-out-14`` (families written later, by someone who never saw hfault's
 results on them), each a column of its own (every part split.toml lists).
 """
 
