@@ -1,11 +1,11 @@
 """What each per-step guarantee costs on an unmeasured step, measured in one run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead_floor.py            # about 2 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead_floor.py            # about 4 minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overhead_floor.py --widths 32 --rounds 5
 
 ``benchmarks/overhead.py`` prices hfault as a whole. This prices its parts, to show what a
 cheaper unmeasured step would have to give up. The pre-norm encoder of ``overhead.py`` is
-trained in this process, one thread, under ``hfault.watch(at=...)`` past its last step, with
+trained, one thread, under ``hfault.watch(at=...)`` past its last step, with
 parts of hfault switched off by replacing them for the length of one run (a measurement, never
 a mode hfault offers):
 
@@ -21,14 +21,18 @@ a mode hfault offers):
   module outputs, no discovery of modules as they run);
 - ``no statistics, no module hooks``: what the capture's remaining listeners cost.
 
-Each configuration's training loop is timed by CPU time from its sixth step (the first build the
-optimizer state and hfault's components); the rounds alternate the configurations and the
-minimum per configuration is kept. Not a test: it prints numbers and asserts nothing.
+Each run is a fresh process (one configuration, nothing left from another), its training loop
+timed by CPU time from its sixth step (the first build the optimizer state and hfault's
+components); the rounds alternate the configurations and the minimum per configuration is kept.
+Not a test: it prints numbers and asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -120,13 +124,20 @@ CONFIGS: dict[str, tuple[dict[str, Any] | None, tuple[tuple[Any, str, Any], ...]
 }
 
 
+def _child(name: str, width: int) -> float:
+    """One configuration's CPU ms per step, in a fresh process with one math thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--child", name, str(width)], env=env,
+                          capture_output=True, text=True, check=True)
+    return float(proc.stdout.split()[-1])
+
+
 def measure(width: int, rounds: int) -> dict[str, float]:
     """Per configuration, the minimum over ``rounds`` of its CPU ms per step."""
     best: dict[str, float] = {}
     for _ in range(rounds):
-        for name, (watch, changes) in CONFIGS.items():
-            with _replaced(*changes):
-                ms = _train(width, STEPS[width], watch)
+        for name in CONFIGS:
+            ms = _child(name, width)
             best[name] = min(best.get(name, ms), ms)
     return best
 
@@ -135,8 +146,15 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> N
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "WIDTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.child:
+        name, width = args.child[0], int(args.child[1])
+        watch, changes = CONFIGS[name]
+        with _replaced(*changes):
+            out(f"{_train(width, STEPS[width], watch):.6f}")
+        return
     for width in (int(w) for w in args.widths.split(",")):
         best = measure(width, args.rounds)
         plain = best["plain"]
