@@ -86,7 +86,13 @@ class BackwardEvent:
     def value(self) -> float | None:
         """``loss`` unscaled, as a float. Read before the step, it costs a host sync of its own;
         read at the step, it comes with the step's other values (``capture.host_reads``)."""
-        return None if self.reading is None else self.reading.value() / self.scale
+        return loss_value(self.reading, self.scale)
+
+
+def loss_value(reading: Reading | None, scale: float) -> float | None:
+    """A backward's loss as a float, unscaled (``BackwardEvent.value``; listeners that keep the
+    reading and scale rather than the event read it the same way)."""
+    return None if reading is None else reading.value() / scale
 
 
 class Listener:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from hfault.capture.contribution import ReportDraft
-from hfault.capture.hooks import CHECK, BackwardEvent, Listener
+from hfault.capture.hooks import CHECK, BackwardEvent, Listener, loss_value
 from hfault.probes.gradients import GradientStats, StepRecord
 from hfault.probes.many_norms import stack
 from hfault.probes.raw_gradients import GradientWatch
@@ -196,10 +196,8 @@ class NumericsProbe(Listener):
     def _check_forwards(self) -> None:
         forwards, self._forwards = self._forwards, []
         for step, reading, scale, flags in forwards:
-            if reading is None:
-                continue
-            value = reading.value() / scale  # as BackwardEvent.value reads it
-            if not math.isfinite(value):
+            value = loss_value(reading, scale)
+            if value is not None and not math.isfinite(value):
                 self._locate_nonfinite_forward(step, value, flags)
 
     def after_backward(self, event: BackwardEvent) -> None:
